@@ -1,0 +1,280 @@
+//! The admin HTTP JSON API under `/api` (spec §5), used by administrators and the
+//! `homehub` CLI.
+//!
+//! Every route needs `Authorization: Bearer <HOMEHUB_ADMIN_TOKEN>`. With no token
+//! configured the API answers only clients on a loopback address (so a fresh install is
+//! usable locally and closed to the network).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::channels::lock::topic as lock_topic;
+use crate::domain::{DeviceName, ItemKind, LockRecord};
+use crate::hub::Hub;
+use crate::protocol::OutPayload;
+use crate::store::StoreError;
+
+/// Longest pairing request lifetime an administrator may ask for.
+const MAX_PAIR_TTL_SECS: u64 = 86_400;
+/// Longest label of a paired item.
+const MAX_ITEM_NAME: usize = 128;
+
+/// API errors; each becomes a status code and `{"error": message}`.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// 401: token missing or wrong.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 403: no token configured and the client is not on loopback.
+    #[error("admin API is only open to loopback clients when HOMEHUB_ADMIN_TOKEN is unset")]
+    Forbidden,
+    /// 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 400: the request body or parameters are invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 500: logged; the client sees a generic message.
+    #[error("internal error")]
+    Internal(#[from] StoreError),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden => StatusCode::FORBIDDEN,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Internal(e) => {
+                tracing::error!(error = %e, "admin request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/locks", get(list_locks))
+        .route("/locks/{serial}", get(show_lock))
+        .route("/locks/{serial}/state", put(set_state))
+        .route("/locks/{serial}/pair", post(start_pairing))
+        .route("/pairings", get(list_pairings))
+        .route("/devices", get(list_devices))
+        .route("/devices/{name}/disconnect", post(disconnect_device))
+        .layer(middleware::from_fn_with_state(hub, authorize))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn authorize(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let allowed = match (&hub.config.admin_token, given) {
+        (Some(expected), Some(given)) => token_matches(given.as_bytes(), expected.as_bytes()),
+        (Some(_), None) => false,
+        (None, _) if peer.ip().is_loopback() => true,
+        (None, _) => {
+            tracing::warn!(%peer, "admin request refused: no token configured and peer not on loopback");
+            return AdminError::Forbidden.into_response();
+        }
+    };
+    if !allowed {
+        tracing::warn!(%peer, path = %req.uri().path(), "admin request refused: bad token");
+        return AdminError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+/// A lock as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct LockView {
+    #[serde(flatten)]
+    pub lock: LockRecord,
+    /// Whether a connection has the lock's channel joined right now.
+    pub online: bool,
+}
+
+fn view(hub: &Hub, lock: LockRecord) -> LockView {
+    let online = hub.registry.has_subscribers(&lock_topic(&lock.serial));
+    LockView { lock, online }
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `GET /api/locks`
+async fn list_locks(State(hub): State<Arc<Hub>>) -> Result<Json<Vec<LockView>>, AdminError> {
+    let locks = hub.store.list_locks().await?;
+    Ok(Json(locks.into_iter().map(|l| view(&hub, l)).collect()))
+}
+
+/// `GET /api/locks/{serial}`
+async fn show_lock(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+) -> Result<Json<LockView>, AdminError> {
+    let lock = hub
+        .store
+        .get_lock(&serial)
+        .await?
+        .ok_or(AdminError::NotFound("lock not found"))?;
+    Ok(Json(view(&hub, lock)))
+}
+
+/// `PUT /api/locks/{serial}/state`: stores the intended state and pushes `state` to the
+/// lock's channel.
+async fn set_state(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<Json<LockView>, AdminError> {
+    let state: Value = json_body(&body)?;
+    if !state.is_object() {
+        return Err(AdminError::BadRequest("state must be a JSON object".into()));
+    }
+    let lock = match hub.store.set_intended_state(&serial, &state).await {
+        Ok(lock) => lock,
+        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
+        Err(e) => return Err(e.into()),
+    };
+    let delivered = hub.registry.broadcast(
+        &lock_topic(&serial),
+        "state",
+        OutPayload::Json(state.to_string()),
+        None,
+    );
+    tracing::info!(%serial, delivered, "intended state changed");
+    Ok(Json(view(&hub, lock)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PairBody {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/locks/{serial}/pair`: creates a pairing request and pushes `mode:pair`.
+async fn start_pairing(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let body: PairBody = json_body(&body)?;
+    let kind = match body.kind.as_deref() {
+        None => ItemKind::Tag,
+        Some(k) => ItemKind::parse(k).ok_or_else(|| {
+            AdminError::BadRequest("type must be \"tag\" or \"mobile_phone\"".into())
+        })?,
+    };
+    let name = body
+        .name
+        .unwrap_or_else(|| format!("new {}", kind.as_str()));
+    if name.is_empty() || name.len() > MAX_ITEM_NAME {
+        return Err(AdminError::BadRequest(format!(
+            "name must be 1-{MAX_ITEM_NAME} bytes"
+        )));
+    }
+    let ttl = body.ttl_secs.unwrap_or(hub.config.pair_ttl_secs);
+    if ttl == 0 || ttl > MAX_PAIR_TTL_SECS {
+        return Err(AdminError::BadRequest(format!(
+            "ttl_secs must be 1-{MAX_PAIR_TTL_SECS}"
+        )));
+    }
+    let request = match hub
+        .store
+        .create_pairing(&serial, &name, kind, Duration::from_secs(ttl))
+        .await
+    {
+        Ok(r) => r,
+        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
+        Err(e) => return Err(e.into()),
+    };
+    let delivered = hub.registry.broadcast(
+        &lock_topic(&serial),
+        "mode:pair",
+        OutPayload::Json(request.mode_pair_payload().to_string()),
+        None,
+    );
+    tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
+    let mut out = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("delivered".into(), json!(delivered > 0));
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `GET /api/pairings`
+async fn list_pairings(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, AdminError> {
+    let (requests, items) = hub.store.list_pairings().await?;
+    Ok(Json(json!({ "requests": requests, "items": items })))
+}
+
+/// `GET /api/devices`: connected devices, their doors and joined topics.
+async fn list_devices(State(hub): State<Arc<Hub>>) -> Json<Value> {
+    Json(json!({ "devices": hub.registry.devices() }))
+}
+
+/// `POST /api/devices/{name}/disconnect`: the socket-id `disconnect` broadcast (§6):
+/// closes the device's connection with 1001 (it will reconnect).
+async fn disconnect_device(
+    State(hub): State<Arc<Hub>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    let name = DeviceName::parse(&name).ok_or(AdminError::NotFound("device not connected"))?;
+    if hub.registry.kick(&name) {
+        tracing::info!(device = %name, "device disconnected by admin");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AdminError::NotFound("device not connected"))
+    }
+}

@@ -1,0 +1,178 @@
+//! The `homehub` command line: `serve` (the default) runs the hub; every other command is a
+//! thin client of the admin API (spec §5) that prints the JSON answer.
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "homehub",
+    version,
+    about = "Smart-home hub: Phoenix Channels, device relays, admin API"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+
+    /// Base URL of a running hub for admin commands (default: http://<HOMEHUB_BIND>).
+    #[arg(long, env = "HOMEHUB_URL", global = true)]
+    pub url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (the default when no command is given).
+    Serve,
+    /// List locks.
+    Locks,
+    /// One lock: show it or change its intended state.
+    Lock {
+        #[command(subcommand)]
+        action: LockAction,
+    },
+    /// Start pairing an item with a lock (pushes `mode:pair` to it).
+    Pair {
+        serial: String,
+        /// Label of the item being paired.
+        #[arg(long)]
+        name: Option<String>,
+        /// `tag` or `mobile_phone`.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Seconds the request stays valid.
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// Pairing requests and paired items.
+    Pairings,
+    /// Connected devices, their doors and topics.
+    Devices,
+    /// Act on one connected device.
+    Device {
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Show a lock: uuid, record, intended and reported state, holder, online.
+    Show { serial: String },
+    /// Set the intended state (a JSON object) and push it to the lock.
+    SetState { serial: String, state: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Close the device's connection (it may reconnect).
+    Disconnect { name: String },
+}
+
+/// Percent-encodes one path segment.
+fn seg(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Runs an admin command; returns the process exit code.
+pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
+    let base = cli.url.clone().unwrap_or_else(|| {
+        let bind = cli.config.bind;
+        let host = if bind.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            bind.ip().to_string()
+        };
+        let host = if bind.is_ipv6() && !bind.ip().is_unspecified() {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("http://{host}:{}", bind.port())
+    });
+    let base = base.trim_end_matches('/').to_owned();
+    let (method, path, body): (reqwest::Method, String, Option<Value>) = match command {
+        Command::Serve => unreachable!("serve is not an admin command"),
+        Command::Locks => (reqwest::Method::GET, "/api/locks".into(), None),
+        Command::Lock { action } => match action {
+            LockAction::Show { serial } => (
+                reqwest::Method::GET,
+                format!("/api/locks/{}", seg(serial)),
+                None,
+            ),
+            LockAction::SetState { serial, state } => {
+                let state: Value = serde_json::from_str(state)
+                    .map_err(|e| anyhow::anyhow!("state is not valid JSON: {e}"))?;
+                (
+                    reqwest::Method::PUT,
+                    format!("/api/locks/{}/state", seg(serial)),
+                    Some(state),
+                )
+            }
+        },
+        Command::Pair {
+            serial,
+            name,
+            kind,
+            ttl,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = name {
+                body.insert("name".into(), n.clone().into());
+            }
+            if let Some(k) = kind {
+                body.insert("type".into(), k.clone().into());
+            }
+            if let Some(t) = ttl {
+                body.insert("ttl_secs".into(), (*t).into());
+            }
+            (
+                reqwest::Method::POST,
+                format!("/api/locks/{}/pair", seg(serial)),
+                Some(Value::Object(body)),
+            )
+        }
+        Command::Pairings => (reqwest::Method::GET, "/api/pairings".into(), None),
+        Command::Devices => (reqwest::Method::GET, "/api/devices".into(), None),
+        Command::Device {
+            action: DeviceAction::Disconnect { name },
+        } => (
+            reqwest::Method::POST,
+            format!("/api/devices/{}/disconnect", seg(name)),
+            None,
+        ),
+    };
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(token) = &cli.config.admin_token {
+        req = req.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the hub at {base}: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        if !pretty.is_empty() {
+            println!("{pretty}");
+        }
+        Ok(0)
+    } else {
+        eprintln!("error: HTTP {status}: {pretty}");
+        Ok(1)
+    }
+}

@@ -1,0 +1,113 @@
+//! The hub: shared state ([`Hub`]), the listener and the run loop ([`Server`]).
+//!
+//! `Server::bind` opens the store and binds the listener (port 0 works, which is how tests
+//! run many hubs at once); `Server::run` serves until the shutdown future resolves, then
+//! closes every socket with 1012 and waits for their tasks (with a deadline), because
+//! axum's graceful shutdown does not wait for upgraded WebSockets.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// State shared by every door and the admin API.
+pub struct Hub {
+    pub config: Config,
+    pub store: Store,
+    pub registry: Registry,
+    /// Every socket task is spawned on this tracker so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled once, at shutdown; every connection's kill switch is a child of it.
+    pub shutdown: CancellationToken,
+}
+
+/// A bound, not yet running hub.
+pub struct Server {
+    hub: Arc<Hub>,
+    listener: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let store = Store::open(&config.database_url)
+            .await
+            .with_context(|| format!("opening database {}", config.database_url))?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("binding {}", config.bind))?;
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub {
+            registry: Registry::new(shutdown.clone(), config.outbound_queue),
+            config,
+            store,
+            tracker: TaskTracker::new(),
+            shutdown,
+        });
+        Ok(Server { hub, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let hub = self.hub;
+        let app = router(hub.clone());
+        let token = hub.shutdown.clone();
+        let stop = async move {
+            signal.await;
+            tracing::info!("shutting down: closing sockets");
+            token.cancel();
+        };
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("serving")?;
+        hub.tracker.close();
+        let grace = Duration::from_secs(hub.config.shutdown_grace_secs);
+        if tokio::time::timeout(grace, hub.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = hub.tracker.len(),
+                "shutdown deadline passed; dropping remaining sockets"
+            );
+        }
+        hub.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Every HTTP route of the hub.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route(
+            "/socket/websocket",
+            axum::routing::any(crate::transport::websocket::upgrade),
+        )
+        .nest("/api", crate::admin::router(hub.clone()))
+        .with_state(hub)
+}

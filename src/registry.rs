@@ -1,0 +1,293 @@
+//! The registry: every live connection of every door, and the topic subscriptions that
+//! broadcasts fan out over. One instance per hub, shared by all doors.
+//!
+//! Only a connection's own task touches its socket. Everyone else reaches a connection
+//! through its [`Conn`] handle: a bounded outbound queue ([`Conn::send`]) and a kill switch
+//! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
+//! (policy, close code 1008) instead of letting memory grow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::DeviceName;
+use crate::protocol::serializer::close_code;
+use crate::protocol::{Frame, OutPayload, SharedFrame};
+
+/// Which door a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Door {
+    /// The Phoenix socket (`/socket/websocket`).
+    Phoenix,
+}
+
+/// Something queued for a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A broadcast, encoded once for all receivers. Delivered only while the receiver
+    /// still has the topic joined.
+    Broadcast(Arc<SharedFrame>),
+    /// A push to this connection's channel instance on `topic`: the writer fills in the
+    /// current join_ref, and drops it if the topic is no longer joined.
+    Push(Box<Frame>),
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection's outbound queue is full; the connection is being closed.
+    #[error("receiver's queue is full")]
+    Full,
+    /// The connection has gone.
+    #[error("receiver is gone")]
+    Closed,
+}
+
+/// Handle to one live connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub name: DeviceName,
+    pub door: Door,
+    pub remote: String,
+    pub connected_at: String,
+    /// Bounded queue drained by the connection's own task.
+    tx: mpsc::Sender<Outbound>,
+    /// Cancelled to make the connection's task close the socket with `close_code`.
+    kill: CancellationToken,
+    close_code: AtomicU16,
+}
+
+impl Conn {
+    /// Queues `out` without waiting. A full queue kills the connection (slow consumer).
+    pub fn send(&self, out: Outbound) -> Result<(), SendError> {
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kill.is_cancelled() {
+                    tracing::warn!(conn = self.id, device = %self.name, "outbound queue full; closing slow connection");
+                }
+                self.kill(close_code::POLICY);
+                Err(SendError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Asks the connection's task to close the socket with `code` (first caller wins).
+    pub fn kill(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.kill.cancel();
+    }
+
+    /// Whether the connection has been asked to close.
+    pub fn is_killed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
+    /// Resolves when the connection has been asked to close.
+    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.kill.cancelled()
+    }
+
+    /// The close code requested by [`Conn::kill`]; 1012 (restart) when the hub is shutting
+    /// down.
+    pub fn close_code(&self) -> u16 {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => close_code::RESTART,
+            c => c,
+        }
+    }
+}
+
+/// What the admin API shows about a connected device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub name: String,
+    pub door: Door,
+    pub remote: String,
+    pub connected_at: String,
+    pub topics: Vec<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Devices by name: at most one live connection per name (a newer one replaces it).
+    devices: HashMap<DeviceName, Arc<Conn>>,
+    /// Topic → subscribed connections by id.
+    topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
+}
+
+/// The shared registry.
+pub struct Registry {
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+    shutdown: CancellationToken,
+    queue_capacity: usize,
+}
+
+impl Registry {
+    pub fn new(shutdown: CancellationToken, queue_capacity: usize) -> Registry {
+        Registry {
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Inner::default()),
+            shutdown,
+            queue_capacity: queue_capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
+        // matters more than losing the hub, so recover the guard.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new connection under `name`. An older connection with the same name is
+    /// closed (going away), as devices reconnect after losing the network.
+    pub fn connect(
+        &self,
+        name: DeviceName,
+        door: Door,
+        remote: String,
+    ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: name.clone(),
+            door,
+            remote,
+            connected_at: crate::domain::now_rfc3339(),
+            tx,
+            kill: self.shutdown.child_token(),
+            close_code: AtomicU16::new(0),
+        });
+        let old = self.lock().devices.insert(name, conn.clone());
+        if let Some(old) = old {
+            tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
+            old.kill(close_code::GOING_AWAY);
+        }
+        (conn, rx)
+    }
+
+    /// Forgets a connection (after its task ended): removes it from the device table if it
+    /// is still the current one for its name, and from the given topics.
+    pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.lock();
+        if inner
+            .devices
+            .get(&conn.name)
+            .is_some_and(|c| c.id == conn.id)
+        {
+            inner.devices.remove(&conn.name);
+        }
+        for t in topics {
+            remove_sub(&mut inner, t, conn.id);
+        }
+    }
+
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) {
+        self.lock()
+            .topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(conn.id, conn.clone());
+    }
+
+    pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
+        remove_sub(&mut self.lock(), topic, conn_id);
+    }
+
+    /// Broadcasts `event` on `topic` to every subscriber except `except`; the frame is
+    /// encoded once per serializer. Returns how many connections it was queued for.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: OutPayload,
+        except: Option<u64>,
+    ) -> usize {
+        let shared = SharedFrame::new(Frame::broadcast(topic, event, payload), except);
+        let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
+            Some(subs) => subs
+                .values()
+                .filter(|c| Some(c.id) != except)
+                .cloned()
+                .collect(),
+            None => return 0,
+        };
+        receivers
+            .iter()
+            .filter(|c| c.send(Outbound::Broadcast(shared.clone())).is_ok())
+            .count()
+    }
+
+    /// The live connection of a device.
+    pub fn device(&self, name: &DeviceName) -> Option<Arc<Conn>> {
+        self.lock().devices.get(name).cloned()
+    }
+
+    /// Closes a device's connection (the socket-id `disconnect` broadcast, §6): code 1001.
+    pub fn kick(&self, name: &DeviceName) -> bool {
+        match self.device(name) {
+            Some(conn) => {
+                conn.kill(close_code::GOING_AWAY);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connected devices with the topics they have joined, ordered by name.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        let inner = self.lock();
+        let mut topics_of: HashMap<u64, Vec<String>> = HashMap::new();
+        for (topic, subs) in &inner.topics {
+            for id in subs.keys() {
+                topics_of.entry(*id).or_default().push(topic.clone());
+            }
+        }
+        let mut out: Vec<DeviceView> = inner
+            .devices
+            .values()
+            .map(|c| {
+                let mut topics = topics_of.remove(&c.id).unwrap_or_default();
+                topics.sort();
+                DeviceView {
+                    name: c.name.to_string(),
+                    door: c.door,
+                    remote: c.remote.clone(),
+                    connected_at: c.connected_at.clone(),
+                    topics,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Whether any connection has `topic` joined.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.lock().topics.get(topic).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().devices.len()
+    }
+}
+
+fn remove_sub(inner: &mut Inner, topic: &str, conn_id: u64) {
+    if let Some(subs) = inner.topics.get_mut(topic) {
+        subs.remove(&conn_id);
+        if subs.is_empty() {
+            inner.topics.remove(topic);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! One Phoenix socket, whatever transport carries it: the joined channel instances and the
+//! socket-level protocol (heartbeat, join, leave, routing, §3–§5 of the protocol reference).
+//!
+//! The transport decodes frames into [`Message`]s, calls [`Session::handle`], and writes the
+//! [`Frame`]s it collects; items from the connection's outbound queue go through
+//! [`Session::outbound`], which fills in join_refs and drops frames for topics no longer
+//! joined. Channels never learn which transport is in use.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::channels::router::{self, ChannelState, Topic};
+use crate::channels::{ChannelError, Ctx};
+use crate::hub::Hub;
+use crate::protocol::{Frame, Message, OutPayload, RawRef, Vsn, WireFrame};
+use crate::registry::{Conn, Outbound};
+
+/// One joined channel instance.
+struct Joined {
+    /// The join_ref the client sent (may be absent): used for `phx_close`/`phx_error` and
+    /// to match later messages.
+    join_ref: Option<RawRef>,
+    /// The join_ref put on replies and pushes: the client's join_ref, or the join's ref
+    /// when the client sent none (§3.1).
+    push_ref: Option<RawRef>,
+    state: ChannelState,
+}
+
+/// The per-connection Phoenix socket state.
+pub struct Session {
+    hub: Arc<Hub>,
+    conn: Arc<Conn>,
+    vsn: Vsn,
+    channels: HashMap<String, Joined>,
+}
+
+fn ok_empty() -> String {
+    "{}".to_owned()
+}
+
+impl Session {
+    pub fn new(hub: Arc<Hub>, conn: Arc<Conn>, vsn: Vsn) -> Session {
+        Session {
+            hub,
+            conn,
+            vsn,
+            channels: HashMap::new(),
+        }
+    }
+
+    pub fn vsn(&self) -> Vsn {
+        self.vsn
+    }
+
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    /// Handles one client message; frames to send are appended to `out`, in order.
+    pub async fn handle(&mut self, msg: Message, out: &mut Vec<Frame>) {
+        if msg.topic == "phoenix" && msg.event == "heartbeat" {
+            out.push(Frame::reply(None, msg.ref_, "phoenix", "ok", ok_empty()));
+            return;
+        }
+        match msg.event.as_str() {
+            "phx_join" => self.join(msg, out).await,
+            "phx_leave" => self.leave(msg, out),
+            _ => self.handle_in(msg, out).await,
+        }
+    }
+
+    /// An error reply for a frame that could not be decoded but named a topic.
+    pub fn malformed(&self, ref_: Option<RawRef>, topic: &str, reason: &str, out: &mut Vec<Frame>) {
+        tracing::info!(conn = self.conn.id, %topic, reason, "malformed message");
+        let response = serde_json::json!({ "reason": reason }).to_string();
+        out.push(Frame::reply(None, ref_, topic, "error", response));
+    }
+
+    fn unmatched(msg: &Message, out: &mut Vec<Frame>) {
+        out.push(Frame::reply(
+            None,
+            msg.ref_.clone(),
+            &msg.topic,
+            "error",
+            r#"{"reason":"unmatched topic"}"#.to_owned(),
+        ));
+    }
+
+    async fn join(&mut self, msg: Message, out: &mut Vec<Frame>) {
+        let Some(topic) = Topic::parse(&msg.topic) else {
+            tracing::info!(conn = self.conn.id, topic = %msg.topic, "join refused: unmatched topic");
+            Self::unmatched(&msg, out);
+            return;
+        };
+        let rejoin = self.channels.contains_key(&msg.topic);
+        if !rejoin && self.channels.len() >= self.hub.config.max_channels {
+            out.push(Frame::reply(
+                msg.join_ref.clone(),
+                msg.ref_.clone(),
+                &msg.topic,
+                "error",
+                r#"{"reason":"too many channels joined"}"#.to_owned(),
+            ));
+            return;
+        }
+        // A second join of a joined topic ends the old instance: exactly one phx_close with
+        // the old join_ref, after the new join's reply (§3.6).
+        let old = self.channels.remove(&msg.topic);
+        if old.is_some() {
+            self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
+        }
+        let ctx = Ctx {
+            hub: &self.hub,
+            conn: &self.conn,
+        };
+        match router::join(topic, &ctx).await {
+            Ok((state, response)) => {
+                let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
+                // Subscribe before replying: a broadcast queued meanwhile is written after
+                // the reply, because the reply goes out first from this task (§3.7).
+                self.hub.registry.subscribe(&msg.topic, &self.conn);
+                out.push(Frame::reply(
+                    push_ref.clone(),
+                    msg.ref_.clone(),
+                    &msg.topic,
+                    "ok",
+                    response.to_string(),
+                ));
+                tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "joined");
+                self.channels.insert(
+                    msg.topic.clone(),
+                    Joined {
+                        join_ref: msg.join_ref.clone(),
+                        push_ref,
+                        state,
+                    },
+                );
+            }
+            Err(e) => {
+                self.log_error(&msg, &e, "join refused");
+                out.push(Frame::reply(
+                    msg.join_ref.clone(),
+                    msg.ref_.clone(),
+                    &msg.topic,
+                    "error",
+                    e.response().to_string(),
+                ));
+            }
+        }
+        if let Some(old) = old {
+            out.push(close_frame(&msg.topic, &old.join_ref));
+        }
+    }
+
+    fn leave(&mut self, msg: Message, out: &mut Vec<Frame>) {
+        let stale = match (self.channels.get(&msg.topic), &msg.join_ref) {
+            (Some(joined), Some(jr)) => joined.join_ref.as_ref() != Some(jr),
+            _ => false,
+        };
+        if stale {
+            return; // leave of an older instance: ignored (§3.4)
+        }
+        out.push(Frame::reply(
+            msg.join_ref.clone(),
+            msg.ref_.clone(),
+            &msg.topic,
+            "ok",
+            ok_empty(),
+        ));
+        if let Some(old) = self.channels.remove(&msg.topic) {
+            self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
+            tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "left");
+            out.push(close_frame(&msg.topic, &old.join_ref));
+        }
+    }
+
+    async fn handle_in(&mut self, msg: Message, out: &mut Vec<Frame>) {
+        let Some(joined) = self.channels.get_mut(&msg.topic) else {
+            Self::unmatched(&msg, out);
+            return;
+        };
+        if let Some(jr) = &msg.join_ref
+            && joined.join_ref.as_ref() != Some(jr)
+        {
+            return; // stale join_ref: dropped without reply (§3.3, 1.8.3+)
+        }
+        let ctx = Ctx {
+            hub: &self.hub,
+            conn: &self.conn,
+        };
+        let (status, response) = match router::handle_in(&mut joined.state, &msg, &ctx).await {
+            Ok(v) => ("ok", v),
+            Err(e) => {
+                self.log_error(&msg, &e, "event refused");
+                ("error", e.response())
+            }
+        };
+        let push_ref = self
+            .channels
+            .get(&msg.topic)
+            .and_then(|j| j.push_ref.clone());
+        out.push(Frame::reply(
+            push_ref,
+            msg.ref_,
+            &msg.topic,
+            status,
+            response.to_string(),
+        ));
+    }
+
+    fn log_error(&self, msg: &Message, e: &ChannelError, what: &str) {
+        match e {
+            ChannelError::Internal(cause) => {
+                tracing::error!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, error = %cause, "{what}: internal error")
+            }
+            _ => {
+                tracing::info!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, reason = %e, "{what}")
+            }
+        }
+    }
+
+    /// Turns a queued item into a wire frame for this connection, or `None` if it no
+    /// longer applies (topic left) or cannot be represented on this serializer.
+    pub fn outbound(&self, item: Outbound) -> Option<WireFrame> {
+        match item {
+            Outbound::Broadcast(shared) => {
+                if shared.except == Some(self.conn.id)
+                    || !self.channels.contains_key(&shared.frame.topic)
+                {
+                    return None;
+                }
+                shared.encoded(self.vsn)
+            }
+            Outbound::Push(mut frame) => {
+                let joined = self.channels.get(&frame.topic)?;
+                frame.join_ref = joined.push_ref.clone();
+                self.vsn.encode(&frame)
+            }
+        }
+    }
+
+    /// Ends the session: channels are terminated silently and the connection forgotten.
+    pub fn terminate(self) {
+        self.hub
+            .registry
+            .disconnect(&self.conn, self.channels.keys().map(String::as_str));
+    }
+}
+
+/// `[J, J, T, "phx_close", {}]`: the channel instance ended gracefully (§3.5).
+fn close_frame(topic: &str, join_ref: &Option<RawRef>) -> Frame {
+    Frame {
+        join_ref: join_ref.clone(),
+        ref_: join_ref.clone(),
+        topic: topic.to_owned(),
+        event: "phx_close".to_owned(),
+        payload: OutPayload::Json(ok_empty()),
+    }
+}

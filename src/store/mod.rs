@@ -1,0 +1,493 @@
+//! The store: the only module that owns SQL.
+//!
+//! SQLite by default (`DATABASE_URL=sqlite://homehub.db`, created if missing, WAL journal,
+//! migrations from `migrations/` embedded with `sqlx::migrate!` and applied at open).
+//! Every other module calls the typed functions here and never writes SQL itself.
+//! Timestamps are stored as RFC 3339 UTC text (`domain::now_rfc3339`), JSON as text.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+
+use crate::domain::{
+    AccessDecision, DeviceName, ItemKind, LockRecord, PairedItem, PairingRequest, Serial,
+    format_ts, now_rfc3339,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The schema, embedded at compile time from `migrations/` and applied by [`Store::open`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connections in the pool. SQLite serialises writers anyway; a few connections let reads
+/// proceed (WAL) while a write is in progress.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Columns of `locks`, in the order [`lock_from_row`] reads them.
+macro_rules! lock_columns {
+    () => {
+        "serial, uuid, name, mode, feature_flags, config, intended_state, reported_state, \
+         reported_at, holder_device, first_seen_at, last_seen_at"
+    };
+}
+
+/// Columns of `pairing_requests`, as [`pairing_from_row`] reads them.
+macro_rules! pairing_columns {
+    () => {
+        "pair_id, lock_serial, name, item_type, created_at, expires_at, completed_at"
+    };
+}
+
+/// Columns of `paired_items`, as [`paired_item_from_row`] reads them.
+macro_rules! paired_item_columns {
+    () => {
+        "lock_serial, item_serial, name, item_type, pair_id, paired_at, revoked_at"
+    };
+}
+
+/// Errors the store reports. Callers branch on the domain variants; `Database` is logged
+/// and shown to clients only as a generic failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lock not found")]
+    LockNotFound,
+    #[error("pairing request not found")]
+    PairingNotFound,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Handle to the database; cheap to clone (wraps a pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: sqlx::SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `database_url` (`sqlite://path`,
+    /// `sqlite:path` or a bare path), sets WAL, `synchronous=NORMAL`, foreign keys on and a
+    /// busy timeout, and applies pending migrations.
+    pub async fn open(database_url: &str) -> Result<Store, StoreError> {
+        let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
+        let base = if database_url.starts_with("sqlite:") || in_memory {
+            SqliteConnectOptions::from_str(database_url)?
+        } else {
+            // A bare path is taken literally (no `?query` or `%` decoding).
+            SqliteConnectOptions::new().filename(database_url)
+        };
+        let options = base
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let pool_options = if in_memory {
+            // An in-memory database lives only as long as a connection to it: keep exactly
+            // one, forever (shared-cache table locks make several connections fragile).
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
+        };
+        let pool = pool_options.connect_with(options).await?;
+
+        if let Err(e) = MIGRATOR.run(&pool).await {
+            pool.close().await;
+            return Err(e.into());
+        }
+        tracing::debug!(database_url, "store opened, migrations applied");
+        Ok(Store { pool })
+    }
+
+    /// Closes the pool, flushing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A lock channel join: creates the lock on first sight (new random v4 UUID, name =
+    /// serial, mode 1, no flags, `{}` config, intended state `{"locked": true}`,
+    /// first_seen_at = now), records `holder` as the holder device and last_seen_at = now,
+    /// and returns the record. The UUID of a serial never changes once created.
+    pub async fn join_lock(
+        &self,
+        serial: &Serial,
+        holder: &DeviceName,
+    ) -> Result<LockRecord, StoreError> {
+        // mode, feature_flags, config and intended_state come from the column defaults.
+        let row = sqlx::query(concat!(
+            "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
+             VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
+             ON CONFLICT (serial) DO UPDATE SET \
+                 holder_device = excluded.holder_device, \
+                 last_seen_at = excluded.last_seen_at \
+             RETURNING ",
+            lock_columns!()
+        ))
+        .bind(serial.as_str())
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(holder.as_str())
+        .bind(now_rfc3339())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(lock_from_row(&row)?)
+    }
+
+    /// One lock, if it exists.
+    pub async fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            lock_columns!(),
+            " FROM locks WHERE serial = ?1"
+        ))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(lock_from_row).transpose()?)
+    }
+
+    /// Every lock, ordered by serial.
+    pub async fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            lock_columns!(),
+            " FROM locks ORDER BY serial"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(lock_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Stores a new intended state; `LockNotFound` if the lock was never seen.
+    pub async fn set_intended_state(
+        &self,
+        serial: &str,
+        state: &Value,
+    ) -> Result<LockRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE locks SET intended_state = ?1 WHERE serial = ?2 RETURNING ",
+            lock_columns!()
+        ))
+        .bind(state.to_string())
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(lock_from_row(&row)?),
+            None => Err(StoreError::LockNotFound),
+        }
+    }
+
+    /// Stores what the lock reports as its actual state, with reported_at = now.
+    /// `LockNotFound` if the lock was never seen.
+    pub async fn set_reported_state(
+        &self,
+        serial: &Serial,
+        state: &Value,
+    ) -> Result<(), StoreError> {
+        let result =
+            sqlx::query("UPDATE locks SET reported_state = ?1, reported_at = ?2 WHERE serial = ?3")
+                .bind(state.to_string())
+                .bind(now_rfc3339())
+                .bind(serial.as_str())
+                .execute(&self.pool)
+                .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::LockNotFound);
+        }
+        Ok(())
+    }
+
+    /// Creates a pairing request for an existing lock (`LockNotFound` otherwise): new v4
+    /// pair_id, expires_at = now + ttl.
+    pub async fn create_pairing(
+        &self,
+        serial: &str,
+        name: &str,
+        kind: ItemKind,
+        ttl: Duration,
+    ) -> Result<PairingRequest, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        // An absurd ttl saturates at the largest representable time instead of panicking.
+        let expires = time::Duration::try_from(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl))
+            .unwrap_or_else(|| time::PrimitiveDateTime::MAX.assume_utc());
+        // INSERT ... SELECT FROM locks: no row is inserted (and none returned) when the lock
+        // does not exist, so the existence check and the insert are one statement.
+        let row = sqlx::query(concat!(
+            "INSERT INTO pairing_requests \
+                 (pair_id, lock_serial, name, item_type, created_at, expires_at) \
+             SELECT ?1, serial, ?2, ?3, ?4, ?5 FROM locks WHERE serial = ?6 \
+             RETURNING ",
+            pairing_columns!()
+        ))
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(format_ts(now))
+        .bind(format_ts(expires))
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(pairing_from_row(&row)?),
+            None => Err(StoreError::LockNotFound),
+        }
+    }
+
+    /// A pairing request by id (completed or not, expired or not).
+    pub async fn get_pairing(&self, pair_id: &str) -> Result<Option<PairingRequest>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            pairing_columns!(),
+            " FROM pairing_requests WHERE pair_id = ?1"
+        ))
+        .bind(pair_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(pairing_from_row).transpose()?)
+    }
+
+    /// Marks the request completed (completed_at = now) and inserts the paired item
+    /// (`item_serial`, the request's name and kind) in one transaction. If the same item
+    /// serial was already paired with this lock, the old row is replaced (un-revoked).
+    /// `PairingNotFound` if no such request exists or it is already completed.
+    ///
+    /// Expiry is not checked here: callers compare `expires_at` (see `get_pairing`).
+    pub async fn complete_pairing(
+        &self,
+        pair_id: &str,
+        item_serial: &str,
+    ) -> Result<PairedItem, StoreError> {
+        let now = now_rfc3339();
+        // The transaction starts with a write, so it takes SQLite's write lock up front
+        // (waiting up to the busy timeout) and cannot fail later on a lock upgrade.
+        let mut tx = self.pool.begin().await?;
+        let request = sqlx::query(
+            "UPDATE pairing_requests SET completed_at = ?1 \
+             WHERE pair_id = ?2 AND completed_at IS NULL \
+             RETURNING lock_serial, name, item_type",
+        )
+        .bind(&now)
+        .bind(pair_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Dropping `tx` on any early return rolls back.
+        let Some(request) = request else {
+            return Err(StoreError::PairingNotFound);
+        };
+        let lock_serial: String = request.try_get("lock_serial")?;
+        let name: String = request.try_get("name")?;
+        let item_type: String = request.try_get("item_type")?;
+
+        let row = sqlx::query(concat!(
+            "INSERT INTO paired_items \
+                 (lock_serial, item_serial, name, item_type, pair_id, paired_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL) \
+             ON CONFLICT (lock_serial, item_serial) DO UPDATE SET \
+                 name = excluded.name, \
+                 item_type = excluded.item_type, \
+                 pair_id = excluded.pair_id, \
+                 paired_at = excluded.paired_at, \
+                 revoked_at = NULL \
+             RETURNING ",
+            paired_item_columns!()
+        ))
+        .bind(&lock_serial)
+        .bind(item_serial)
+        .bind(&name)
+        .bind(&item_type)
+        .bind(pair_id)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let item = paired_item_from_row(&row)?;
+        tx.commit().await?;
+        Ok(item)
+    }
+
+    /// All pairing requests (newest first) and all paired items (newest first).
+    pub async fn list_pairings(
+        &self,
+    ) -> Result<(Vec<PairingRequest>, Vec<PairedItem>), StoreError> {
+        // Timestamps have millisecond precision; rowid breaks ties in insertion order.
+        let requests = sqlx::query(concat!(
+            "SELECT ",
+            pairing_columns!(),
+            " FROM pairing_requests ORDER BY created_at DESC, rowid DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(pairing_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let items = sqlx::query(concat!(
+            "SELECT ",
+            paired_item_columns!(),
+            " FROM paired_items ORDER BY paired_at DESC, id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(paired_item_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok((requests, items))
+    }
+
+    /// An `access:request`: access is granted iff `item` is paired with `lock` and not
+    /// revoked; `user` is that item's name. Every decision is logged in
+    /// `access_decisions` (lock, item, device, granted, user, decided_at).
+    pub async fn decide_access(
+        &self,
+        lock: &Serial,
+        item: &str,
+        device: &str,
+    ) -> Result<AccessDecision, StoreError> {
+        // Decide and log in one statement: the LEFT JOIN yields exactly one row, with the
+        // paired item's name when there is an active pairing (at most one, by the UNIQUE
+        // constraint) and NULL otherwise.
+        let row = sqlx::query(
+            "INSERT INTO access_decisions \
+                 (lock_serial, item, device, granted, user_name, decided_at) \
+             SELECT ?1, ?2, ?3, p.name IS NOT NULL, p.name, ?4 \
+             FROM (SELECT 1) AS one \
+             LEFT JOIN paired_items AS p \
+                 ON p.lock_serial = ?1 AND p.item_serial = ?2 AND p.revoked_at IS NULL \
+             RETURNING granted, user_name",
+        )
+        .bind(lock.as_str())
+        .bind(item)
+        .bind(device)
+        .bind(now_rfc3339())
+        .fetch_one(&self.pool)
+        .await?;
+        let access: bool = row.try_get("granted")?;
+        let user: Option<String> = row.try_get("user_name")?;
+        Ok(AccessDecision {
+            access,
+            user: if access { user } else { None },
+        })
+    }
+
+    /// Appends a lock event (firmware `event`) to `lock_events`: lock, from device, message
+    /// JSON, received_at.
+    pub async fn record_event(
+        &self,
+        lock: &Serial,
+        from: &DeviceName,
+        message: &Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO lock_events (lock_serial, from_device, message, received_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(lock.as_str())
+        .bind(from.as_str())
+        .bind(message.to_string())
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Parses a JSON text column. Malformed or mis-shaped JSON (possible only through hand
+/// edits) is a decode error naming the column and `whose` row, never a panic.
+fn json_column<T: DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+    whose: &str,
+) -> Result<T, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    parse_json(&text, column, whose)
+}
+
+/// Like [`json_column`] for a nullable column.
+fn json_column_opt<T: DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+    whose: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| parse_json(&text, column, whose))
+        .transpose()
+}
+
+fn parse_json<T: DeserializeOwned>(
+    text: &str,
+    column: &str,
+    whose: &str,
+) -> Result<T, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::ColumnDecode {
+        index: format!("{column} of {whose}"),
+        source: Box::new(e),
+    })
+}
+
+/// Parses an `item_type` column (`'tag'` or `'mobile_phone'`, enforced by a CHECK).
+fn item_kind_column(row: &SqliteRow, column: &str) -> Result<ItemKind, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    ItemKind::parse(&text).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unknown item type {text:?}").into(),
+    })
+}
+
+fn lock_from_row(row: &SqliteRow) -> Result<LockRecord, sqlx::Error> {
+    let serial: String = row.try_get("serial")?;
+    let whose = format!("lock {serial:?}");
+    Ok(LockRecord {
+        uuid: row.try_get("uuid")?,
+        name: row.try_get("name")?,
+        mode: row.try_get("mode")?,
+        feature_flags: json_column(row, "feature_flags", &whose)?,
+        config: json_column(row, "config", &whose)?,
+        intended_state: json_column(row, "intended_state", &whose)?,
+        reported_state: json_column_opt(row, "reported_state", &whose)?,
+        reported_at: row.try_get("reported_at")?,
+        holder_device: row.try_get("holder_device")?,
+        first_seen_at: row.try_get("first_seen_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        serial,
+    })
+}
+
+fn pairing_from_row(row: &SqliteRow) -> Result<PairingRequest, sqlx::Error> {
+    Ok(PairingRequest {
+        pair_id: row.try_get("pair_id")?,
+        lock: row.try_get("lock_serial")?,
+        name: row.try_get("name")?,
+        kind: item_kind_column(row, "item_type")?,
+        expires_at: row.try_get("expires_at")?,
+        created_at: row.try_get("created_at")?,
+        completed_at: row.try_get("completed_at")?,
+    })
+}
+
+fn paired_item_from_row(row: &SqliteRow) -> Result<PairedItem, sqlx::Error> {
+    Ok(PairedItem {
+        lock: row.try_get("lock_serial")?,
+        serial: row.try_get("item_serial")?,
+        name: row.try_get("name")?,
+        kind: item_kind_column(row, "item_type")?,
+        pair_id: row.try_get("pair_id")?,
+        paired_at: row.try_get("paired_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}

@@ -1,0 +1,612 @@
+//! Store tests against real SQLite files in a temporary directory.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::domain::{DeviceName, ItemKind, Serial, parse_ts};
+
+fn serial(s: &str) -> Serial {
+    Serial::parse(s).expect("test serial")
+}
+
+fn device(s: &str) -> DeviceName {
+    DeviceName::parse(s).expect("test device name")
+}
+
+async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
+    let store = Store::open(&url).await.expect("open store");
+    (dir, store)
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&store.pool)
+        .await
+        .expect("count query")
+}
+
+/// Sleeps past the millisecond resolution of stored timestamps.
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+#[tokio::test]
+async fn open_sets_pragmas_and_applies_migrations() {
+    let (_dir, store) = temp_store().await;
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let applied = count(
+        &store,
+        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
+    )
+    .await;
+    assert_eq!(applied, super::MIGRATOR.iter().count() as i64);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn join_creates_lock_with_defaults() {
+    let (_dir, store) = temp_store().await;
+    let lock = store
+        .join_lock(&serial("L-1"), &device("pi-hall"))
+        .await
+        .unwrap();
+    assert_eq!(lock.serial, "L-1");
+    assert_eq!(lock.name, "L-1");
+    assert_eq!(lock.mode, 1);
+    assert!(lock.feature_flags.is_empty());
+    assert_eq!(lock.config, json!({}));
+    assert_eq!(lock.intended_state, json!({"locked": true}));
+    assert_eq!(lock.reported_state, None);
+    assert_eq!(lock.reported_at, None);
+    assert_eq!(lock.holder_device.as_deref(), Some("pi-hall"));
+    let uuid = uuid::Uuid::parse_str(&lock.uuid).expect("uuid column is a UUID");
+    assert_eq!(uuid.get_version_num(), 4);
+    assert!(parse_ts(&lock.first_seen_at).is_some());
+    assert_eq!(
+        lock.last_seen_at.as_deref(),
+        Some(lock.first_seen_at.as_str())
+    );
+    assert_eq!(store.get_lock("L-1").await.unwrap(), Some(lock));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen() {
+    let (_dir, store) = temp_store().await;
+    let first = store
+        .join_lock(&serial("L-1"), &device("pi-a"))
+        .await
+        .unwrap();
+    store
+        .set_intended_state("L-1", &json!({"locked": false}))
+        .await
+        .unwrap();
+    tick().await;
+    let second = store
+        .join_lock(&serial("L-1"), &device("pi-b"))
+        .await
+        .unwrap();
+    assert_eq!(second.uuid, first.uuid);
+    assert_eq!(second.first_seen_at, first.first_seen_at);
+    assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
+    assert!(second.last_seen_at > first.last_seen_at);
+    // Re-joining does not reset anything else.
+    assert_eq!(second.intended_state, json!({"locked": false}));
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM locks").await, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn reopening_the_file_keeps_the_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let path = path.to_str().unwrap();
+
+    let store = Store::open(&format!("sqlite://{path}")).await.unwrap();
+    let uuid = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap()
+        .uuid;
+    store.close().await;
+
+    // The same file through each accepted spelling; migrations are not re-applied.
+    for url in [
+        format!("sqlite:{path}"),
+        path.to_owned(),
+        format!("sqlite://{path}"),
+    ] {
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(
+            store.get_lock("L-1").await.unwrap().unwrap().uuid,
+            uuid,
+            "{url}"
+        );
+        let again = store
+            .join_lock(&serial("L-1"), &device("pi"))
+            .await
+            .unwrap();
+        assert_eq!(again.uuid, uuid, "{url}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn two_serials_get_different_uuids() {
+    let (_dir, store) = temp_store().await;
+    let b = store.join_lock(&serial("B"), &device("pi")).await.unwrap();
+    let a = store.join_lock(&serial("A"), &device("pi")).await.unwrap();
+    assert_ne!(a.uuid, b.uuid);
+    let all = store.list_locks().await.unwrap();
+    let serials: Vec<_> = all.iter().map(|l| l.serial.as_str()).collect();
+    assert_eq!(serials, ["A", "B"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_joins_of_one_serial_agree_on_the_uuid() {
+    let (_dir, store) = temp_store().await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .join_lock(&serial("L-1"), &device(&format!("pi-{i}")))
+                .await
+                .unwrap()
+                .uuid
+        }));
+    }
+    let mut uuids = Vec::new();
+    for t in tasks {
+        uuids.push(t.await.unwrap());
+    }
+    uuids.dedup();
+    assert_eq!(uuids.len(), 1);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM locks").await, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn intended_and_reported_state() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    let state = json!({"locked": false, "until": "2030-01-01T00:00:00Z"});
+    let updated = store.set_intended_state("L-1", &state).await.unwrap();
+    assert_eq!(updated.intended_state, state);
+    let fetched = store.get_lock("L-1").await.unwrap().unwrap();
+    assert_eq!(fetched.intended_state, state);
+
+    store
+        .set_reported_state(&serial("L-1"), &json!({"locked": true, "battery": 87}))
+        .await
+        .unwrap();
+    let fetched = store.get_lock("L-1").await.unwrap().unwrap();
+    assert_eq!(
+        fetched.reported_state,
+        Some(json!({"locked": true, "battery": 87}))
+    );
+    assert!(fetched.reported_at.as_deref().and_then(parse_ts).is_some());
+    // The intended state is untouched by a report.
+    assert_eq!(fetched.intended_state, state);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn unknown_locks() {
+    let (_dir, store) = temp_store().await;
+    assert_eq!(store.get_lock("nope").await.unwrap(), None);
+    assert!(store.list_locks().await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .set_intended_state("nope", &json!({"locked": false}))
+            .await,
+        Err(StoreError::LockNotFound)
+    ));
+    assert!(matches!(
+        store.set_reported_state(&serial("nope"), &json!({})).await,
+        Err(StoreError::LockNotFound)
+    ));
+    assert!(matches!(
+        store
+            .create_pairing("nope", "Alice", ItemKind::Tag, Duration::from_secs(60))
+            .await,
+        Err(StoreError::LockNotFound)
+    ));
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM locks").await, 0);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM pairing_requests").await,
+        0
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn pairing_create_complete_list() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+
+    let req = store
+        .create_pairing(
+            "L-1",
+            "Alice",
+            ItemKind::MobilePhone,
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(req.lock, "L-1");
+    assert_eq!(req.name, "Alice");
+    assert_eq!(req.kind, ItemKind::MobilePhone);
+    assert_eq!(req.completed_at, None);
+    assert!(uuid::Uuid::parse_str(&req.pair_id).is_ok());
+    let created = parse_ts(&req.created_at).unwrap();
+    let expires = parse_ts(&req.expires_at).unwrap();
+    assert_eq!(expires - created, time::Duration::seconds(300));
+    assert_eq!(
+        store.get_pairing(&req.pair_id).await.unwrap(),
+        Some(req.clone())
+    );
+    assert_eq!(store.get_pairing("missing").await.unwrap(), None);
+
+    let item = store
+        .complete_pairing(&req.pair_id, "PHONE-42")
+        .await
+        .unwrap();
+    assert_eq!(item.lock, "L-1");
+    assert_eq!(item.serial, "PHONE-42");
+    assert_eq!(item.name, "Alice");
+    assert_eq!(item.kind, ItemKind::MobilePhone);
+    assert_eq!(item.pair_id, req.pair_id);
+    assert_eq!(item.revoked_at, None);
+
+    let completed = store.get_pairing(&req.pair_id).await.unwrap().unwrap();
+    assert_eq!(
+        completed.completed_at.as_deref(),
+        Some(item.paired_at.as_str())
+    );
+
+    // Completing twice (or an unknown id) fails and changes nothing.
+    assert!(matches!(
+        store.complete_pairing(&req.pair_id, "OTHER").await,
+        Err(StoreError::PairingNotFound)
+    ));
+    assert!(matches!(
+        store.complete_pairing("no-such-id", "OTHER").await,
+        Err(StoreError::PairingNotFound)
+    ));
+
+    tick().await;
+    let second = store
+        .create_pairing("L-1", "Bob", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let (requests, items) = store.list_pairings().await.unwrap();
+    assert_eq!(requests, vec![second.clone(), completed]);
+    assert_eq!(items, vec![item]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn repairing_an_item_replaces_and_unrevokes_it() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    let first = store
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .complete_pairing(&first.pair_id, "TAG-1")
+        .await
+        .unwrap();
+    sqlx::query("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+
+    let second = store
+        .create_pairing("L-1", "Carol", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let item = store
+        .complete_pairing(&second.pair_id, "TAG-1")
+        .await
+        .unwrap();
+    assert_eq!(item.name, "Carol");
+    assert_eq!(item.pair_id, second.pair_id);
+    assert_eq!(item.revoked_at, None);
+    let (_, items) = store.list_pairings().await.unwrap();
+    assert_eq!(items, vec![item]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn absurd_ttl_does_not_panic() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    let req = store
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::MAX)
+        .await
+        .unwrap();
+    assert!(parse_ts(&req.expires_at).is_some());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn decide_access_grants_only_active_pairings_and_logs_everything() {
+    let (_dir, store) = temp_store().await;
+    let l1 = serial("L-1");
+    store.join_lock(&l1, &device("pi")).await.unwrap();
+    store
+        .join_lock(&serial("L-2"), &device("pi"))
+        .await
+        .unwrap();
+
+    // Not paired yet.
+    let d = store.decide_access(&l1, "TAG-1", "pi").await.unwrap();
+    assert!(!d.access);
+    assert_eq!(d.user, None);
+
+    let req = store
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A pending (not completed) request grants nothing.
+    assert!(
+        !store
+            .decide_access(&l1, "TAG-1", "pi")
+            .await
+            .unwrap()
+            .access
+    );
+    store.complete_pairing(&req.pair_id, "TAG-1").await.unwrap();
+
+    let d = store.decide_access(&l1, "TAG-1", "pi").await.unwrap();
+    assert!(d.access);
+    assert_eq!(d.user.as_deref(), Some("Alice"));
+
+    // Paired with L-1 only; unknown items and unknown locks are refused, not errors.
+    assert!(
+        !store
+            .decide_access(&serial("L-2"), "TAG-1", "pi")
+            .await
+            .unwrap()
+            .access
+    );
+    assert!(
+        !store
+            .decide_access(&l1, "TAG-2", "pi")
+            .await
+            .unwrap()
+            .access
+    );
+    assert!(
+        !store
+            .decide_access(&serial("GHOST"), "TAG-1", "pi")
+            .await
+            .unwrap()
+            .access
+    );
+
+    sqlx::query("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let d = store.decide_access(&l1, "TAG-1", "gw-2").await.unwrap();
+    assert!(!d.access);
+    assert_eq!(d.user, None);
+
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM access_decisions").await,
+        7
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM access_decisions WHERE granted = 1"
+        )
+        .await,
+        1
+    );
+    let (lock, item, dev, granted, user, at): (
+        String,
+        String,
+        String,
+        i64,
+        Option<String>,
+        String,
+    ) = sqlx::query_as(
+        "SELECT lock_serial, item, device, granted, user_name, decided_at \
+             FROM access_decisions WHERE granted = 1",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            lock.as_str(),
+            item.as_str(),
+            dev.as_str(),
+            granted,
+            user.as_deref()
+        ),
+        ("L-1", "TAG-1", "pi", 1, Some("Alice"))
+    );
+    assert!(parse_ts(&at).is_some());
+    let last: (String, i64, Option<String>) = sqlx::query_as(
+        "SELECT device, granted, user_name FROM access_decisions ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(last, ("gw-2".to_owned(), 0, None));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn record_event_appends() {
+    let (_dir, store) = temp_store().await;
+    let l1 = serial("L-1");
+    store.join_lock(&l1, &device("pi")).await.unwrap();
+    let msg = json!({"event": "door_opened", "at": 1234, "nested": {"a": [1, 2]}});
+    store.record_event(&l1, &device("pi"), &msg).await.unwrap();
+    store
+        .record_event(&l1, &device("pi"), &json!("plain string"))
+        .await
+        .unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM lock_events").await, 2);
+    let (lock, from, message, at): (String, String, String, String) = sqlx::query_as(
+        "SELECT lock_serial, from_device, message, received_at FROM lock_events ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!((lock.as_str(), from.as_str()), ("L-1", "pi"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&message).unwrap(),
+        msg
+    );
+    assert!(parse_ts(&at).is_some());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn lock_overview_view_is_queryable() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    store
+        .join_lock(&serial("L-2"), &device("pi"))
+        .await
+        .unwrap();
+    store
+        .join_lock(&serial("L-1"), &device("pi-2"))
+        .await
+        .unwrap();
+    store
+        .set_reported_state(&serial("L-1"), &json!({"locked": true}))
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT serial, uuid, name, mode, intended_state, reported_state, reported_at, \
+         holder_device, last_seen_at FROM lock_overview ORDER BY serial",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let l1 = store.get_lock("L-1").await.unwrap().unwrap();
+    let get = |i: usize, col: &str| -> Option<String> { rows[i].try_get(col).unwrap() };
+    assert_eq!(get(0, "serial").as_deref(), Some("L-1"));
+    assert_eq!(get(0, "uuid"), Some(l1.uuid));
+    assert_eq!(get(0, "name").as_deref(), Some("L-1"));
+    assert_eq!(rows[0].try_get::<i64, _>("mode").unwrap(), 1);
+    assert_eq!(
+        get(0, "intended_state").as_deref(),
+        Some(r#"{"locked": true}"#)
+    );
+    assert_eq!(
+        get(0, "reported_state").as_deref(),
+        Some(r#"{"locked":true}"#)
+    );
+    assert_eq!(get(0, "reported_at"), l1.reported_at);
+    assert_eq!(get(0, "holder_device").as_deref(), Some("pi-2"));
+    assert_eq!(get(0, "last_seen_at"), l1.last_seen_at);
+    assert_eq!(get(1, "serial").as_deref(), Some("L-2"));
+    assert_eq!(get(1, "reported_state"), None);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_an_error_not_a_panic() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+
+    // The CHECK constraints refuse malformed JSON...
+    let refused = sqlx::query("UPDATE locks SET config = '{oops'")
+        .execute(&store.pool)
+        .await;
+    assert!(refused.is_err());
+
+    // ...but valid JSON of the wrong shape gets through and must not panic.
+    sqlx::query("UPDATE locks SET feature_flags = '[1, 2]'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let err = store.get_lock("L-1").await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err}");
+    assert!(err.to_string().contains("feature_flags"), "{err}");
+    assert!(
+        store
+            .join_lock(&serial("L-1"), &device("pi"))
+            .await
+            .is_err()
+    );
+    assert!(store.list_locks().await.is_err());
+
+    // And with CHECKs bypassed, malformed text is an error too.
+    let mut conn = store.pool.acquire().await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE locks SET feature_flags = '[]', intended_state = '{not json'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = OFF")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let err = store.get_lock("L-1").await.unwrap_err();
+    assert!(err.to_string().contains("intended_state"), "{err}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn in_memory_database_works() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let a = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    let b = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(a.uuid, b.uuid);
+    store.close().await;
+}

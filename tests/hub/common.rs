@@ -1,0 +1,254 @@
+//! Test harness: a real hub on port 0 with a temp SQLite file, and a small Phoenix client
+//! over tokio-tungstenite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use homehub::config::Config;
+use homehub::hub::Server;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const TOKEN: &str = "test-admin-token";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        homehub::telemetry::init();
+    }
+}
+
+/// A running hub. Dropping it without `stop` aborts the server task.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub dir: std::sync::Arc<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestHub {
+    pub async fn start() -> TestHub {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestHub {
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), tweak).await
+    }
+
+    /// Starts a hub on the database file of `dir`.
+    pub async fn start_in(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        bind: SocketAddr,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestHub {
+        init_logs();
+        let db: PathBuf = dir.path().join("homehub.db");
+        let mut config = Config::default_for(bind, &format!("sqlite://{}", db.display()));
+        config.admin_token = Some(TOKEN.to_owned());
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("bind hub");
+        let addr = server.local_addr().expect("local addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestHub {
+            addr,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful shutdown (as on SIGTERM), waiting for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("hub stops in time")
+                .expect("hub task")
+                .expect("hub ran cleanly");
+        }
+    }
+
+    /// Stops this hub and starts a new one on the same database file and port.
+    pub async fn restart(self) -> TestHub {
+        let dir = self.dir.clone();
+        let addr = self.addr;
+        self.stop().await;
+        TestHub::start_in(dir, addr, |_| {}).await
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/socket/websocket?{query}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("homehub.db")
+    }
+
+    /// V2 client named `name`.
+    pub async fn client(&self, name: &str) -> TestClient {
+        TestClient::connect(&self.ws_url(&format!("vsn=2.0.0&name={name}"))).await
+    }
+
+    /// Admin request with the token; returns (status, JSON body or Null).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.request(method, self.http(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub struct TestClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl TestClient {
+    pub async fn connect(url: &str) -> TestClient {
+        let (ws, _) = connect_async(url).await.expect("websocket connects");
+        TestClient { ws }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// Next data frame (text parsed as JSON); panics after 5 s.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within 5 s")
+                .expect("socket open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sent JSON"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next frame of any kind.
+    pub async fn recv_msg(&mut self) -> Option<Message> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within 5 s")
+            {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return Some(m),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Receives frames until one whose event is `event`, returning it.
+    pub async fn recv_event(&mut self, event: &str) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f[3] == event {
+                return f;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `ms` milliseconds.
+    pub async fn expect_silence(&mut self, ms: u64) {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+
+    /// Waits for the server's close frame; returns it.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close within 5 s")
+            {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Joins `topic` with join_ref = ref = `jr`; returns the reply frame.
+    pub async fn join(&mut self, topic: &str, jr: &str, payload: Value) -> Value {
+        self.send(json!([jr, jr, topic, "phx_join", payload])).await;
+        self.recv_reply(jr).await
+    }
+
+    /// Pushes an event; returns its reply frame.
+    pub async fn push(
+        &mut self,
+        jr: &str,
+        r: &str,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Value {
+        self.send(json!([jr, r, topic, event, payload])).await;
+        self.recv_reply(r).await
+    }
+
+    /// Receives until the phx_reply with ref `r`.
+    pub async fn recv_reply(&mut self, r: &str) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f[3] == "phx_reply" && f[1] == r {
+                return f;
+            }
+        }
+    }
+}
+
+/// Status and response of a V2 reply frame.
+pub fn reply_of(frame: &Value) -> (&str, &Value) {
+    (
+        frame[4]["status"].as_str().expect("reply status"),
+        &frame[4]["response"],
+    )
+}

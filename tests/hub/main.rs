@@ -1,0 +1,7 @@
+//! Integration tests: the real hub on port 0 with a temp SQLite file, driven over real
+//! WebSockets and HTTP. One binary, one module per area.
+
+mod admin;
+mod common;
+mod lock_channel;
+mod protocol;
