@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -29,6 +30,7 @@ pub struct Hub {
     pub tracker: TaskTracker,
     /// Cancelled once, at shutdown; every connection's kill switch is a child of it.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A bound, not yet running hub.
@@ -46,8 +48,10 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", config.bind))?;
         let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub {
-            registry: Registry::new(shutdown.clone(), config.outbound_queue),
+            registry: Registry::new(shutdown.clone(), config.outbound_queue, metrics.clone()),
+            metrics,
             config,
             store,
             tracker: TaskTracker::new(),
@@ -109,5 +113,6 @@ pub fn router(hub: Arc<Hub>) -> Router {
             axum::routing::any(crate::transport::websocket::upgrade),
         )
         .nest("/api", crate::admin::router(hub.clone()))
+        .merge(crate::admin::metrics_router(hub.clone()))
         .with_state(hub)
 }

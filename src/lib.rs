@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod shutdown;

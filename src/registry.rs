@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::DeviceName;
+use crate::metrics::{self, Metrics};
 use crate::protocol::serializer::close_code;
 use crate::protocol::{Frame, OutPayload, SharedFrame};
 
@@ -61,6 +62,7 @@ pub struct Conn {
     /// Cancelled to make the connection's task close the socket with `close_code`.
     kill: CancellationToken,
     close_code: AtomicU16,
+    metrics: Arc<Metrics>,
 }
 
 impl Conn {
@@ -70,6 +72,7 @@ impl Conn {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.kill.is_cancelled() {
+                    metrics::inc(&self.metrics.slow_consumers_closed);
                     tracing::warn!(conn = self.id, device = %self.name, "outbound queue full; closing slow connection");
                 }
                 self.kill(close_code::POLICY);
@@ -131,15 +134,21 @@ pub struct Registry {
     inner: Mutex<Inner>,
     shutdown: CancellationToken,
     queue_capacity: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(shutdown: CancellationToken, queue_capacity: usize) -> Registry {
+    pub fn new(
+        shutdown: CancellationToken,
+        queue_capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
         Registry {
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
             shutdown,
             queue_capacity: queue_capacity.max(1),
+            metrics,
         }
     }
 
@@ -167,7 +176,9 @@ impl Registry {
             tx,
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
+            metrics: self.metrics.clone(),
         });
+        metrics::inc(&self.metrics.connections_total);
         let old = self.lock().devices.insert(name, conn.clone());
         if let Some(old) = old {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
@@ -213,6 +224,7 @@ impl Registry {
         payload: OutPayload,
         except: Option<u64>,
     ) -> usize {
+        metrics::inc(&self.metrics.broadcasts);
         let shared = SharedFrame::new(Frame::broadcast(topic, event, payload), except);
         let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
             Some(subs) => subs
@@ -225,6 +237,22 @@ impl Registry {
         receivers
             .iter()
             .filter(|c| c.send(Outbound::Broadcast(shared.clone())).is_ok())
+            .count()
+    }
+
+    /// Pushes `event` to every channel instance joined to `topic`, each frame carrying that
+    /// instance's join_ref (`[J, null, T, E, P]`, Phoenix's intercepted broadcast). Used for
+    /// the hub's pushes to locks: some client libraries drop frames without their join_ref.
+    /// Returns how many connections it was queued for.
+    pub fn push_topic(&self, topic: &str, event: &str, payload: OutPayload) -> usize {
+        let frame = Frame::broadcast(topic, event, payload);
+        let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
+            Some(subs) => subs.values().cloned().collect(),
+            None => return 0,
+        };
+        receivers
+            .iter()
+            .filter(|c| c.send(Outbound::Push(Box::new(frame.clone()))).is_ok())
             .count()
     }
 

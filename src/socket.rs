@@ -7,11 +7,15 @@
 //! joined. Channels never learn which transport is in use.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 
 use crate::channels::router::{self, ChannelState, Topic};
 use crate::channels::{ChannelError, Ctx};
 use crate::hub::Hub;
+use crate::metrics;
 use crate::protocol::{Frame, Message, OutPayload, RawRef, Vsn, WireFrame};
 use crate::registry::{Conn, Outbound};
 
@@ -113,7 +117,14 @@ impl Session {
             hub: &self.hub,
             conn: &self.conn,
         };
-        match router::join(topic, &ctx).await {
+        let joined = AssertUnwindSafe(router::join(topic, &ctx))
+            .catch_unwind()
+            .await;
+        let joined = joined.unwrap_or_else(|_| {
+            tracing::error!(conn = self.conn.id, topic = %msg.topic, "channel join panicked");
+            Err(ChannelError::refused("join crashed"))
+        });
+        match joined {
             Ok((state, response)) => {
                 let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
                 // Subscribe before replying: a broadcast queued meanwhile is written after
@@ -126,6 +137,7 @@ impl Session {
                     "ok",
                     response.to_string(),
                 ));
+                metrics::inc(&self.hub.metrics.joins);
                 tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "joined");
                 self.channels.insert(
                     msg.topic.clone(),
@@ -137,6 +149,7 @@ impl Session {
                 );
             }
             Err(e) => {
+                metrics::inc(&self.hub.metrics.joins_refused);
                 self.log_error(&msg, &e, "join refused");
                 out.push(Frame::reply(
                     msg.join_ref.clone(),
@@ -188,11 +201,29 @@ impl Session {
             hub: &self.hub,
             conn: &self.conn,
         };
-        let (status, response) = match router::handle_in(&mut joined.state, &msg, &ctx).await {
-            Ok(v) => ("ok", v),
-            Err(e) => {
+        let handled = AssertUnwindSafe(router::handle_in(&mut joined.state, &msg, &ctx))
+            .catch_unwind()
+            .await;
+        let (status, response) = match handled {
+            Ok(Ok(v)) => ("ok", v),
+            Ok(Err(e)) => {
                 self.log_error(&msg, &e, "event refused");
                 ("error", e.response())
+            }
+            Err(_) => {
+                // The channel instance is gone; the client rejoins on phx_error (§3.5).
+                tracing::error!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, "channel crashed");
+                if let Some(dead) = self.channels.remove(&msg.topic) {
+                    self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
+                    out.push(Frame {
+                        join_ref: dead.join_ref.clone(),
+                        ref_: dead.join_ref,
+                        topic: msg.topic.clone(),
+                        event: "phx_error".to_owned(),
+                        payload: OutPayload::Json(r#"{"reason":"channel_crash"}"#.to_owned()),
+                    });
+                }
+                return;
             }
         };
         let push_ref = self
@@ -238,9 +269,12 @@ impl Session {
             }
         }
     }
+}
 
-    /// Ends the session: channels are terminated silently and the connection forgotten.
-    pub fn terminate(self) {
+/// Ending a session (normally, or by a panic unwinding its task) terminates its channels
+/// silently and forgets the connection, so the registry never keeps a dead entry.
+impl Drop for Session {
+    fn drop(&mut self) {
         self.hub
             .registry
             .disconnect(&self.conn, self.channels.keys().map(String::as_str));

@@ -74,6 +74,18 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// `GET /metrics` (Prometheus text format), behind the same authorization as `/api`.
+pub fn metrics_router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(hub, authorize))
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    let body = hub.metrics.render(hub.registry.connection_count());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
 pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     Router::new()
         .route("/locks", get(list_locks))
@@ -184,11 +196,10 @@ async fn set_state(
         Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
         Err(e) => return Err(e.into()),
     };
-    let delivered = hub.registry.broadcast(
+    let delivered = hub.registry.push_topic(
         &lock_topic(&serial),
         "state",
         OutPayload::Json(state.to_string()),
-        None,
     );
     tracing::info!(%serial, delivered, "intended state changed");
     Ok(Json(view(&hub, lock)))
@@ -239,11 +250,10 @@ async fn start_pairing(
         Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
         Err(e) => return Err(e.into()),
     };
-    let delivered = hub.registry.broadcast(
+    let delivered = hub.registry.push_topic(
         &lock_topic(&serial),
         "mode:pair",
         OutPayload::Json(request.mode_pair_payload().to_string()),
-        None,
     );
     tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
     let mut out = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));

@@ -4,7 +4,8 @@
 //! `reset` repeats that; `pair:complete` finishes a pairing the hub started with
 //! `mode:pair`; `access:request` asks whether a presented item may open the lock; `event`
 //! reports an access event; `report` tells the lock's actual state. The hub pushes
-//! `mode:pair` and `state` as broadcasts on the topic (see `admin`).
+//! `mode:pair` and `state` to every instance joined to the topic, each with its join_ref
+//! (see `admin` and `Registry::push_topic`).
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -205,11 +206,10 @@ async fn pair_complete(
         "type": item.kind,
         "serial": item.serial,
     });
-    ctx.hub.registry.broadcast(
+    ctx.hub.registry.push_topic(
         &topic(ch.serial.as_str()),
         "pair:complete",
         OutPayload::Json(announce.to_string()),
-        None,
     );
     Ok(json!({}))
 }

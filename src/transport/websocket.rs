@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::domain::DeviceName;
 use crate::hub::Hub;
+use crate::metrics;
 use crate::protocol::serializer::close_code;
 use crate::protocol::{DecodeError, Frame, Vsn, WireFrame};
 use crate::registry::{Conn, Door};
@@ -46,18 +47,22 @@ pub async fn upgrade(
     if method != Method::GET {
         return StatusCode::BAD_REQUEST.into_response();
     }
+    let refuse = || {
+        metrics::inc(&hub.metrics.connections_refused);
+        StatusCode::FORBIDDEN.into_response()
+    };
     let params = super::query_params(query.as_deref());
     let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
         tracing::info!(%peer, vsn = ?params.get("vsn"), "connect refused: unsupported vsn");
-        return StatusCode::FORBIDDEN.into_response();
+        return refuse();
     };
     if !subprotocols_acceptable(&headers) {
         tracing::info!(%peer, "connect refused: no acceptable subprotocol");
-        return StatusCode::FORBIDDEN.into_response();
+        return refuse();
     }
     let Some(name) = params.get("name").and_then(|n| DeviceName::parse(n)) else {
         tracing::info!(%peer, name = ?params.get("name"), "connect refused: missing or invalid name");
-        return StatusCode::FORBIDDEN.into_response();
+        return refuse();
     };
     let Ok(ws) = ws else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -155,6 +160,7 @@ async fn run(mut socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, p
                     Some(Ok(m)) => m,
                 };
                 last_in = Instant::now();
+                metrics::inc(&hub.metrics.frames_in);
                 let decoded = match &msg {
                     WsMessage::Text(t) => vsn.decode(t.as_bytes(), false),
                     WsMessage::Binary(b) => vsn.decode(b, true),
@@ -164,9 +170,11 @@ async fn run(mut socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, p
                 match decoded {
                     Ok(m) => session.handle(m, &mut frames).await,
                     Err(DecodeError::Malformed { ref_, topic, reason }) => {
+                        metrics::inc(&hub.metrics.decode_errors);
                         session.malformed(ref_, &topic, reason, &mut frames)
                     }
                     Err(DecodeError::Fatal { code, reason }) => {
+                        metrics::inc(&hub.metrics.decode_errors);
                         tracing::info!(conn = conn.id, code, reason, "undecodable frame");
                         break End::Close(code, reason);
                     }
@@ -191,6 +199,7 @@ async fn run(mut socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, p
                 deadline.as_mut().reset(last_in + idle);
             }
         }
+        metrics::add(&hub.metrics.frames_out, wire.len() as u64);
         if !write_all(&mut socket, &conn, wire).await {
             break if conn.is_killed() {
                 End::Close(conn.close_code(), "closed by the hub")
@@ -212,6 +221,6 @@ async fn run(mut socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, p
         }
         End::Gone => None,
     };
-    session.terminate();
+    drop(session);
     tracing::info!(conn = conn.id, close_code = ?code, "disconnected");
 }

@@ -164,3 +164,24 @@ async fn cli_wraps_the_api() {
     assert_eq!(c.recv_event("state").await[4], json!({"locked": false}));
     assert_eq!(c.recv_event("mode:pair").await[4]["name"], "blue tag");
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_behind_admin_auth() {
+    let hub = TestHub::start().await;
+    let mut c = hub.client("metered").await;
+    c.join("lock:M1", "1", json!({})).await;
+    let resp = reqwest::get(hub.http("/metrics")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let text = reqwest::Client::new()
+        .get(hub.http("/metrics"))
+        .bearer_auth(crate::common::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("homehub_connections 1\n"), "{text}");
+    assert!(text.contains("homehub_joins_total 1\n"), "{text}");
+    assert!(text.contains("# TYPE homehub_frames_in_total counter"));
+}

@@ -83,7 +83,7 @@ async fn reset_replies_with_fresh_state_and_unknown_event_keeps_channel() {
     let push = c.recv_event("state").await;
     assert_eq!(
         push,
-        json!([null, null, "lock:RST", "state", {"locked": false}])
+        json!(["1", null, "lock:RST", "state", {"locked": false}])
     );
     let r = c.push("1", "4", "lock:RST", "reset", json!({})).await;
     assert_eq!(reply_of(&r).1["state"], json!({"locked": false}));
@@ -127,7 +127,11 @@ async fn pairing_round_trip_then_access() {
     )
     .await;
     let push = lock.recv_event("mode:pair").await;
-    assert_eq!(push[0], Value::Null);
+    assert_eq!(
+        (&push[0], &push[1]),
+        (&json!("1"), &Value::Null),
+        "a push carries the join_ref"
+    );
     let sent = push[4].clone();
     assert_eq!(sent["pair_id"], req["pair_id"]);
     assert_eq!(sent["expires_at"], req["expires_at"]);

@@ -1,0 +1,91 @@
+//! Counters exposed at `GET /metrics` in the Prometheus text format (spec §6).
+//!
+//! Plain atomics: incrementing one is a single relaxed add on the hot path, and the
+//! exposition is a dozen lines, so no metrics framework is pulled in.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub joins: AtomicU64,
+    pub joins_refused: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub broadcasts: AtomicU64,
+    pub slow_consumers_closed: AtomicU64,
+}
+
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// The Prometheus text exposition; `connections` is the current gauge.
+    pub fn render(&self, connections: usize) -> String {
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            (
+                "homehub_connections_total",
+                "WebSocket connections accepted",
+                &self.connections_total,
+            ),
+            (
+                "homehub_connections_refused_total",
+                "connection attempts refused before the upgrade",
+                &self.connections_refused,
+            ),
+            (
+                "homehub_frames_in_total",
+                "frames received from clients",
+                &self.frames_in,
+            ),
+            (
+                "homehub_frames_out_total",
+                "frames written to clients",
+                &self.frames_out,
+            ),
+            (
+                "homehub_joins_total",
+                "successful channel joins",
+                &self.joins,
+            ),
+            (
+                "homehub_joins_refused_total",
+                "refused channel joins",
+                &self.joins_refused,
+            ),
+            (
+                "homehub_decode_errors_total",
+                "client frames that could not be decoded",
+                &self.decode_errors,
+            ),
+            (
+                "homehub_broadcasts_total",
+                "broadcasts fanned out",
+                &self.broadcasts,
+            ),
+            (
+                "homehub_slow_consumers_closed_total",
+                "connections closed because they did not read",
+                &self.slow_consumers_closed,
+            ),
+        ];
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP homehub_connections live connections");
+        let _ = writeln!(out, "# TYPE homehub_connections gauge");
+        let _ = writeln!(out, "homehub_connections {connections}");
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        out
+    }
+}

@@ -1,0 +1,298 @@
+// Shared helpers for the JS interop tests: start/stop a private homehub per test
+// file, talk to its admin API, and wrap the official `phoenix` client in promises.
+//
+// Every test file creates its own Hub (own temp dir, own database, own port), so
+// files can run in parallel.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join as joinPath, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { randomBytes } from "node:crypto";
+import { createInterface } from "node:readline";
+import { test } from "node:test";
+
+import { Socket } from "phoenix";
+import WebSocket from "ws";
+
+export { Socket, WebSocket };
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = resolve(here, "..", "..", "..");
+
+export function hubBinary() {
+  return process.env.HOMEHUB_BIN || joinPath(REPO_ROOT, "target", "debug", "homehub");
+}
+
+/** A short random tag, so serials and device names never collide between tests. */
+export function uniq(prefix) {
+  return `${prefix}-${randomBytes(4).toString("hex")}`;
+}
+
+const LISTENING_RE = /homehub listening on http:\/\/127\.0\.0\.1:(\d+)/;
+const START_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+/**
+ * One homehub process (and its restarts) on one private database.
+ *
+ *   const hub = new Hub("lock");
+ *   before(() => hub.start());
+ *   after(() => hub.cleanup());
+ */
+export class Hub {
+  constructor(label = "hub") {
+    this.label = label;
+    this.dir = mkdtempSync(joinPath(tmpdir(), `homehub-interop-${label}-`));
+    this.dbUrl = `sqlite://${joinPath(this.dir, "homehub.db")}`;
+    this.token = `interop-${randomBytes(12).toString("hex")}`;
+    this.port = null;
+    this.proc = null;
+    this.log = []; // stderr + stdout lines of every run, for failure reports
+    this.runs = 0;
+  }
+
+  get httpUrl() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Base URL for phoenix.js (`new Socket(hub.socketUrl)`); the client appends /websocket. */
+  get socketUrl() {
+    return `ws://127.0.0.1:${this.port}/socket`;
+  }
+
+  /**
+   * Start the hub. `port` defaults to 0 (pick a free one) on the first start;
+   * pass the old port to restart on the same address.
+   */
+  async start(port = 0) {
+    if (this.proc) throw new Error("hub already running");
+    const bin = hubBinary();
+    if (!existsSync(bin)) {
+      throw new Error(`homehub binary not found at ${bin} (run cargo build or set HOMEHUB_BIN)`);
+    }
+    this.runs += 1;
+    const run = this.runs;
+    const args = ["serve", "--bind", `127.0.0.1:${port}`, "--database-url", this.dbUrl];
+    this.log.push(`[run ${run}] $ ${bin} ${args.join(" ")}`);
+    const proc = spawn(bin, args, {
+      env: { ...process.env, HOMEHUB_ADMIN_TOKEN: this.token },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.proc = proc;
+    proc.exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
+    createInterface({ input: proc.stderr }).on("line", (l) => this.log.push(`[run ${run} stderr] ${l}`));
+
+    const port_ = await new Promise((res, rej) => {
+      let done = false;
+      const finish = (fn, v) => {
+        if (!done) {
+          done = true;
+          clearTimeout(timer);
+          fn(v);
+        }
+      };
+      const timer = setTimeout(
+        () => finish(rej, new Error(`hub did not print its listening line within ${START_TIMEOUT_MS} ms`)),
+        START_TIMEOUT_MS,
+      );
+      createInterface({ input: proc.stdout }).on("line", (l) => {
+        this.log.push(`[run ${run} stdout] ${l}`);
+        const m = LISTENING_RE.exec(l);
+        if (m) finish(res, Number(m[1]));
+      });
+      proc.once("error", (e) => finish(rej, e));
+      proc.exited.then(({ code, signal }) =>
+        finish(rej, new Error(`hub exited before listening (code ${code}, signal ${signal})`)),
+      );
+    }).catch((e) => {
+      this.kill();
+      throw this.annotate(e);
+    });
+    if (port !== 0 && port_ !== port) {
+      throw this.annotate(new Error(`hub asked to bind port ${port} but reports ${port_}`));
+    }
+    this.port = port_;
+    return this;
+  }
+
+  /** SIGTERM and wait for the exit (SIGKILL after a grace period). Returns {code, signal}. */
+  async stop() {
+    const proc = this.proc;
+    if (!proc) return null;
+    this.proc = null;
+    if (proc.exitCode !== null || proc.signalCode !== null) return proc.exited;
+    proc.kill("SIGTERM");
+    let timer;
+    const result = await Promise.race([
+      proc.exited,
+      new Promise((res) => {
+        timer = setTimeout(() => res(null), STOP_TIMEOUT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (result === null) {
+      this.log.push(`hub did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; sending SIGKILL`);
+      proc.kill("SIGKILL");
+      return { ...(await proc.exited), forced: true };
+    }
+    return result;
+  }
+
+  kill() {
+    if (this.proc) {
+      try {
+        this.proc.kill("SIGKILL");
+      } catch {
+        /* already gone */
+      }
+      this.proc = null;
+    }
+  }
+
+  async restart() {
+    const port = this.port;
+    await this.stop();
+    return this.start(port);
+  }
+
+  async cleanup() {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** Append the hub's output to an error, so a failing test shows what the server said. */
+  annotate(err) {
+    const tail = this.log.slice(-150).join("\n");
+    if (err && typeof err === "object" && !err.hubLogAttached) {
+      err.hubLogAttached = true;
+      err.message = `${err.message}\n----- hub output (${this.label}, last 150 lines) -----\n${tail}\n----- end hub output -----`;
+    }
+    return err;
+  }
+
+  /** `test()` whose failures carry the hub's output. */
+  test(name, fn, opts = {}) {
+    return test(name, opts, async (t) => {
+      try {
+        await fn(t);
+      } catch (e) {
+        await sleep(200); // let the hub's last log lines arrive
+        throw this.annotate(e);
+      }
+    });
+  }
+
+  /** Admin API call. Returns {status, body} (body parsed as JSON when possible). */
+  async api(method, path, body, { token = this.token } = {}) {
+    const headers = {};
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const res = await fetch(`${this.httpUrl}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed = text;
+    try {
+      parsed = text === "" ? null : JSON.parse(text);
+    } catch {
+      /* keep the text */
+    }
+    return { status: res.status, body: parsed };
+  }
+
+  /**
+   * A phoenix.js Socket to this hub, using `ws` as the WebSocket implementation
+   * (Node 20 has no global WebSocket). Not connected yet.
+   */
+  socket(params, opts = {}) {
+    const socket = new Socket(this.socketUrl, {
+      transport: WebSocket,
+      params,
+      ...opts,
+    });
+    socket.closeEvents = [];
+    socket.errorEvents = [];
+    socket.onClose((ev) => socket.closeEvents.push(ev && ev.code));
+    socket.onError((err) => socket.errorEvents.push(err));
+    return socket;
+  }
+
+  /** A socket with a `name`, connected (resolves on open). */
+  async connect(name, opts = {}) {
+    const socket = this.socket({ name }, opts);
+    await new Promise((res, rej) => {
+      const timer = setTimeout(() => rej(new Error(`socket ${name} did not open within 5 s`)), 5000);
+      socket.onOpen(() => {
+        clearTimeout(timer);
+        res();
+      });
+      socket.connect();
+    });
+    return socket;
+  }
+}
+
+/** Resolve with {status, response} of a Push: "ok", "error" or "timeout". */
+export function awaitPush(push) {
+  return new Promise((res) => {
+    push
+      .receive("ok", (response) => res({ status: "ok", response }))
+      .receive("error", (response) => res({ status: "error", response }))
+      .receive("timeout", () => res({ status: "timeout", response: null }));
+  });
+}
+
+export function join(channel, timeout = 5000) {
+  return awaitPush(channel.join(timeout));
+}
+
+export function push(channel, event, payload = {}, timeout = 5000) {
+  return awaitPush(channel.push(event, payload, timeout));
+}
+
+/** Resolve with the payload of the next `event` on `channel` (reject after timeoutMs). */
+export function nextEvent(channel, event, timeoutMs = 5000) {
+  return new Promise((res, rej) => {
+    let ref;
+    const timer = setTimeout(() => {
+      channel.off(event, ref);
+      rej(new Error(`no "${event}" on ${channel.topic} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    ref = channel.on(event, (payload) => {
+      clearTimeout(timer);
+      channel.off(event, ref);
+      res(payload);
+    });
+  });
+}
+
+/** Poll `cond` until it is truthy (reject after timeoutMs). */
+export async function waitFor(cond, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function disconnect(socket) {
+  return new Promise((res) => {
+    const timer = setTimeout(res, 1000);
+    socket.disconnect(() => {
+      clearTimeout(timer);
+      res();
+    });
+  });
+}
+
+export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export const LOCK_KEYS = ["config", "feature_flags", "mode", "name", "serial", "state", "uuid"];
