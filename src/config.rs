@@ -72,6 +72,25 @@ pub struct Config {
     )]
     pub max_channels: usize,
 
+    /// Relay packets whose JSON is this many characters or more are refused (the seed's
+    /// limit is 1024).
+    #[arg(
+        long,
+        env = "HOMEHUB_RELAY_MAX_PACKET",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub relay_max_packet: usize,
+
+    /// Largest Compendium message in bytes; larger ones get `ERR` 413.
+    #[arg(
+        long,
+        env = "HOMEHUB_COMPENDIUM_MAX_BYTES",
+        default_value_t = 65_536,
+        global = true
+    )]
+    pub compendium_max_bytes: usize,
+
     /// Lifetime of a pairing request when the admin does not give `ttl_secs`.
     #[arg(
         long,
@@ -102,6 +121,8 @@ impl Config {
             max_frame_bytes: 1_048_576,
             outbound_queue: 256,
             max_channels: 100,
+            relay_max_packet: 1024,
+            compendium_max_bytes: 65_536,
             pair_ttl_secs: 300,
             shutdown_grace_secs: 5,
         }

@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::relay::DeviceInfo;
+use crate::registry::{Conn, Door, Registry};
 use crate::store::Store;
 
 /// State shared by every door and the admin API.
@@ -31,6 +32,32 @@ pub struct Hub {
     /// Cancelled once, at shutdown; every connection's kill switch is a child of it.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// Records a relay registration in the store (`devices`), in the background: the
+    /// relay never waits for the disk.
+    pub fn record_relay_registration(&self, name: &str, door: Door, info: DeviceInfo) {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        self.tracker.spawn(async move {
+            if let Err(e) = store.record_device_registration(&name, door, &info).await {
+                tracing::error!(device = %name, error = %e, "cannot record relay registration");
+            }
+        });
+    }
+
+    /// Records that a relay device left, with the packets it relayed, in the background.
+    pub fn record_relay_departure(&self, name: &str, conn: &Conn) {
+        let store = self.store.clone();
+        let name = name.to_owned();
+        let (sent, received) = conn.packet_counts();
+        self.tracker.spawn(async move {
+            if let Err(e) = store.record_device_departure(&name, sent, received).await {
+                tracing::error!(device = %name, error = %e, "cannot record relay departure");
+            }
+        });
+    }
 }
 
 /// A bound, not yet running hub.
@@ -111,6 +138,14 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/socket/websocket",
             axum::routing::any(crate::transport::websocket::upgrade),
+        )
+        .route(
+            "/relay",
+            axum::routing::get(crate::transport::relay::upgrade),
+        )
+        .route(
+            "/compendium",
+            axum::routing::get(crate::transport::compendium::upgrade),
         )
         .nest("/api", crate::admin::router(hub.clone()))
         .merge(crate::admin::metrics_router(hub.clone()))

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use crate::channels::router::{self, ChannelState, Topic};
-use crate::channels::{ChannelError, Ctx};
+use crate::channels::{ChannelError, Ctx, presence};
 use crate::hub::Hub;
 use crate::metrics;
 use crate::protocol::{Frame, Message, OutPayload, RawRef, Vsn, WireFrame};
@@ -36,20 +36,30 @@ pub struct Session {
     conn: Arc<Conn>,
     vsn: Vsn,
     channels: HashMap<String, Joined>,
+    online_at: i64,
 }
 
 fn ok_empty() -> String {
     "{}".to_owned()
 }
 
+/// Topics whose joining or leaving changes the device's Presence meta.
+fn affects_presence(topic: &str) -> bool {
+    topic == "relay" || topic.starts_with("lock:")
+}
+
 impl Session {
+    /// A new session; the device becomes present on `presence:devices`.
     pub fn new(hub: Arc<Hub>, conn: Arc<Conn>, vsn: Vsn) -> Session {
-        Session {
+        let session = Session {
             hub,
             conn,
             vsn,
             channels: HashMap::new(),
-        }
+            online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        session.sync_presence();
+        session
     }
 
     pub fn vsn(&self) -> Vsn {
@@ -58,6 +68,39 @@ impl Session {
 
     pub fn conn(&self) -> &Arc<Conn> {
         &self.conn
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Publishes this device's Presence meta: its locks and whether it is on the relay.
+    fn sync_presence(&self) {
+        let mut locks: Vec<String> = self
+            .channels
+            .keys()
+            .filter_map(|t| t.strip_prefix("lock:"))
+            .map(str::to_owned)
+            .collect();
+        locks.sort();
+        let relay = self.channels.contains_key("relay");
+        let meta = presence::meta("phoenix", self.online_at, locks, relay);
+        self.hub
+            .registry
+            .presence_set(self.conn.name.as_str(), self.conn.id, Some(meta));
+    }
+
+    /// Ends the channel instance on `topic`, if any: unsubscribes and lets the channel
+    /// clean up. The caller decides what, if anything, the client is told.
+    fn end_channel(&mut self, topic: &str) -> Option<Joined> {
+        let joined = self.channels.remove(topic)?;
+        self.hub.registry.unsubscribe(topic, self.conn.id);
+        let ctx = Ctx {
+            hub: &self.hub,
+            conn: &self.conn,
+        };
+        router::terminate(&joined.state, &ctx);
+        Some(joined)
     }
 
     /// Handles one client message; frames to send are appended to `out`, in order.
@@ -109,15 +152,12 @@ impl Session {
         }
         // A second join of a joined topic ends the old instance: exactly one phx_close with
         // the old join_ref, after the new join's reply (§3.6).
-        let old = self.channels.remove(&msg.topic);
-        if old.is_some() {
-            self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
-        }
+        let old = self.end_channel(&msg.topic);
         let ctx = Ctx {
             hub: &self.hub,
             conn: &self.conn,
         };
-        let joined = AssertUnwindSafe(router::join(topic, &ctx))
+        let joined = AssertUnwindSafe(router::join(topic, &msg.payload, &ctx))
             .catch_unwind()
             .await;
         let joined = joined.unwrap_or_else(|_| {
@@ -125,7 +165,7 @@ impl Session {
             Err(ChannelError::refused("join crashed"))
         });
         match joined {
-            Ok((state, response)) => {
+            Ok(router::Joined { state, reply, push }) => {
                 let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
                 // Subscribe before replying: a broadcast queued meanwhile is written after
                 // the reply, because the reply goes out first from this task (§3.7).
@@ -135,8 +175,17 @@ impl Session {
                     msg.ref_.clone(),
                     &msg.topic,
                     "ok",
-                    response.to_string(),
+                    reply.to_string(),
                 ));
+                if let Some((event, payload)) = push {
+                    out.push(Frame {
+                        join_ref: push_ref.clone(),
+                        ref_: None,
+                        topic: msg.topic.clone(),
+                        event: event.to_owned(),
+                        payload: OutPayload::Json(payload),
+                    });
+                }
                 metrics::inc(&self.hub.metrics.joins);
                 tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "joined");
                 self.channels.insert(
@@ -161,7 +210,15 @@ impl Session {
             }
         }
         if let Some(old) = old {
-            out.push(close_frame(&msg.topic, &old.join_ref));
+            out.push(close_frame(
+                &msg.topic,
+                &old.join_ref,
+                "phx_close",
+                ok_empty(),
+            ));
+        }
+        if affects_presence(&msg.topic) {
+            self.sync_presence();
         }
     }
 
@@ -180,10 +237,17 @@ impl Session {
             "ok",
             ok_empty(),
         ));
-        if let Some(old) = self.channels.remove(&msg.topic) {
-            self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
+        if let Some(old) = self.end_channel(&msg.topic) {
             tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "left");
-            out.push(close_frame(&msg.topic, &old.join_ref));
+            out.push(close_frame(
+                &msg.topic,
+                &old.join_ref,
+                "phx_close",
+                ok_empty(),
+            ));
+            if affects_presence(&msg.topic) {
+                self.sync_presence();
+            }
         }
     }
 
@@ -197,6 +261,7 @@ impl Session {
         {
             return; // stale join_ref: dropped without reply (§3.3, 1.8.3+)
         }
+        let push_ref = joined.push_ref.clone();
         let ctx = Ctx {
             hub: &self.hub,
             conn: &self.conn,
@@ -213,23 +278,16 @@ impl Session {
             Err(_) => {
                 // The channel instance is gone; the client rejoins on phx_error (§3.5).
                 tracing::error!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, "channel crashed");
-                if let Some(dead) = self.channels.remove(&msg.topic) {
-                    self.hub.registry.unsubscribe(&msg.topic, self.conn.id);
-                    out.push(Frame {
-                        join_ref: dead.join_ref.clone(),
-                        ref_: dead.join_ref,
-                        topic: msg.topic.clone(),
-                        event: "phx_error".to_owned(),
-                        payload: OutPayload::Json(r#"{"reason":"channel_crash"}"#.to_owned()),
-                    });
+                if let Some(dead) = self.end_channel(&msg.topic) {
+                    let crash = r#"{"reason":"channel_crash"}"#.to_owned();
+                    out.push(close_frame(&msg.topic, &dead.join_ref, "phx_error", crash));
+                    if affects_presence(&msg.topic) {
+                        self.sync_presence();
+                    }
                 }
                 return;
             }
         };
-        let push_ref = self
-            .channels
-            .get(&msg.topic)
-            .and_then(|j| j.push_ref.clone());
         out.push(Frame::reply(
             push_ref,
             msg.ref_,
@@ -267,27 +325,45 @@ impl Session {
                 frame.join_ref = joined.push_ref.clone();
                 self.vsn.encode(&frame)
             }
+            Outbound::Packet(packet) => {
+                let joined = self.channels.get("relay")?;
+                let frame = Frame {
+                    join_ref: joined.push_ref.clone(),
+                    ref_: None,
+                    topic: "relay".to_owned(),
+                    event: "packet".to_owned(),
+                    payload: OutPayload::Json(packet.body_json()),
+                };
+                self.vsn.encode(&frame)
+            }
+            // Pre-encoded text belongs to other doors' protocols.
+            Outbound::Text(_) => None,
         }
     }
 }
 
 /// Ending a session (normally, or by a panic unwinding its task) terminates its channels
-/// silently and forgets the connection, so the registry never keeps a dead entry.
+/// silently, removes its Presence, and forgets the connection, so the registry never keeps
+/// a dead entry.
 impl Drop for Session {
     fn drop(&mut self) {
-        self.hub
-            .registry
-            .disconnect(&self.conn, self.channels.keys().map(String::as_str));
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in &topics {
+            self.end_channel(topic);
+        }
+        let registry = &self.hub.registry;
+        registry.presence_set(self.conn.name.as_str(), self.conn.id, None);
+        registry.disconnect(&self.conn, topics.iter().map(String::as_str));
     }
 }
 
-/// `[J, J, T, "phx_close", {}]`: the channel instance ended gracefully (§3.5).
-fn close_frame(topic: &str, join_ref: &Option<RawRef>) -> Frame {
+/// `[J, J, T, "phx_close" | "phx_error", payload]`: the channel instance ended (§3.5).
+fn close_frame(topic: &str, join_ref: &Option<RawRef>, event: &str, payload: String) -> Frame {
     Frame {
         join_ref: join_ref.clone(),
         ref_: join_ref.clone(),
         topic: topic.to_owned(),
-        event: "phx_close".to_owned(),
-        payload: OutPayload::Json(ok_empty()),
+        event: event.to_owned(),
+        payload: OutPayload::Json(payload),
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod events;
 pub mod lock;
+pub mod presence;
+pub mod relay;
 pub mod router;
 
 use std::sync::Arc;

@@ -1,11 +1,12 @@
-//! The topic router: parses a topic once into a [`Topic`] and dispatches joins and events
-//! to the channel that owns it.
+//! The topic router: parses a topic once into a [`Topic`] and dispatches joins, events and
+//! terminations to the channel that owns it. The only place that knows every topic.
 
 use serde_json::Value;
 
-use super::{ChannelError, Ctx, events, lock};
+use super::{ChannelError, Ctx, events, lock, presence, relay};
 use crate::domain::Serial;
-use crate::protocol::Message;
+use crate::protocol::{Message, Payload};
+use crate::registry::presence::TOPIC as PRESENCE_TOPIC;
 
 /// Every topic the hub routes. Anything else is an "unmatched topic" (§3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,10 @@ pub enum Topic {
     Lock(Option<Serial>),
     /// `events` (every lock) or `events:<serial>` (one lock); `Some(None)` = invalid serial.
     Events(Option<Option<Serial>>),
+    /// `relay`: the device relay.
+    Relay,
+    /// `presence:devices`.
+    Presence,
 }
 
 impl Topic {
@@ -21,8 +26,11 @@ impl Topic {
         if let Some(serial) = topic.strip_prefix("lock:") {
             return Some(Topic::Lock(Serial::parse(serial)));
         }
-        if topic == "events" {
-            return Some(Topic::Events(None));
+        match topic {
+            "events" => return Some(Topic::Events(None)),
+            "relay" => return Some(Topic::Relay),
+            PRESENCE_TOPIC => return Some(Topic::Presence),
+            _ => {}
         }
         if let Some(serial) = topic.strip_prefix("events:") {
             return Some(Topic::Events(Some(Serial::parse(serial))));
@@ -36,20 +44,40 @@ impl Topic {
 pub enum ChannelState {
     Lock(lock::LockChannel),
     Events,
+    Relay(relay::RelayChannel),
+    Presence,
 }
 
-/// Runs the join of `topic`; on success the channel state and the join reply's response.
-pub async fn join(topic: Topic, ctx: &Ctx<'_>) -> Result<(ChannelState, Value), ChannelError> {
-    match topic {
+/// A successful join: the channel's state, the reply's response, and an optional push
+/// (event, JSON payload) to send right after the reply.
+pub struct Joined {
+    pub state: ChannelState,
+    pub reply: Value,
+    pub push: Option<(&'static str, String)>,
+}
+
+/// Runs the join of `topic`.
+pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Joined, ChannelError> {
+    let (state, reply, push) = match topic {
         Topic::Lock(Some(serial)) => {
             let (ch, reply) = lock::join(serial, ctx).await?;
-            Ok((ChannelState::Lock(ch), reply))
+            (ChannelState::Lock(ch), reply, None)
         }
         Topic::Lock(None) | Topic::Events(Some(None)) => {
-            Err(ChannelError::refused("invalid serial"))
+            return Err(ChannelError::refused("invalid serial"));
         }
-        Topic::Events(_) => Ok((ChannelState::Events, events::join())),
-    }
+        Topic::Events(_) => (ChannelState::Events, events::join(), None),
+        Topic::Relay => {
+            let (ch, reply) = relay::join(payload, ctx)?;
+            (ChannelState::Relay(ch), reply, None)
+        }
+        Topic::Presence => (
+            ChannelState::Presence,
+            serde_json::json!({}),
+            Some(("presence_state", presence::state(ctx))),
+        ),
+    };
+    Ok(Joined { state, reply, push })
 }
 
 /// Handles a non-reserved event on a joined channel; `Ok` is the `ok` reply's response.
@@ -63,7 +91,19 @@ pub async fn handle_in(
             let event = lock::LockIn::decode(&msg.event, &msg.payload)?;
             lock::handle_in(ch, event, ctx).await
         }
-        ChannelState::Events => Err(ChannelError::UnknownEvent),
+        ChannelState::Relay(ch) => {
+            let max = ctx.hub.config.relay_max_packet;
+            let event = relay::RelayIn::decode(&msg.event, &msg.payload, max)?;
+            relay::handle_in(ch, event, ctx)
+        }
+        ChannelState::Events | ChannelState::Presence => Err(ChannelError::UnknownEvent),
+    }
+}
+
+/// Called whenever a channel instance ends: leave, rejoin, crash, or disconnect.
+pub fn terminate(state: &ChannelState, ctx: &Ctx<'_>) {
+    if let ChannelState::Relay(ch) = state {
+        relay::terminate(ch, ctx);
     }
 }
 
@@ -84,6 +124,9 @@ mod tests {
             Topic::parse("events:A1"),
             Some(Topic::Events(Some(Serial::parse("A1"))))
         );
+        assert_eq!(Topic::parse("relay"), Some(Topic::Relay));
+        assert_eq!(Topic::parse("presence:devices"), Some(Topic::Presence));
+        assert_eq!(Topic::parse("presence:other"), None);
         assert_eq!(Topic::parse("nope:1"), None);
         assert_eq!(Topic::parse("phoenix"), None);
     }

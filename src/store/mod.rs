@@ -19,6 +19,8 @@ use crate::domain::{
     AccessDecision, DeviceName, ItemKind, LockRecord, PairedItem, PairingRequest, Serial,
     format_ts, now_rfc3339,
 };
+use crate::registry::Door;
+use crate::registry::relay::DeviceInfo;
 
 #[cfg(test)]
 mod tests;
@@ -401,6 +403,60 @@ impl Store {
         .bind(from.as_str())
         .bind(message.to_string())
         .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A relay registration: creates or updates the device's row in `devices` with its
+    /// door and metadata; registered_at = last_seen_at = now.
+    pub async fn record_device_registration(
+        &self,
+        name: &str,
+        door: Door,
+        info: &DeviceInfo,
+    ) -> Result<(), StoreError> {
+        let now = now_rfc3339();
+        let door = match door {
+            Door::Phoenix => "phoenix",
+            Door::Relay => "relay",
+            Door::Compendium => "compendium",
+        };
+        sqlx::query(
+            "INSERT INTO devices (name, door, description, version, interface, \
+                                  first_seen_at, registered_at, last_seen_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6) \
+             ON CONFLICT (name) DO UPDATE SET door = excluded.door, \
+                 description = excluded.description, version = excluded.version, \
+                 interface = excluded.interface, registered_at = excluded.registered_at, \
+                 last_seen_at = excluded.last_seen_at",
+        )
+        .bind(name)
+        .bind(door)
+        .bind(&info.description)
+        .bind(&info.version)
+        .bind(&info.interface)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A relay device left: last_seen_at = now, and its session's packet counts added.
+    pub async fn record_device_departure(
+        &self,
+        name: &str,
+        packets_sent: u64,
+        packets_received: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE devices SET last_seen_at = ?2, packets_sent = packets_sent + ?3, \
+                 packets_received = packets_received + ?4 WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(now_rfc3339())
+        .bind(i64::try_from(packets_sent).unwrap_or(i64::MAX))
+        .bind(i64::try_from(packets_received).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -1,9 +1,25 @@
-//! Transports: the edges where bytes become [`crate::protocol::Message`]s.
+//! Transports: the edges where bytes become typed messages.
 //!
-//! `websocket` serves the Phoenix socket at `/socket/websocket`. Every transport hands
-//! decoded messages to the same [`crate::socket::Session`].
+//! `websocket` serves the Phoenix socket at `/socket/websocket`, `relay` the raw device
+//! relay at `/relay`, `compendium` the Compendium relay at `/compendium`. All three run on
+//! the shared driver in `ws`; each decodes its own protocol once, at the edge.
 
+pub mod compendium;
+pub mod relay;
 pub mod websocket;
+pub mod ws;
+
+use axum::extract::ws::WebSocketUpgrade;
+
+/// Applies the hub's WebSocket limits: small read chunks, a write buffer flushed per batch,
+/// and the maximum message size (1009 past it).
+pub fn configure(ws: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
+    ws.read_buffer_size(ws::READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(64 * 1024))
+        .max_message_size(max_frame_bytes)
+        .max_frame_size(max_frame_bytes)
+}
 
 use std::collections::HashMap;
 

@@ -1,16 +1,23 @@
-//! The registry: every live connection of every door, and the topic subscriptions that
-//! broadcasts fan out over. One instance per hub, shared by all doors.
+//! The registry: every live connection of every door, the topic subscriptions that
+//! broadcasts fan out over, the relay directory ([`relay`]), Compendium addresses
+//! ([`compendium`]) and Presence ([`presence`]). One instance per hub, shared by all doors.
 //!
 //! Only a connection's own task touches its socket. Everyone else reaches a connection
 //! through its [`Conn`] handle: a bounded outbound queue ([`Conn::send`]) and a kill switch
 //! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
 //! (policy, close code 1008) instead of letting memory grow.
 
+pub mod compendium;
+pub mod presence;
+pub mod relay;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +32,10 @@ use crate::protocol::{Frame, OutPayload, SharedFrame};
 pub enum Door {
     /// The Phoenix socket (`/socket/websocket`).
     Phoenix,
+    /// The raw device relay (`/relay`).
+    Relay,
+    /// The Compendium relay (`/compendium`).
+    Compendium,
 }
 
 /// Something queued for a connection's writer.
@@ -36,6 +47,10 @@ pub enum Outbound {
     /// A push to this connection's channel instance on `topic`: the writer fills in the
     /// current join_ref, and drops it if the topic is no longer joined.
     Push(Box<Frame>),
+    /// A relay packet from another device; each door renders it its own way.
+    Packet(Arc<relay::Packet>),
+    /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
+    Text(Utf8Bytes),
 }
 
 /// Why a delivery failed.
@@ -53,6 +68,7 @@ pub enum SendError {
 #[derive(Debug)]
 pub struct Conn {
     pub id: u64,
+    /// The Phoenix socket's `name`; for doors without one, `<door>-<id>` (logs only).
     pub name: DeviceName,
     pub door: Door,
     pub remote: String,
@@ -63,9 +79,28 @@ pub struct Conn {
     kill: CancellationToken,
     close_code: AtomicU16,
     metrics: Arc<Metrics>,
+    /// Relay packets this connection sent / received (shown to administrators).
+    packets_sent: AtomicU64,
+    packets_received: AtomicU64,
 }
 
 impl Conn {
+    pub fn count_packet_sent(&self) {
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_packet_received(&self) {
+        self.packets_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (sent, received) relay packets so far.
+    pub fn packet_counts(&self) -> (u64, u64) {
+        (
+            self.packets_sent.load(Ordering::Relaxed),
+            self.packets_received.load(Ordering::Relaxed),
+        )
+    }
+
     /// Queues `out` without waiting. A full queue kills the connection (slow consumer).
     pub fn send(&self, out: Outbound) -> Result<(), SendError> {
         match self.tx.try_send(out) {
@@ -115,14 +150,23 @@ impl Conn {
 pub struct DeviceView {
     pub name: String,
     pub door: Door,
+    /// The name the device registered on the relay, if any.
+    pub relay_name: Option<String>,
+    /// The Compendium address the connection holds, if any.
+    pub compendium_address: Option<String>,
     pub remote: String,
     pub connected_at: String,
     pub topics: Vec<String>,
+    pub packets_sent: u64,
+    pub packets_received: u64,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Devices by name: at most one live connection per name (a newer one replaces it).
+    /// Every live connection, by id.
+    conns: HashMap<u64, Arc<Conn>>,
+    /// Phoenix devices by socket name: at most one live connection per name (a newer one
+    /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
     /// Topic → subscribed connections by id.
     topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
@@ -135,6 +179,12 @@ pub struct Registry {
     shutdown: CancellationToken,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
+    /// Devices addressed by name on the relay (Phoenix `relay` topic and raw `/relay`).
+    pub relay: relay::Directory,
+    /// Compendium ephemeral addresses.
+    pub compendium: compendium::Addresses,
+    /// Presence on `presence:devices`.
+    pub presence: presence::Presence,
 }
 
 impl Registry {
@@ -149,6 +199,9 @@ impl Registry {
             shutdown,
             queue_capacity: queue_capacity.max(1),
             metrics,
+            relay: relay::Directory::default(),
+            compendium: compendium::Addresses::default(),
+            presence: presence::Presence::default(),
         }
     }
 
@@ -158,17 +211,27 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection under `name`. An older connection with the same name is
-    /// closed (going away), as devices reconnect after losing the network.
+    /// Registers a new connection. With a `name` (Phoenix sockets), an older connection of
+    /// the same name is closed (going away), as devices reconnect after losing the network.
     pub fn connect(
         &self,
-        name: DeviceName,
+        name: Option<DeviceName>,
         door: Door,
         remote: String,
     ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let named = name.is_some();
+        let name = name.unwrap_or_else(|| {
+            let door = match door {
+                Door::Phoenix => "phoenix",
+                Door::Relay => "relay",
+                Door::Compendium => "compendium",
+            };
+            DeviceName::parse(&format!("{door}-{id}")).unwrap_or_else(|| unreachable!())
+        });
         let conn = Arc::new(Conn {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             name: name.clone(),
             door,
             remote,
@@ -177,9 +240,19 @@ impl Registry {
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
+            packets_sent: AtomicU64::new(0),
+            packets_received: AtomicU64::new(0),
         });
         metrics::inc(&self.metrics.connections_total);
-        let old = self.lock().devices.insert(name, conn.clone());
+        let old = {
+            let mut inner = self.lock();
+            inner.conns.insert(id, conn.clone());
+            if named {
+                inner.devices.insert(name, conn.clone())
+            } else {
+                None
+            }
+        };
         if let Some(old) = old {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
             old.kill(close_code::GOING_AWAY);
@@ -191,6 +264,7 @@ impl Registry {
     /// is still the current one for its name, and from the given topics.
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
+        inner.conns.remove(&conn.id);
         if inner
             .devices
             .get(&conn.name)
@@ -272,32 +346,60 @@ impl Registry {
         }
     }
 
-    /// Connected devices with the topics they have joined, ordered by name.
+    /// Every live connection with the topics it has joined, ordered by name.
     pub fn devices(&self) -> Vec<DeviceView> {
-        let inner = self.lock();
+        let conns: Vec<Arc<Conn>>;
         let mut topics_of: HashMap<u64, Vec<String>> = HashMap::new();
-        for (topic, subs) in &inner.topics {
-            for id in subs.keys() {
-                topics_of.entry(*id).or_default().push(topic.clone());
+        {
+            let inner = self.lock();
+            for (topic, subs) in &inner.topics {
+                for id in subs.keys() {
+                    topics_of.entry(*id).or_default().push(topic.clone());
+                }
             }
+            conns = inner.conns.values().cloned().collect();
         }
-        let mut out: Vec<DeviceView> = inner
-            .devices
-            .values()
+        let mut out: Vec<DeviceView> = conns
+            .iter()
             .map(|c| {
                 let mut topics = topics_of.remove(&c.id).unwrap_or_default();
                 topics.sort();
+                let relay_name = self.relay.name_of(c.id);
                 DeviceView {
-                    name: c.name.to_string(),
+                    name: match (c.door, &relay_name) {
+                        (Door::Relay, Some(n)) => n.clone(),
+                        _ => c.name.to_string(),
+                    },
                     door: c.door,
+                    relay_name,
+                    compendium_address: match c.door {
+                        Door::Compendium => self.compendium.address_of(c.id),
+                        _ => None,
+                    },
                     remote: c.remote.clone(),
                     connected_at: c.connected_at.clone(),
                     topics,
+                    packets_sent: c.packet_counts().0,
+                    packets_received: c.packet_counts().1,
                 }
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
+    /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
+    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<Map<String, Value>>) {
+        let want_diff = self.has_subscribers(presence::TOPIC);
+        if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
+            self.broadcast(
+                presence::TOPIC,
+                "presence_diff",
+                OutPayload::Json(diff),
+                None,
+            );
+        }
     }
 
     /// Whether any connection has `topic` joined.
@@ -307,7 +409,7 @@ impl Registry {
 
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
-        self.lock().devices.len()
+        self.lock().conns.len()
     }
 }
 

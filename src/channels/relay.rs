@@ -1,0 +1,223 @@
+//! `relay` — the device relay over Phoenix (spec §1, seed: device relay server).
+//!
+//! Joining registers the socket's `name` (lower-cased) in the shared relay directory, the
+//! same one the raw `/relay` door uses, so packets flow between doors in both directions.
+//! Leaving or disconnecting unregisters it.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{ChannelError, Ctx, decode_json};
+use crate::protocol::Payload;
+use crate::registry::relay::{self, DeviceInfo, Packet, RelayError};
+
+/// Longest `description`, `version` or `interface` accepted.
+pub const MAX_META_LEN: usize = 256;
+
+/// State of a joined `relay` channel: the name this socket is registered under, while
+/// registered.
+#[derive(Debug)]
+pub struct RelayChannel {
+    pub name: String,
+    pub registered: bool,
+}
+
+/// Registration metadata (join params, `register` body).
+#[derive(Debug, Default, Deserialize)]
+pub struct Meta {
+    #[serde(default)]
+    pub device_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+impl Meta {
+    /// Checks the lengths; the seed's fields are short texts.
+    pub fn into_info(self) -> Result<DeviceInfo, String> {
+        for (field, v) in [
+            ("description", &self.description),
+            ("version", &self.version),
+            ("interface", &self.interface),
+        ] {
+            if v.as_ref().is_some_and(|v| v.len() > MAX_META_LEN) {
+                return Err(format!("{field} longer than {MAX_META_LEN} bytes"));
+            }
+        }
+        Ok(DeviceInfo {
+            description: self.description,
+            version: self.version,
+            interface: self.interface,
+        })
+    }
+}
+
+/// Events a device may push on `relay`, decoded once.
+#[derive(Debug)]
+pub enum RelayIn {
+    GetDevices,
+    GetDeviceInfo {
+        device_name: String,
+    },
+    Send {
+        target: String,
+        payload: Box<RawValue>,
+    },
+    Register(Meta),
+    Unregister,
+}
+
+#[derive(Deserialize)]
+struct InfoBody {
+    device_name: String,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    target: String,
+    payload: Box<RawValue>,
+}
+
+impl RelayIn {
+    /// `max_packet`: a `send` whose JSON is this many characters or more is refused.
+    pub fn decode(
+        event: &str,
+        payload: &Payload,
+        max_packet: usize,
+    ) -> Result<RelayIn, ChannelError> {
+        match event {
+            "get_devices" => Ok(RelayIn::GetDevices),
+            "get_device_info" => {
+                let b: InfoBody =
+                    decode_json(payload, "get_device_info needs {\"device_name\": string}")?;
+                Ok(RelayIn::GetDeviceInfo {
+                    device_name: b.device_name,
+                })
+            }
+            "send" => {
+                let raw = payload
+                    .json()
+                    .ok_or_else(|| ChannelError::refused("send needs a JSON payload"))?;
+                if raw.get().chars().count() >= max_packet {
+                    return Err(ChannelError::refused("packet too large"));
+                }
+                let b: SendBody =
+                    decode_json(payload, "send needs {\"target\": string, \"payload\": any}")?;
+                Ok(RelayIn::Send {
+                    target: b.target,
+                    payload: b.payload,
+                })
+            }
+            "register" => Ok(RelayIn::Register(decode_json(
+                payload,
+                "register needs an object",
+            )?)),
+            "unregister" => Ok(RelayIn::Unregister),
+            _ => Err(ChannelError::UnknownEvent),
+        }
+    }
+}
+
+/// Join: register the socket's name with the join params as metadata.
+pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, Value), ChannelError> {
+    let meta: Meta = match payload.json().map(|r| r.get().trim()) {
+        None | Some("null") => Meta::default(),
+        Some(_) => decode_json(payload, "relay join params must be an object")?,
+    };
+    let info = meta.into_info().map_err(ChannelError::refused)?;
+    let name = relay::normalize(ctx.conn.name.as_str());
+    register(&name, info, ctx)?;
+    Ok((
+        RelayChannel {
+            name,
+            registered: true,
+        },
+        json!({}),
+    ))
+}
+
+fn register(name: &str, info: DeviceInfo, ctx: &Ctx<'_>) -> Result<(), ChannelError> {
+    match ctx
+        .hub
+        .registry
+        .relay
+        .register(name, ctx.conn, info.clone(), false)
+    {
+        Ok(_) => {
+            ctx.hub.record_relay_registration(name, ctx.conn.door, info);
+            Ok(())
+        }
+        Err(RelayError::NameTaken) => Err(ChannelError::refused("name taken")),
+        Err(e) => Err(ChannelError::refused(e.to_string())),
+    }
+}
+
+pub fn handle_in(
+    ch: &mut RelayChannel,
+    event: RelayIn,
+    ctx: &Ctx<'_>,
+) -> Result<Value, ChannelError> {
+    let relay = &ctx.hub.registry.relay;
+    match event {
+        RelayIn::GetDevices => Ok(json!({ "devices": relay.names() })),
+        RelayIn::GetDeviceInfo { device_name } => {
+            let info = relay
+                .info(&device_name)
+                .ok_or_else(|| ChannelError::refused("unknown device"))?;
+            Ok(info_json(&relay::normalize(&device_name), &info))
+        }
+        RelayIn::Send { target, payload } => {
+            if !ch.registered {
+                return Err(ChannelError::refused("not registered"));
+            }
+            let packet = Packet {
+                sender: ch.name.clone(),
+                payload,
+            };
+            relay
+                .deliver(&target, std::sync::Arc::new(packet))
+                .map_err(|e| ChannelError::refused(e.to_string()))?;
+            ctx.conn.count_packet_sent();
+            Ok(json!({}))
+        }
+        RelayIn::Register(meta) => {
+            if meta
+                .device_name
+                .as_deref()
+                .is_some_and(|n| relay::normalize(n) != ch.name)
+            {
+                return Err(ChannelError::refused("a device may only register itself"));
+            }
+            let info = meta.into_info().map_err(ChannelError::refused)?;
+            register(&ch.name, info, ctx)?;
+            ch.registered = true;
+            Ok(json!({}))
+        }
+        RelayIn::Unregister => {
+            terminate(ch, ctx);
+            ch.registered = false;
+            Ok(json!({}))
+        }
+    }
+}
+
+/// `get_device_info` answer.
+pub fn info_json(name: &str, info: &DeviceInfo) -> Value {
+    json!({
+        "name": name,
+        "description": info.description,
+        "version": info.version,
+        "interface": info.interface,
+    })
+}
+
+/// Leaving (or disconnecting) unregisters the device.
+pub fn terminate(ch: &RelayChannel, ctx: &Ctx<'_>) {
+    if ch.registered && ctx.hub.registry.relay.unregister(&ch.name, ctx.conn.id) {
+        ctx.hub.record_relay_departure(&ch.name, ctx.conn);
+    }
+}

@@ -1,0 +1,156 @@
+//! Presence on `presence:devices` (spec §1, protocol reference §8): which devices are
+//! connected, through which door, with which locks joined and whether they are on the
+//! relay. Payloads have Phoenix Presence's exact shapes, so the JS client's `Presence`
+//! helper (`onSync`, `list`) works unchanged.
+//!
+//! Key = device name; one meta per connection, each with a unique `phx_ref`. A changed
+//! meta is announced as one diff holding the new meta in `joins` (with `phx_ref_prev`) and
+//! the old one in `leaves`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde_json::{Map, Value, json};
+
+/// The presence topic.
+pub const TOPIC: &str = "presence:devices";
+
+struct Meta {
+    phx_ref: String,
+    fields: Map<String, Value>,
+}
+
+impl Meta {
+    fn to_json(&self, prev: Option<&str>) -> Value {
+        let mut m = self.fields.clone();
+        m.insert("phx_ref".into(), Value::String(self.phx_ref.clone()));
+        if let Some(prev) = prev {
+            m.insert("phx_ref_prev".into(), Value::String(prev.to_owned()));
+        }
+        Value::Object(m)
+    }
+}
+
+pub struct Presence {
+    entries: Mutex<HashMap<String, HashMap<u64, Meta>>>,
+    seq: AtomicU64,
+    /// Random per process, so refs from before a restart never collide with new ones.
+    epoch: u32,
+}
+
+impl Default for Presence {
+    fn default() -> Presence {
+        Presence {
+            entries: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(1),
+            epoch: rand::random(),
+        }
+    }
+}
+
+impl Presence {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<u64, Meta>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_ref(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.epoch, n as u32)
+    }
+
+    /// Tracks (`Some`), updates, or untracks (`None`) the meta of one connection under
+    /// `key`. Returns the `presence_diff` payload when something changed and `want_diff`.
+    pub fn set(
+        &self,
+        key: &str,
+        conn_id: u64,
+        fields: Option<Map<String, Value>>,
+        want_diff: bool,
+    ) -> Option<String> {
+        let mut entries = self.lock();
+        let metas = entries.entry(key.to_owned()).or_default();
+        let old = match fields {
+            Some(fields) => {
+                if metas.get(&conn_id).is_some_and(|m| m.fields == fields) {
+                    return None;
+                }
+                let new = Meta {
+                    phx_ref: self.next_ref(),
+                    fields,
+                };
+                let new_json = want_diff.then(|| {
+                    let prev = metas.get(&conn_id).map(|m| m.phx_ref.as_str());
+                    new.to_json(prev)
+                });
+                let old = metas.insert(conn_id, new);
+                if !want_diff {
+                    return None;
+                }
+                let joins = json!({ key: { "metas": [new_json] } });
+                let leaves = match &old {
+                    Some(old) => json!({ key: { "metas": [old.to_json(None)] } }),
+                    None => json!({}),
+                };
+                return Some(json!({ "joins": joins, "leaves": leaves }).to_string());
+            }
+            None => metas.remove(&conn_id),
+        };
+        if metas.is_empty() {
+            entries.remove(key);
+        }
+        let old = old?;
+        want_diff.then(|| {
+            json!({ "joins": {}, "leaves": { key: { "metas": [old.to_json(None)] } } }).to_string()
+        })
+    }
+
+    /// The `presence_state` payload: every key with all its metas.
+    pub fn state_json(&self) -> String {
+        let entries = self.lock();
+        let mut state = Map::new();
+        for (key, metas) in entries.iter() {
+            let metas: Vec<Value> = metas.values().map(|m| m.to_json(None)).collect();
+            state.insert(key.clone(), json!({ "metas": metas }));
+        }
+        Value::Object(state).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn track_update_untrack_produce_phoenix_diffs() {
+        let p = Presence::default();
+        let d: Value =
+            serde_json::from_str(&p.set("a", 1, Some(fields(json!({"x": 1}))), true).unwrap())
+                .unwrap();
+        let r1 = d["joins"]["a"]["metas"][0]["phx_ref"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(d["leaves"], json!({}));
+        assert!(p.set("a", 1, Some(fields(json!({"x": 1}))), true).is_none());
+        let d: Value =
+            serde_json::from_str(&p.set("a", 1, Some(fields(json!({"x": 2}))), true).unwrap())
+                .unwrap();
+        let joined = &d["joins"]["a"]["metas"][0];
+        assert_eq!(joined["x"], 2);
+        assert_eq!(joined["phx_ref_prev"], r1.as_str());
+        assert_ne!(joined["phx_ref"], r1.as_str());
+        assert_eq!(d["leaves"]["a"]["metas"][0]["phx_ref"], r1.as_str());
+        let state: Value = serde_json::from_str(&p.state_json()).unwrap();
+        assert_eq!(state["a"]["metas"].as_array().unwrap().len(), 1);
+        let d: Value = serde_json::from_str(&p.set("a", 1, None, true).unwrap()).unwrap();
+        assert_eq!(d["joins"], json!({}));
+        assert_eq!(d["leaves"]["a"]["metas"][0]["x"], 2);
+        assert_eq!(p.state_json(), "{}");
+        assert!(p.set("a", 1, None, true).is_none());
+    }
+}

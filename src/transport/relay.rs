@@ -1,0 +1,255 @@
+//! `GET /relay`: the raw device relay (spec §2, seed: device relay server), verbatim over
+//! WebSocket text frames, on the same relay directory as the Phoenix `relay` topic.
+//!
+//! In: `{"target": …, "payload": …}`. Target `server` runs a command (`get_devices`,
+//! `get_device_info` (also `device_info`), `register`, `unregister`); any other target is
+//! a registered device, which receives `{"sender": …, "payload": …}`. Every packet is
+//! answered with `{"success": bool, "error_message"?: str, "response"?: any}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::ws::{self, Close, Handler, Liveness};
+use crate::channels::presence;
+use crate::channels::relay::{Meta, info_json};
+use crate::domain::DeviceName;
+use crate::hub::Hub;
+use crate::protocol::serializer::close_code;
+use crate::registry::relay::{self, Packet, RelayError};
+use crate::registry::{Conn, Door, Outbound};
+
+pub async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let tracker = hub.tracker.clone();
+    super::configure(ws, hub.config.max_frame_bytes)
+        .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "relay upgrade failed"))
+        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer)))
+}
+
+/// One packet, decoded once.
+#[derive(Deserialize)]
+struct RawPacket {
+    target: String,
+    payload: Box<RawValue>,
+}
+
+/// A command for target `server`.
+enum Command {
+    GetDevices,
+    GetDeviceInfo(String),
+    Register { meta: Meta, force: bool },
+    Unregister,
+}
+
+#[derive(Deserialize)]
+struct ServerPayload {
+    command: Option<String>,
+    device_name: Option<String>,
+    description: Option<String>,
+    version: Option<String>,
+    interface: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+impl Command {
+    fn decode(payload: &RawValue) -> Result<Command, String> {
+        let p: ServerPayload = serde_json::from_str(payload.get())
+            .map_err(|_| "payload for server must be an object".to_owned())?;
+        // The seed's register example has no `command`: a bare `device_name` registers.
+        let command = match (&p.command, &p.device_name) {
+            (Some(c), _) => c.as_str(),
+            (None, Some(_)) => "register",
+            (None, None) => return Err("missing command".into()),
+        };
+        match command {
+            "get_devices" => Ok(Command::GetDevices),
+            "get_device_info" | "device_info" => p
+                .device_name
+                .map(Command::GetDeviceInfo)
+                .ok_or_else(|| "missing device_name".into()),
+            "register" => Ok(Command::Register {
+                force: p.force,
+                meta: Meta {
+                    device_name: p.device_name,
+                    description: p.description,
+                    version: p.version,
+                    interface: p.interface,
+                },
+            }),
+            "unregister" => Ok(Command::Unregister),
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}
+
+struct RawRelay {
+    hub: Arc<Hub>,
+    conn: Arc<Conn>,
+    /// The name this connection registered, while registered.
+    name: Option<String>,
+    online_at: i64,
+}
+
+fn ok(response: Option<Value>) -> String {
+    match response {
+        Some(r) => json!({ "success": true, "response": r }).to_string(),
+        None => r#"{"success":true}"#.to_owned(),
+    }
+}
+
+fn fail(message: &str) -> String {
+    json!({ "success": false, "error_message": message }).to_string()
+}
+
+impl RawRelay {
+    fn handle(&mut self, text: &str) -> String {
+        if text.chars().count() >= self.hub.config.relay_max_packet {
+            return fail("packet too large");
+        }
+        let Ok(packet) = serde_json::from_str::<RawPacket>(text) else {
+            return fail("packet must be a JSON object with target and payload");
+        };
+        if packet.target.eq_ignore_ascii_case("server") {
+            return match Command::decode(&packet.payload) {
+                Ok(cmd) => self.command(cmd),
+                Err(e) => fail(&e),
+            };
+        }
+        let Some(sender) = self.name.clone() else {
+            return fail("register before sending");
+        };
+        let RawPacket { target, payload } = packet;
+        let packet = Arc::new(Packet { sender, payload });
+        match self.hub.registry.relay.deliver(&target, packet) {
+            Ok(()) => {
+                self.conn.count_packet_sent();
+                ok(None)
+            }
+            Err(e) => fail(&e.to_string()),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> String {
+        let relay = &self.hub.registry.relay;
+        match cmd {
+            Command::GetDevices => ok(Some(json!(relay.names()))),
+            Command::GetDeviceInfo(name) => match relay.info(&name) {
+                Some(info) => ok(Some(info_json(&relay::normalize(&name), &info))),
+                None => fail("unknown device"),
+            },
+            Command::Register { meta, force } => self.register(meta, force),
+            Command::Unregister => {
+                self.unregister();
+                ok(None)
+            }
+        }
+    }
+
+    fn register(&mut self, meta: Meta, force: bool) -> String {
+        let Some(requested) = meta.device_name.clone() else {
+            return fail("missing device_name");
+        };
+        let name = relay::normalize(&requested);
+        if DeviceName::parse(&name).is_none() || name == "server" {
+            return fail("invalid device_name");
+        }
+        // A device may only register itself: a second name replaces the first.
+        if self.name.as_deref().is_some_and(|n| n != name) {
+            self.unregister();
+        }
+        let info = match meta.into_info() {
+            Ok(info) => info,
+            Err(e) => return fail(&e),
+        };
+        match self
+            .hub
+            .registry
+            .relay
+            .register(&name, &self.conn, info.clone(), force)
+        {
+            Ok(displaced) => {
+                if let Some(old) = displaced {
+                    tracing::info!(device = %name, old_conn = old.id, "relay name taken over");
+                    old.kill(close_code::GOING_AWAY);
+                }
+                tracing::info!(conn = self.conn.id, device = %name, "registered on the relay");
+                self.hub.record_relay_registration(&name, Door::Relay, info);
+                let meta = presence::meta("relay", self.online_at, Vec::new(), true);
+                self.hub
+                    .registry
+                    .presence_set(&name, self.conn.id, Some(meta));
+                self.name = Some(name);
+                ok(None)
+            }
+            Err(RelayError::NameTaken) => fail("name taken"),
+            Err(e) => fail(&e.to_string()),
+        }
+    }
+
+    fn unregister(&mut self) {
+        if let Some(name) = self.name.take() {
+            let registry = &self.hub.registry;
+            registry.presence_set(&name, self.conn.id, None);
+            if registry.relay.unregister(&name, self.conn.id) {
+                self.hub.record_relay_departure(&name, &self.conn);
+            }
+        }
+    }
+}
+
+impl Handler for RawRelay {
+    async fn on_frame(
+        &mut self,
+        data: &[u8],
+        binary: bool,
+        out: &mut Vec<WsMessage>,
+    ) -> Result<(), Close> {
+        let answer = match (binary, std::str::from_utf8(data)) {
+            (true, _) => fail("binary frames are not supported; send JSON text"),
+            (false, Ok(text)) => self.handle(text),
+            (false, Err(_)) => fail("invalid utf-8"),
+        };
+        out.push(WsMessage::Text(Utf8Bytes::from(answer)));
+        Ok(())
+    }
+
+    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage> {
+        match item {
+            Outbound::Packet(p) => Some(WsMessage::Text(Utf8Bytes::from(p.body_json()))),
+            _ => None,
+        }
+    }
+}
+
+#[tracing::instrument(name = "relay", skip_all, fields(%peer))]
+async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
+    let (conn, mut rx) = hub.registry.connect(None, Door::Relay, peer.to_string());
+    tracing::info!(conn = conn.id, "connected");
+    let mut handler = RawRelay {
+        hub: hub.clone(),
+        conn: conn.clone(),
+        name: None,
+        online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let liveness = Liveness {
+        idle: Duration::from_secs(hub.config.idle_timeout_secs),
+        ping: true,
+    };
+    let code = ws::drive(socket, &conn, &mut rx, &mut handler, &hub.metrics, liveness).await;
+    // A closed connection unregisters its device at once.
+    handler.unregister();
+    hub.registry.disconnect(&conn, []);
+    tracing::info!(conn = conn.id, close_code = ?code, "disconnected");
+}

@@ -1,0 +1,191 @@
+//! The WebSocket connection driver shared by every WebSocket door (Phoenix, raw relay,
+//! Compendium): one task per socket running one `select!` over the connection's kill
+//! switch, inbound frames, its bounded outbound queue and the idle deadline. Doors plug in
+//! a [`Handler`] that turns inbound frames and queued items into outbound messages.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::metrics::{self, Metrics};
+use crate::protocol::serializer::close_code;
+use crate::registry::{Conn, Outbound};
+
+/// Read chunk size of a socket: small, since device traffic is tiny and memory per idle
+/// connection matters more than the syscall count of rare large frames.
+pub const READ_BUFFER: usize = 4 * 1024;
+/// Queued items written per flush, so one busy connection yields to others.
+const WRITE_BATCH: usize = 64;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Close the connection with this code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// A door's protocol on top of the driver.
+pub trait Handler: Send {
+    /// Handles one data frame (`binary` says which frame type carried it), appending what
+    /// to send to `out`; `Err` closes the connection.
+    fn on_frame(
+        &mut self,
+        data: &[u8],
+        binary: bool,
+        out: &mut Vec<WsMessage>,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+
+    /// Renders an item from the connection's queue, or `None` to drop it.
+    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage>;
+}
+
+/// How the driver keeps a connection alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Close (1001) after this long without any inbound frame.
+    pub idle: Duration,
+    /// Send a WebSocket ping when half the idle time has passed in silence (for protocols
+    /// without their own heartbeat; clients answer pings automatically).
+    pub ping: bool,
+}
+
+/// Close code for a read error: 1009 too big, 1007 bad UTF-8, 1002 protocol violation.
+fn classify(err: axum::Error) -> Option<Close> {
+    let inner = err.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(Close {
+            code: close_code::TOO_BIG,
+            reason: "frame too big",
+        }),
+        Some(tungstenite::Error::Utf8(_)) => Some(Close {
+            code: close_code::INVALID_DATA,
+            reason: "invalid utf-8",
+        }),
+        Some(tungstenite::Error::Protocol(_)) => Some(Close {
+            code: 1002,
+            reason: "protocol error",
+        }),
+        _ => None,
+    }
+}
+
+/// Sends `msgs` and flushes, unless the connection is killed meanwhile (a peer that does
+/// not read must not hold its task hostage).
+async fn write_all(socket: &mut WebSocket, conn: &Conn, msgs: &mut Vec<WsMessage>) -> bool {
+    if msgs.is_empty() {
+        return true;
+    }
+    let write = async {
+        for m in msgs.drain(..) {
+            socket.feed(m).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = write => r.is_ok(),
+        _ = conn.killed() => false,
+    }
+}
+
+/// Runs a connection until it ends; returns the close code sent, if any.
+pub async fn drive<H: Handler>(
+    mut socket: WebSocket,
+    conn: &Conn,
+    rx: &mut mpsc::Receiver<Outbound>,
+    handler: &mut H,
+    metrics: &Metrics,
+    liveness: Liveness,
+) -> Option<u16> {
+    let idle = liveness.idle.max(Duration::from_millis(100));
+    let mut last_in = Instant::now();
+    let mut pinged = false;
+    let first_check = if liveness.ping { idle / 2 } else { idle };
+    let deadline = tokio::time::sleep(first_check);
+    tokio::pin!(deadline);
+    let mut out: Vec<WsMessage> = Vec::new();
+    let killed = Close {
+        code: 0,
+        reason: "closed by the hub",
+    };
+
+    let end: Option<Close> = loop {
+        tokio::select! {
+            biased;
+            _ = conn.killed() => break Some(killed),
+            inbound = socket.recv() => {
+                let msg = match inbound {
+                    None => break None,
+                    Some(Err(e)) => break classify(e),
+                    Some(Ok(m)) => m,
+                };
+                last_in = Instant::now();
+                pinged = false;
+                metrics::inc(&metrics.frames_in);
+                let handled = match &msg {
+                    WsMessage::Text(t) => handler.on_frame(t.as_bytes(), false, &mut out).await,
+                    WsMessage::Binary(b) => handler.on_frame(b, true, &mut out).await,
+                    WsMessage::Close(_) => break None,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+                };
+                if let Err(close) = handled {
+                    // Whatever was produced before the fatal frame still goes out first.
+                    let _ = write_all(&mut socket, conn, &mut out).await;
+                    break Some(close);
+                }
+            }
+            item = rx.recv() => {
+                // `conn` holds the sender, so the queue cannot close while we run.
+                let Some(item) = item else { break None };
+                out.extend(handler.on_outbound(item));
+                while out.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => out.extend(handler.on_outbound(item)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = &mut deadline => {
+                let silent = last_in.elapsed();
+                if silent >= idle {
+                    break Some(Close { code: close_code::GOING_AWAY, reason: "idle timeout" });
+                }
+                if liveness.ping && !pinged && silent >= idle / 2 {
+                    out.push(WsMessage::Ping(Default::default()));
+                    pinged = true;
+                    deadline.as_mut().reset(last_in + idle);
+                } else if liveness.ping && !pinged {
+                    deadline.as_mut().reset(last_in + idle / 2);
+                } else {
+                    deadline.as_mut().reset(last_in + idle);
+                }
+            }
+        }
+        metrics::add(&metrics.frames_out, out.len() as u64);
+        if !write_all(&mut socket, conn, &mut out).await {
+            break conn.is_killed().then_some(killed);
+        }
+    };
+
+    let close = end.map(|c| {
+        if c.code == 0 {
+            Close {
+                code: conn.close_code(),
+                ..c
+            }
+        } else {
+            c
+        }
+    })?;
+    let frame = CloseFrame {
+        code: close.code,
+        reason: close.reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
+    Some(close.code)
+}
