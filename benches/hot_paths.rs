@@ -1,0 +1,104 @@
+//! Micro-benchmarks of the hub's hot paths: frame decode/encode, relay directory lookup and
+//! delivery, and the serialize-once broadcast. Run with `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use homehub::domain::DeviceName;
+use homehub::metrics::Metrics;
+use homehub::protocol::{Frame, OutPayload, RawRef, SharedFrame, Vsn};
+use homehub::registry::relay::{DeviceInfo, Packet};
+use homehub::registry::{Door, Registry};
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+fn frames(c: &mut Criterion) {
+    let join = br#"["4","4","lock:SN-000123","phx_join",{}]"#;
+    let send = br#"["7","19","relay","send",{"target":"dev-000042","payload":{"t":1795302979123456789,"cmd":"on"}}]"#;
+    let v1 = br#"{"topic":"lock:SN-1","event":"reset","payload":{},"ref":"12","join_ref":"3"}"#;
+    c.bench_function("decode v2 join", |b| {
+        b.iter(|| Vsn::V2.decode(black_box(join), false))
+    });
+    c.bench_function("decode v2 relay send", |b| {
+        b.iter(|| Vsn::V2.decode(black_box(send), false))
+    });
+    c.bench_function("decode v1 object", |b| {
+        b.iter(|| Vsn::V1.decode(black_box(v1), true))
+    });
+    let jr = RawRef::from_str_value("4");
+    let reply = Frame::reply(
+        Some(jr.clone()),
+        Some(jr),
+        "lock:SN-000123",
+        "ok",
+        r#"{"uuid":"6f1c7c0e-3a51-4f7e-9a57-0b4b1f9c2d11","serial":"SN-000123","name":"SN-000123","mode":1,"feature_flags":[],"config":{},"state":{"locked":true}}"#.to_owned(),
+    );
+    c.bench_function("encode v2 join reply", |b| {
+        b.iter(|| Vsn::V2.encode(black_box(&reply)))
+    });
+    c.bench_function("encode v1 join reply", |b| {
+        b.iter(|| Vsn::V1.encode(black_box(&reply)))
+    });
+}
+
+fn registry() -> Registry {
+    Registry::new(CancellationToken::new(), 1024, Arc::new(Metrics::default()))
+}
+
+fn relay(c: &mut Criterion) {
+    let reg = registry();
+    let mut receivers = Vec::new();
+    for i in 0..10_000 {
+        let name = format!("dev-{i:06}");
+        let (conn, rx) = reg.connect(DeviceName::parse(&name), Door::Phoenix, "bench".into());
+        reg.relay
+            .register(&name, &conn, DeviceInfo::default(), false)
+            .expect("register");
+        receivers.push((conn, rx));
+    }
+    let payload = RawValue::from_string(r#"{"t":1795302979123456789}"#.to_owned()).expect("json");
+    c.bench_function("relay lookup (10k devices)", |b| {
+        b.iter(|| reg.relay.info(black_box("dev-004242")))
+    });
+    c.bench_function("relay deliver + drain (10k devices)", |b| {
+        b.iter(|| {
+            let packet = Arc::new(Packet {
+                sender: "dev-000001".to_owned(),
+                payload: payload.clone(),
+            });
+            reg.relay.deliver("dev-004242", packet).expect("deliver");
+            let _ = receivers[4242].1.try_recv();
+        })
+    });
+}
+
+fn broadcast(c: &mut Criterion) {
+    let reg = registry();
+    let mut receivers = Vec::new();
+    for i in 0..1_000 {
+        let name = format!("sub-{i:05}");
+        let (conn, rx) = reg.connect(DeviceName::parse(&name), Door::Phoenix, "bench".into());
+        reg.subscribe("events", &conn);
+        receivers.push((conn, rx));
+    }
+    let body = r#"{"from":"lock-pi","message":{"kind":"opened","t":1795302979123456789}}"#;
+    c.bench_function("broadcast to 1000 subscribers, encode once", |b| {
+        b.iter(|| {
+            let n = reg.broadcast("events", "event", OutPayload::Json(body.to_owned()), None);
+            for (_, rx) in receivers.iter_mut() {
+                if let Ok(homehub::registry::Outbound::Broadcast(shared)) = rx.try_recv() {
+                    black_box(shared.encoded(Vsn::V2));
+                }
+            }
+            n
+        })
+    });
+    let frame = Frame::broadcast("events", "event", OutPayload::Json(body.to_owned()));
+    c.bench_function("shared frame: first encode", |b| {
+        b.iter(|| SharedFrame::new(frame.clone(), None).encoded(Vsn::V2))
+    });
+}
+
+criterion_group!(benches, frames, relay, broadcast);
+criterion_main!(benches);
