@@ -24,6 +24,9 @@ use crate::registry::relay::DeviceInfo;
 
 #[cfg(test)]
 mod tests;
+mod users;
+
+pub use users::BesterUser;
 
 /// The schema, embedded at compile time from `migrations/` and applied by [`Store::open`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -72,9 +75,25 @@ pub enum StoreError {
 }
 
 /// Handle to the database; cheap to clone (wraps a pool).
+mod joins;
+
+/// The lock-join upsert (mode, feature_flags, config and intended_state come from the
+/// column defaults); run by the join writer in [`joins`].
+const JOIN_LOCK_SQL: &str = concat!(
+    "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
+     VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
+     ON CONFLICT (serial) DO UPDATE SET \
+         holder_device = excluded.holder_device, \
+         last_seen_at = excluded.last_seen_at \
+     RETURNING ",
+    lock_columns!()
+);
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: sqlx::SqlitePool,
+    /// Group-commit writer for lock joins (the hot write path).
+    joins: joins::JoinWriter,
 }
 
 impl Store {
@@ -114,7 +133,8 @@ impl Store {
             return Err(e.into());
         }
         tracing::debug!(database_url, "store opened, migrations applied");
-        Ok(Store { pool })
+        let joins = joins::JoinWriter::spawn(pool.clone());
+        Ok(Store { pool, joins })
     }
 
     /// Closes the pool, flushing the WAL.
@@ -131,23 +151,8 @@ impl Store {
         serial: &Serial,
         holder: &DeviceName,
     ) -> Result<LockRecord, StoreError> {
-        // mode, feature_flags, config and intended_state come from the column defaults.
-        let row = sqlx::query(concat!(
-            "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
-             VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
-             ON CONFLICT (serial) DO UPDATE SET \
-                 holder_device = excluded.holder_device, \
-                 last_seen_at = excluded.last_seen_at \
-             RETURNING ",
-            lock_columns!()
-        ))
-        .bind(serial.as_str())
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(holder.as_str())
-        .bind(now_rfc3339())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(lock_from_row(&row)?)
+        // Group commit: the reply waits for the durable write, shared with other joins.
+        self.joins.join(serial.as_str(), holder.as_str()).await
     }
 
     /// One lock, if it exists.
