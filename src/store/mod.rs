@@ -24,9 +24,7 @@ use crate::registry::relay::DeviceInfo;
 
 #[cfg(test)]
 mod tests;
-mod users;
 
-pub use users::BesterUser;
 
 /// The schema, embedded at compile time from `migrations/` and applied by [`Store::open`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
