@@ -83,7 +83,10 @@ impl Session {
             .map(str::to_owned)
             .collect();
         locks.sort();
-        let relay = self.channels.contains_key("relay");
+        let relay = self.channels.get("relay").is_some_and(|j| match &j.state {
+            ChannelState::Relay(ch) => ch.registered,
+            _ => false,
+        });
         let meta = presence::meta("phoenix", self.online_at, locks, relay);
         self.hub
             .registry
@@ -295,6 +298,10 @@ impl Session {
             status,
             response.to_string(),
         ));
+        if msg.topic == "relay" && matches!(msg.event.as_str(), "register" | "unregister") {
+            // Whether the device is on the relay is part of its Presence meta.
+            self.sync_presence();
+        }
     }
 
     fn log_error(&self, msg: &Message, e: &ChannelError, what: &str) {
@@ -310,7 +317,7 @@ impl Session {
 
     /// Turns a queued item into a wire frame for this connection, or `None` if it no
     /// longer applies (topic left) or cannot be represented on this serializer.
-    pub fn outbound(&self, item: Outbound) -> Option<WireFrame> {
+    pub fn outbound(&mut self, item: Outbound) -> Option<WireFrame> {
         match item {
             Outbound::Broadcast(shared) => {
                 if shared.except == Some(self.conn.id)
@@ -334,6 +341,19 @@ impl Session {
                     event: "packet".to_owned(),
                     payload: OutPayload::Json(packet.body_json()),
                 };
+                self.vsn.encode(&frame)
+            }
+            Outbound::RelayRevoked => {
+                // Another connection took the relay name over: this channel instance ends
+                // (phx_close, so the client does not rejoin into a taken name).
+                let joined = self.channels.remove("relay")?;
+                self.hub.registry.unsubscribe("relay", self.conn.id);
+                self.sync_presence();
+                tracing::info!(
+                    conn = self.conn.id,
+                    "relay name taken over; relay channel closed"
+                );
+                let frame = close_frame("relay", &joined.join_ref, "phx_close", ok_empty());
                 self.vsn.encode(&frame)
             }
             // Pre-encoded text belongs to other doors' protocols.

@@ -51,6 +51,9 @@ pub enum Outbound {
     Packet(Arc<relay::Packet>),
     /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
     Text(Utf8Bytes),
+    /// Another connection took this connection's relay name over (`"force": true`); it is
+    /// already out of the relay directory. The door tells its client.
+    RelayRevoked,
 }
 
 /// Why a delivery failed.

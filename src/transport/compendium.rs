@@ -11,7 +11,8 @@
 //! Error codes (HTTP-like, as the original server used 404):
 //! 400 not JSON / not an object / missing or ill-typed field, 404 no connection holds the
 //! target address, 405 a message type clients may not send or an unknown type, 413 the
-//! message exceeds `HOMEHUB_COMPENDIUM_MAX_BYTES`, 503 the target's queue is full.
+//! message exceeds `HOMEHUB_COMPENDIUM_MAX_BYTES` (a frame beyond `HOMEHUB_MAX_FRAME_BYTES`
+//! closes the socket with 1009), 503 the target's queue is full.
 //! Addresses live in memory only and die with their connection.
 
 use std::net::SocketAddr;
@@ -35,9 +36,12 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let tracker = hub.tracker.clone();
-    // Frames up to twice the message cap reach the handler, which answers ERR 413;
-    // beyond that the socket is closed with 1009.
-    let max_frame = hub.config.compendium_max_bytes.saturating_mul(2);
+    // Messages up to the hub's frame limit reach the handler, which answers ERR 413 past
+    // the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is the socket closed (1009).
+    let max_frame = hub
+        .config
+        .max_frame_bytes
+        .max(hub.config.compendium_max_bytes);
     super::configure(ws, max_frame)
         .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "compendium upgrade failed"))
         .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer)))
@@ -165,11 +169,11 @@ impl Handler for Compendium {
         Ok(())
     }
 
-    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage> {
-        match item {
-            Outbound::Text(t) => Some(WsMessage::Text(t)),
-            _ => None,
+    fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close> {
+        if let Outbound::Text(t) = item {
+            out.push(WsMessage::Text(t));
         }
+        Ok(())
     }
 }
 

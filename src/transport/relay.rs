@@ -65,8 +65,13 @@ struct ServerPayload {
 
 impl Command {
     fn decode(payload: &RawValue) -> Result<Command, String> {
-        let p: ServerPayload = serde_json::from_str(payload.get())
-            .map_err(|_| "payload for server must be an object".to_owned())?;
+        let p: ServerPayload = serde_json::from_str(payload.get()).map_err(|e| {
+            if payload.get().trim_start().starts_with('{') {
+                format!("invalid server payload: {e}")
+            } else {
+                "payload for server must be an object".to_owned()
+            }
+        })?;
         // The seed's register example has no `command`: a bare `device_name` registers.
         let command = match (&p.command, &p.device_name) {
             (Some(c), _) => c.as_str(),
@@ -182,7 +187,9 @@ impl RawRelay {
             Ok(displaced) => {
                 if let Some(old) = displaced {
                     tracing::info!(device = %name, old_conn = old.id, "relay name taken over");
-                    old.kill(close_code::GOING_AWAY);
+                    if old.send(Outbound::RelayRevoked).is_err() {
+                        old.kill(close_code::GOING_AWAY);
+                    }
                 }
                 tracing::info!(conn = self.conn.id, device = %name, "registered on the relay");
                 self.hub.record_relay_registration(&name, Door::Relay, info);
@@ -225,11 +232,25 @@ impl Handler for RawRelay {
         Ok(())
     }
 
-    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage> {
+    fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close> {
         match item {
-            Outbound::Packet(p) => Some(WsMessage::Text(Utf8Bytes::from(p.body_json()))),
-            _ => None,
+            Outbound::Packet(p) => out.push(WsMessage::Text(Utf8Bytes::from(p.body_json()))),
+            Outbound::RelayRevoked => {
+                // The directory entry already belongs to the newcomer.
+                if let Some(name) = self.name.take() {
+                    self.hub.registry.presence_set(&name, self.conn.id, None);
+                    self.hub.record_relay_departure(&name, &self.conn);
+                }
+                let notice = fail("name taken over by another connection");
+                out.push(WsMessage::Text(Utf8Bytes::from(notice)));
+                return Err(Close {
+                    code: close_code::GOING_AWAY,
+                    reason: "name taken over",
+                });
+            }
+            _ => {}
         }
+        Ok(())
     }
 }
 

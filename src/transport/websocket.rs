@@ -130,8 +130,9 @@ impl Handler for PhoenixHandler {
         Ok(())
     }
 
-    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage> {
-        self.session.outbound(item).map(to_ws)
+    fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close> {
+        out.extend(self.session.outbound(item).map(to_ws));
+        Ok(())
     }
 }
 

@@ -41,8 +41,9 @@ pub trait Handler: Send {
         out: &mut Vec<WsMessage>,
     ) -> impl Future<Output = Result<(), Close>> + Send;
 
-    /// Renders an item from the connection's queue, or `None` to drop it.
-    fn on_outbound(&mut self, item: Outbound) -> Option<WsMessage>;
+    /// Renders an item from the connection's queue into `out` (or drops it); `Err` closes
+    /// the connection after `out` is written.
+    fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close>;
 }
 
 /// How the driver keeps a connection alive.
@@ -142,12 +143,16 @@ pub async fn drive<H: Handler>(
             item = rx.recv() => {
                 // `conn` holds the sender, so the queue cannot close while we run.
                 let Some(item) = item else { break None };
-                out.extend(handler.on_outbound(item));
-                while out.len() < WRITE_BATCH {
+                let mut handled = handler.on_outbound(item, &mut out);
+                while handled.is_ok() && out.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(item) => out.extend(handler.on_outbound(item)),
+                        Ok(item) => handled = handler.on_outbound(item, &mut out),
                         Err(_) => break,
                     }
+                }
+                if let Err(close) = handled {
+                    let _ = write_all(&mut socket, conn, &mut out).await;
+                    break Some(close);
                 }
             }
             _ = &mut deadline => {

@@ -252,3 +252,42 @@ pub fn reply_of(frame: &Value) -> (&str, &Value) {
         &frame[4]["response"],
     )
 }
+
+// ---- Plain JSON-text WebSocket clients: the raw `/relay` and `/compendium` doors ----
+
+impl TestHub {
+    /// A plain JSON-text WebSocket client on the raw relay door (`GET /relay`).
+    pub async fn relay_ws(&self) -> TestClient {
+        TestClient::connect(&format!("ws://{}/relay", self.addr)).await
+    }
+
+    /// A plain JSON-text WebSocket client on the Compendium door (`GET /compendium`).
+    pub async fn compendium_ws(&self) -> TestClient {
+        TestClient::connect(&format!("ws://{}/compendium", self.addr)).await
+    }
+}
+
+impl TestClient {
+    /// Sends `text` verbatim as one text frame (for input that is not valid JSON).
+    pub async fn send_plain(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends `frame` as one JSON text frame and returns the next text frame, parsed.
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    /// Closes the socket from the client side and waits (bounded) until it has ended.
+    pub async fn hang_up(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}

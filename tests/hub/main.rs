@@ -3,5 +3,8 @@
 
 mod admin;
 mod common;
+mod compendium;
 mod lock_channel;
+mod presence;
 mod protocol;
+mod relay;

@@ -77,7 +77,8 @@ export class Hub {
     const args = ["serve", "--bind", `127.0.0.1:${port}`, "--database-url", this.dbUrl];
     this.log.push(`[run ${run}] $ ${bin} ${args.join(" ")}`);
     const proc = spawn(bin, args, {
-      env: { ...process.env, HOMEHUB_ADMIN_TOKEN: this.token },
+      // Many hubs run at once: the Bester TCP listener (default port 2222) is disabled.
+      env: { ...process.env, HOMEHUB_ADMIN_TOKEN: this.token, HOMEHUB_BESTER_BIND: "" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.proc = proc;
@@ -296,3 +297,147 @@ export function disconnect(socket) {
 export const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export const LOCK_KEYS = ["config", "feature_flags", "mode", "name", "serial", "state", "uuid"];
+
+// ---------------------------------------------------------------------------
+// Plain WebSocket doors (`/relay`, `/compendium`): one JSON message per text frame.
+// Appended for relay.test.mjs, presence.test.mjs and compendium.test.mjs.
+
+/** `ws://127.0.0.1:PORT<path>` of a running hub (e.g. `wsUrl(hub, "/relay")`). */
+export function wsUrl(hub, path) {
+  return `ws://127.0.0.1:${hub.port}${path}`;
+}
+
+/**
+ * A plain `ws` connection that parses every incoming text frame as JSON and queues it.
+ * `next(pred)` takes the first queued (or future) message matching `pred`, so replies and
+ * unsolicited messages (forwarded packets, DELIVERs) can be awaited independently and in
+ * any order. A frame that is not JSON is queued as `{__unparsed: text}`, so tests see it.
+ *
+ *   const c = await JsonWs.open(wsUrl(hub, "/compendium"));
+ *   const r = await c.request({ type: "INIT" });
+ */
+export class JsonWs {
+  static open(url, timeoutMs = 5000) {
+    return new Promise((res, rej) => {
+      const ws = new WebSocket(url);
+      const conn = new JsonWs(ws, url);
+      const timer = setTimeout(() => {
+        ws.terminate();
+        rej(new Error(`${url} did not open within ${timeoutMs} ms`));
+      }, timeoutMs);
+      ws.once("open", () => {
+        clearTimeout(timer);
+        res(conn);
+      });
+      ws.once("error", (e) => {
+        clearTimeout(timer);
+        rej(e);
+      });
+    });
+  }
+
+  constructor(ws, url) {
+    this.ws = ws;
+    this.url = url;
+    this.inbox = [];
+    this.waiters = [];
+    this.received = []; // every message, for failure messages
+    this.closeInfo = null;
+    this.closed = new Promise((res) => {
+      ws.once("close", (code, reason) => {
+        this.closeInfo = { code, reason: String(reason) };
+        res(this.closeInfo);
+      });
+    });
+    ws.on("error", () => {
+      /* surfaces as a close; keep node from throwing */
+    });
+    ws.on("message", (data, isBinary) => {
+      const text = isBinary ? Buffer.from(data).toString("utf8") : data.toString();
+      let msg;
+      try {
+        msg = JSON.parse(text);
+      } catch {
+        msg = { __unparsed: text };
+      }
+      this.received.push(msg);
+      this.inbox.push(msg);
+      this.pump();
+    });
+  }
+
+  get isOpen() {
+    return this.ws.readyState === WebSocket.OPEN;
+  }
+
+  pump() {
+    for (const w of [...this.waiters]) {
+      const i = this.inbox.findIndex(w.pred);
+      if (i >= 0) {
+        const [msg] = this.inbox.splice(i, 1);
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        clearTimeout(w.timer);
+        w.res(msg);
+      }
+    }
+  }
+
+  /** Sends an object as JSON text, or a string / Buffer verbatim. */
+  send(msg) {
+    this.ws.send(typeof msg === "string" || Buffer.isBuffer(msg) ? msg : JSON.stringify(msg));
+  }
+
+  /** The first queued or future message matching `pred` (reject after timeoutMs). */
+  next(pred = () => true, timeoutMs = 3000, what = "a message") {
+    return new Promise((res, rej) => {
+      const w = { pred, res };
+      w.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        rej(
+          new Error(
+            `${this.url}: no ${what} within ${timeoutMs} ms; unconsumed: ${JSON.stringify(this.inbox)}` +
+              (this.closeInfo ? `; connection closed ${JSON.stringify(this.closeInfo)}` : ""),
+          ),
+        );
+      }, timeoutMs);
+      this.waiters.push(w);
+      this.pump();
+    });
+  }
+
+  /** Sends `msg` and resolves with the next message matching `pred`. */
+  request(msg, pred = () => true, timeoutMs = 3000, what = "a reply") {
+    const reply = this.next(pred, timeoutMs, what);
+    this.send(msg);
+    return reply;
+  }
+
+  /** Closes (code 1000) and resolves once the close handshake is over (or after 2 s). */
+  close() {
+    if (this.closeInfo) return Promise.resolve(this.closeInfo);
+    this.ws.close(1000);
+    let timer;
+    return Promise.race([
+      this.closed,
+      new Promise((res) => {
+        timer = setTimeout(() => {
+          this.ws.terminate();
+          res(null);
+        }, 2000);
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+}
+
+/** A connected raw `/relay` client (a {@link JsonWs}) with relay-protocol shortcuts. */
+export async function rawRelay(hub) {
+  const c = await JsonWs.open(wsUrl(hub, "/relay"));
+  const isResponse = (m) => m && typeof m === "object" && "success" in m;
+  /** Sends a packet and resolves with the `{success, ...}` answer to it. */
+  c.packet = (pkt) => c.request(pkt, isResponse, 3000, "relay response");
+  c.server = (payload) => c.packet({ target: "server", payload });
+  /** The next forwarded `{sender, payload}` packet. */
+  c.nextPacket = (timeoutMs = 3000) =>
+    c.next((m) => m && typeof m === "object" && "sender" in m, timeoutMs, "forwarded packet");
+  return c;
+}

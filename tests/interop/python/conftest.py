@@ -68,7 +68,8 @@ class Hub:
         run = self.runs
         args = [binary, "serve", "--bind", f"127.0.0.1:{port}", "--database-url", self.db_url]
         self.log.append(f"[run {run}] $ {' '.join(args)}")
-        env = {**os.environ, "HOMEHUB_ADMIN_TOKEN": self.token}
+        # Many hubs run at once: the Bester TCP listener (default port 2222) is disabled.
+        env = {**os.environ, "HOMEHUB_ADMIN_TOKEN": self.token, "HOMEHUB_BESTER_BIND": ""}
         proc = subprocess.Popen(
             args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
