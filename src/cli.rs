@@ -57,6 +57,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
+    /// Bester users: list, add, passwd, remove.
+    Users {
+        #[command(subcommand)]
+        action: crate::bester::cli::UsersAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +152,7 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
             format!("/api/devices/{}/disconnect", seg(name)),
             None,
         ),
+        Command::Users { action } => crate::bester::cli::admin_request(action)?,
     };
     let client = reqwest::Client::new();
     let mut req = client.request(method, format!("{base}{path}"));

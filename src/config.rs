@@ -2,6 +2,7 @@
 //! first when present). Every field is listed in `.env.example` with its default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -108,6 +109,77 @@ pub struct Config {
         global = true
     )]
     pub shutdown_grace_secs: u64,
+
+    /// Address of the Bester TCP listener (length-prefixed JSON, docs/bester.md); an empty
+    /// value disables it.
+    // `std::option::Option` (not `Option`) so clap keeps the default and lets the parser
+    // turn an empty value into `None`.
+    #[arg(
+        long,
+        env = "HOMEHUB_BESTER_BIND",
+        default_value = "127.0.0.1:2222",
+        value_parser = parse_optional_addr,
+        global = true
+    )]
+    pub bester_bind: std::option::Option<SocketAddr>,
+
+    /// Path of an additional Bester listener on a Unix socket (unset: none).
+    #[arg(long, env = "HOMEHUB_BESTER_SOCKET", global = true)]
+    pub bester_socket: Option<PathBuf>,
+
+    /// JSON file with the Bester message handlers, federation peers and this hub's name
+    /// (format in docs/bester.md; unset: no handlers, no peers).
+    #[arg(long, env = "HOMEHUB_BESTER_CONFIG", global = true)]
+    pub bester_config: Option<PathBuf>,
+
+    /// Largest Bester message in bytes (the 4-byte length prefix); a larger prefix gets
+    /// `too_large` and the connection is closed. Also caps handler and peer replies.
+    #[arg(
+        long,
+        env = "HOMEHUB_BESTER_MAX_FRAME_BYTES",
+        default_value_t = 1_048_576,
+        global = true
+    )]
+    pub bester_max_frame_bytes: usize,
+
+    /// Milliseconds a Bester message handler (or a peer server) has to answer one message.
+    #[arg(
+        long,
+        env = "HOMEHUB_BESTER_HANDLER_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub bester_handler_timeout_ms: u64,
+
+    /// Most message handlers one Bester message may pass through (`sendHandler` chains),
+    /// and most server-to-server hops.
+    #[arg(
+        long,
+        env = "HOMEHUB_BESTER_MAX_CHAIN",
+        default_value_t = 8,
+        global = true
+    )]
+    pub bester_max_chain: usize,
+
+    /// Seconds a new Bester connection has to authenticate before it is closed.
+    #[arg(
+        long,
+        env = "HOMEHUB_BESTER_LOGIN_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub bester_login_timeout_secs: u64,
+}
+
+/// `HOMEHUB_BESTER_BIND`: a socket address, or empty for "disabled".
+fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:2222: {e}"))
 }
 
 impl Config {
@@ -125,6 +197,14 @@ impl Config {
             compendium_max_bytes: 65_536,
             pair_ttl_secs: 300,
             shutdown_grace_secs: 5,
+            // Disabled, so tests that run many hubs at once never bind port 2222.
+            bester_bind: None,
+            bester_socket: None,
+            bester_config: None,
+            bester_max_frame_bytes: 1_048_576,
+            bester_handler_timeout_ms: 5_000,
+            bester_max_chain: 8,
+            bester_login_timeout_secs: 10,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Hub {
     /// Cancelled once, at shutdown; every connection's kill switch is a child of it.
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// The Bester door: settings and live Bester connections.
+    pub bester: crate::bester::Bester,
 }
 
 impl Hub {
@@ -64,6 +66,7 @@ impl Hub {
 pub struct Server {
     hub: Arc<Hub>,
     listener: TcpListener,
+    bester: crate::bester::Listeners,
 }
 
 impl Server {
@@ -74,6 +77,8 @@ impl Server {
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("binding {}", config.bind))?;
+        let bester = crate::bester::Bester::load(&config)?;
+        let bester_listeners = crate::bester::Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub {
@@ -83,12 +88,22 @@ impl Server {
             store,
             tracker: TaskTracker::new(),
             shutdown,
+            bester,
         });
-        Ok(Server { hub, listener })
+        Ok(Server {
+            hub,
+            listener,
+            bester: bester_listeners,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The Bester TCP listener's address, when it is enabled.
+    pub fn bester_addr(&self) -> Option<SocketAddr> {
+        self.bester.tcp_addr()
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -101,6 +116,7 @@ impl Server {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let hub = self.hub;
+        self.bester.spawn(&hub);
         let app = router(hub.clone());
         let token = hub.shutdown.clone();
         let stop = async move {

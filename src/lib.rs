@@ -13,17 +13,22 @@
 //! * [`registry`] — every live connection and topic subscription; broadcasts are encoded
 //!   once and queued on each receiver's bounded queue. Shared by every door.
 //! * [`store`] — all SQL (SQLite through sqlx, migrations in `migrations/`).
+//! * [`bester`] — the Bester door: length-prefixed JSON over TCP, users, message handlers,
+//!   federation.
 //! * [`admin`] — the HTTP JSON admin API; [`cli`] wraps it.
 //! * [`hub`] — binds the listener, wires the above together, shuts down gracefully.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
+pub mod bester;
 pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -95,6 +95,18 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/pairings", get(list_pairings))
         .route("/devices", get(list_devices))
         .route("/devices/{name}/disconnect", post(disconnect_device))
+        .route(
+            "/bester/users",
+            get(crate::bester::admin::list_users).post(crate::bester::admin::add_user),
+        )
+        .route(
+            "/bester/users/{name}",
+            axum::routing::delete(crate::bester::admin::remove_user),
+        )
+        .route(
+            "/bester/users/{name}/password",
+            put(crate::bester::admin::set_password),
+        )
         .layer(middleware::from_fn_with_state(hub, authorize))
 }
 

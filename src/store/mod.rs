@@ -24,7 +24,9 @@ use crate::registry::relay::DeviceInfo;
 
 #[cfg(test)]
 mod tests;
+mod users;
 
+pub use users::BesterUser;
 
 /// The schema, embedded at compile time from `migrations/` and applied by [`Store::open`].
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -74,6 +76,9 @@ pub enum StoreError {
 
 /// Handle to the database; cheap to clone (wraps a pool).
 mod joins;
+mod tokens;
+
+pub use tokens::TokenRecord;
 
 /// The lock-join upsert (mode, feature_flags, config and intended_state come from the
 /// column defaults); run by the join writer in [`joins`].
@@ -83,6 +88,19 @@ const JOIN_LOCK_SQL: &str = concat!(
      ON CONFLICT (serial) DO UPDATE SET \
          holder_device = excluded.holder_device, \
          last_seen_at = excluded.last_seen_at \
+     RETURNING ",
+    lock_columns!()
+);
+
+/// The same upsert in token mode: an existing lock held by another device is left alone
+/// and no row is returned.
+const JOIN_LOCK_EXCLUSIVE_SQL: &str = concat!(
+    "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
+     VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
+     ON CONFLICT (serial) DO UPDATE SET \
+         holder_device = excluded.holder_device, \
+         last_seen_at = excluded.last_seen_at \
+     WHERE locks.holder_device IS NULL OR locks.holder_device = excluded.holder_device \
      RETURNING ",
     lock_columns!()
 );
@@ -150,7 +168,22 @@ impl Store {
         holder: &DeviceName,
     ) -> Result<LockRecord, StoreError> {
         // Group commit: the reply waits for the durable write, shared with other joins.
-        self.joins.join(serial.as_str(), holder.as_str()).await
+        self.joins
+            .join(serial.as_str(), holder.as_str(), false)
+            .await?
+            .ok_or(StoreError::LockNotFound)
+    }
+
+    /// A lock join in token mode: like [`Store::join_lock`], but a lock already held by
+    /// another device is not touched and `None` is returned.
+    pub async fn join_lock_exclusive(
+        &self,
+        serial: &Serial,
+        holder: &DeviceName,
+    ) -> Result<Option<LockRecord>, StoreError> {
+        self.joins
+            .join(serial.as_str(), holder.as_str(), true)
+            .await
     }
 
     /// One lock, if it exists.

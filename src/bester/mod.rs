@@ -1,0 +1,207 @@
+//! The Bester door (spec §4, seed: Bester protocol; the protocol as implemented is in
+//! `docs/bester.md`): `[4-byte little-endian length][JSON]` messages over TCP and, optionally,
+//! a Unix socket.
+//!
+//! How a message travels:
+//!
+//! * [`Listeners`] accepts connections (TCP, Unix) and spawns one [`connection`] task per
+//!   connection on the hub's tracker, under the hub's shutdown token.
+//! * [`codec`] frames bytes (tokio-util's length-delimited codec with a cap); [`protocol`]
+//!   decodes a frame once into a typed [`protocol::Message`] (header, typed [`protocol::Request`])
+//!   and encodes every frame the hub sends. Nothing past it reads wire JSON, except the
+//!   opaque `payload.data` that is forwarded untouched.
+//! * [`connection`] runs the per-connection state machine: the first message authenticates
+//!   a user ([`auth`], argon2 hashes in the store) or a peer server ([`federation`]); built-ins
+//!   run in place; any other `payload.type` goes to [`dispatch`].
+//! * [`dispatch`] calls the message handler for the type ([`handlers`], an external process
+//!   on a Unix socket, with a timeout), follows `sendHandler` chains, and carries out
+//!   `sendClients` ([`sessions`], or a relay device as a bridge) and `sendServers`
+//!   ([`federation`]). Handler replies are decoded once by [`reply`].
+//! * [`sessions`] is the directory of live Bester connections: each has a bounded outbound
+//!   queue drained by its own writer task, so a slow reader never stalls anyone else.
+//! * [`settings`] reads the handler/peer configuration file; [`admin`] and [`cli`] manage
+//!   users.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod codec;
+pub mod connection;
+pub mod dispatch;
+pub mod federation;
+pub mod handlers;
+pub mod protocol;
+pub mod reply;
+pub mod sessions;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+pub use sessions::Sessions;
+pub use settings::Settings;
+
+/// The Bester door's shared state, one per hub (`Hub::bester`).
+pub struct Bester {
+    /// Limits, handlers, peers and this hub's name (fixed at start).
+    pub settings: Settings,
+    /// Every live Bester connection.
+    pub sessions: Sessions,
+}
+
+impl Bester {
+    /// Reads the Bester settings; the configuration file is read only when a listener is
+    /// enabled (a disabled door needs no handlers or peers).
+    pub fn load(config: &Config) -> anyhow::Result<Bester> {
+        let enabled = config.bester_bind.is_some() || socket_path(config).is_some();
+        let settings = Settings::load(config, enabled)?;
+        Ok(Bester {
+            settings,
+            sessions: Sessions::default(),
+        })
+    }
+}
+
+/// `HOMEHUB_BESTER_SOCKET`, with an empty value meaning unset.
+fn socket_path(config: &Config) -> Option<&Path> {
+    config
+        .bester_socket
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The bound Bester listeners of a not yet running hub.
+#[derive(Default)]
+pub struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// Binds the TCP listener (`HOMEHUB_BESTER_BIND`, port 0 works) and the Unix socket
+    /// (`HOMEHUB_BESTER_SOCKET`; a stale socket file left by a previous run is replaced, a
+    /// live one is an error).
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let tcp = match config.bester_bind {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the Bester listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let unix = match socket_path(config) {
+            Some(path) => {
+                remove_stale_socket(path).await?;
+                let listener = UnixListener::bind(path).with_context(|| {
+                    format!("binding the Bester Unix socket {}", path.display())
+                })?;
+                Some((listener, path.to_owned()))
+            }
+            None => None,
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// The TCP listener's address, when enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Starts the accept loops and the handler processes the hub manages, on the hub's
+    /// tracker; everything stops when the hub's shutdown token is cancelled.
+    pub fn spawn(self, hub: &Arc<Hub>) {
+        if self.tcp.is_none() && self.unix.is_none() {
+            return;
+        }
+        for spec in hub.bester.settings.handlers.values() {
+            if spec.command.is_some() {
+                hub.tracker
+                    .spawn(handlers::supervise(spec.clone(), hub.shutdown.clone()));
+            }
+        }
+        if let Some(listener) = self.tcp {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "bester listening");
+            }
+            hub.tracker.spawn(accept_tcp(listener, hub.clone()));
+        }
+        if let Some((listener, path)) = self.unix {
+            tracing::info!(path = %path.display(), "bester listening on a Unix socket");
+            hub.tracker.spawn(accept_unix(listener, path, hub.clone()));
+        }
+    }
+}
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = hub.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                hub.tracker
+                    .spawn(connection::serve(hub.clone(), stream, peer.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bester accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(listener: UnixListener, path: PathBuf, hub: Arc<Hub>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = hub.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                hub.tracker
+                    .spawn(connection::serve(hub.clone(), stream, "unix".to_owned()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bester accept failed (Unix socket)");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::debug!(path = %path.display(), error = %e, "cannot remove the Bester socket file");
+    }
+}
+
+/// Removes a socket file nobody listens on; refuses to touch anything else.
+async fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(
+            "{} exists and is not a socket; not replacing it",
+            path.display()
+        );
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        anyhow::bail!("{} is in use by another process", path.display());
+    }
+    std::fs::remove_file(path)
+        .with_context(|| format!("removing the stale socket {}", path.display()))
+}

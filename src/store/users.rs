@@ -1,0 +1,142 @@
+//! Bester users (`bester_users`, migration 0006): the username and the argon2id hash of the
+//! password (hashing and verification live in `bester::auth`; this file only stores).
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::domain::now_rfc3339;
+
+/// A Bester user as administrators see it (never the hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BesterUser {
+    pub username: String,
+    pub created_at: String,
+    pub password_changed_at: String,
+    pub last_login_at: Option<String>,
+}
+
+impl Store {
+    /// Creates a user with a password hash; `Ok(false)` if the username is taken.
+    pub async fn create_bester_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_rfc3339();
+        let result = sqlx::query(
+            "INSERT INTO bester_users (username, password_hash, created_at, password_changed_at) \
+             VALUES (?1, ?2, ?3, ?3) ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Replaces a user's password hash; `Ok(false)` if there is no such user.
+    pub async fn set_bester_password(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE bester_users SET password_hash = ?2, password_changed_at = ?3 \
+             WHERE username = ?1",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Deletes a user; `Ok(false)` if there is no such user.
+    pub async fn delete_bester_user(&self, username: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM bester_users WHERE username = ?1")
+            .bind(username)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The stored password hash of a user, if the user exists.
+    pub async fn bester_password_hash(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT password_hash FROM bester_users WHERE username = ?1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("password_hash")).transpose()?)
+    }
+
+    /// Records a successful authentication (last_login_at = now).
+    pub async fn record_bester_login(&self, username: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE bester_users SET last_login_at = ?2 WHERE username = ?1")
+            .bind(username)
+            .bind(now_rfc3339())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every user, ordered by username.
+    pub async fn list_bester_users(&self) -> Result<Vec<BesterUser>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT username, created_at, password_changed_at, last_login_at \
+             FROM bester_users ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BesterUser {
+                    username: r.try_get("username")?,
+                    created_at: r.try_get("created_at")?,
+                    password_changed_at: r.try_get("password_changed_at")?,
+                    last_login_at: r.try_get("last_login_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn users_round_trip() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert!(store.create_bester_user("alice", "$h1").await.unwrap());
+        assert!(!store.create_bester_user("alice", "$h2").await.unwrap());
+        assert_eq!(
+            store
+                .bester_password_hash("alice")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("$h1")
+        );
+        assert!(store.set_bester_password("alice", "$h3").await.unwrap());
+        assert!(!store.set_bester_password("bob", "$h3").await.unwrap());
+        assert_eq!(
+            store
+                .bester_password_hash("alice")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("$h3")
+        );
+        store.record_bester_login("alice").await.unwrap();
+        let users = store.list_bester_users().await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users[0].last_login_at.is_some());
+        assert!(store.delete_bester_user("alice").await.unwrap());
+        assert!(!store.delete_bester_user("alice").await.unwrap());
+        assert_eq!(store.bester_password_hash("alice").await.unwrap(), None);
+    }
+}
