@@ -11,7 +11,7 @@
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JOIN_LOCK_SQL, StoreError, lock_from_row};
+use super::{JOIN_LOCK_EXCLUSIVE_SQL, JOIN_LOCK_SQL, StoreError, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
 
 /// Most joins committed in one transaction.
@@ -19,10 +19,15 @@ const MAX_BATCH: usize = 512;
 /// Joins that may wait for the writer before `join` callers wait for room.
 const QUEUE: usize = 8192;
 
+/// The answer to one join: `None` when an exclusive join found the lock held by another
+/// device.
+type Answer = Result<Option<LockRecord>, StoreError>;
+
 struct Op {
     serial: String,
     holder: String,
-    reply: oneshot::Sender<Result<LockRecord, StoreError>>,
+    exclusive: bool,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// Handle to the join writer; cheap to clone.
@@ -44,11 +49,12 @@ impl JoinWriter {
     }
 
     /// Queues one join and waits for its commit.
-    pub(super) async fn join(&self, serial: &str, holder: &str) -> Result<LockRecord, StoreError> {
+    pub(super) async fn join(&self, serial: &str, holder: &str, exclusive: bool) -> Answer {
         let (reply, answer) = oneshot::channel();
         let op = Op {
             serial: serial.to_owned(),
             holder: holder.to_owned(),
+            exclusive,
             reply,
         };
         self.tx.send(op).await.map_err(|_| writer_gone())?;
@@ -86,22 +92,29 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Op>) {
 
 /// Runs the batch in one transaction. A row that cannot be decoded fails only its own join;
 /// a statement or commit failure fails the batch.
-async fn commit(
-    pool: &SqlitePool,
-    batch: &[Op],
-) -> Result<Vec<Result<LockRecord, StoreError>>, sqlx::Error> {
+async fn commit(pool: &SqlitePool, batch: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let now = now_rfc3339();
     let mut records = Vec::with_capacity(batch.len());
     for op in batch {
-        let row = sqlx::query(JOIN_LOCK_SQL)
+        let sql = if op.exclusive {
+            JOIN_LOCK_EXCLUSIVE_SQL
+        } else {
+            JOIN_LOCK_SQL
+        };
+        let row = sqlx::query(sql)
             .bind(&op.serial)
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(&op.holder)
             .bind(&now)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        records.push(lock_from_row(&row).map_err(StoreError::from));
+        records.push(
+            row.as_ref()
+                .map(lock_from_row)
+                .transpose()
+                .map_err(StoreError::from),
+        );
     }
     tx.commit().await?;
     Ok(records)
