@@ -51,7 +51,11 @@ fn relay(c: &mut Criterion) {
     let mut receivers = Vec::new();
     for i in 0..10_000 {
         let name = format!("dev-{i:06}");
-        let (conn, rx) = reg.connect(DeviceName::parse(&name), Door::Phoenix, "bench".into());
+        let (conn, rx) = reg.connect(
+            DeviceName::parse(&name),
+            Door::Phoenix,
+            ([127, 0, 0, 1], 9).into(),
+        );
         reg.relay
             .register(&name, &conn, DeviceInfo::default(), false)
             .expect("register");
@@ -78,7 +82,11 @@ fn broadcast(c: &mut Criterion) {
     let mut receivers = Vec::new();
     for i in 0..1_000 {
         let name = format!("sub-{i:05}");
-        let (conn, rx) = reg.connect(DeviceName::parse(&name), Door::Phoenix, "bench".into());
+        let (conn, rx) = reg.connect(
+            DeviceName::parse(&name),
+            Door::Phoenix,
+            ([127, 0, 0, 1], 9).into(),
+        );
         reg.subscribe("events", &conn);
         receivers.push((conn, rx));
     }

@@ -7,6 +7,8 @@
 //! secret (`HOMEHUB_SECRET_KEY`, or one generated on first start and kept in the database).
 //! Revocation is by token id (`jti`), checked on every connect.
 
+use std::collections::HashSet;
+use std::sync::RwLock;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -80,6 +82,61 @@ pub fn verify(key: &[u8], token: &str, now_unix: i64) -> Result<Claims, TokenErr
         return Err(TokenError::Expired);
     }
     Ok(claims)
+}
+
+/// The hub's token key and the ids of revoked tokens (loaded from the store at start,
+/// updated on revocation), checked on every connect.
+pub struct Keyring {
+    key: Vec<u8>,
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl Keyring {
+    pub fn new(key: Vec<u8>, revoked: impl IntoIterator<Item = String>) -> Keyring {
+        Keyring {
+            key,
+            revoked: RwLock::new(revoked.into_iter().collect()),
+        }
+    }
+
+    /// A signed token for `device`, valid for `ttl_secs` from `now_unix`.
+    pub fn issue(&self, device: &str, now_unix: i64, ttl_secs: u64) -> (String, Claims) {
+        let claims = Claims {
+            sub: device.to_owned(),
+            exp: now_unix.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX)),
+            jti: new_token_id(),
+        };
+        (sign(&self.key, &claims), claims)
+    }
+
+    /// Verifies `token`; with `device`, it must have been issued to that device.
+    pub fn check(
+        &self,
+        token: &str,
+        device: Option<&str>,
+        now_unix: i64,
+    ) -> Result<Claims, TokenError> {
+        let claims = verify(&self.key, token, now_unix)?;
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&claims.jti)
+        {
+            return Err(TokenError::Revoked);
+        }
+        if device.is_some_and(|d| d != claims.sub) {
+            return Err(TokenError::WrongDevice);
+        }
+        Ok(claims)
+    }
+
+    pub fn revoke(&self, id: &str) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+    }
 }
 
 /// A new random token id.

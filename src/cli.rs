@@ -20,6 +20,11 @@ pub struct Cli {
     #[arg(long, env = "HOMEHUB_URL", global = true)]
     pub url: Option<String>,
 
+    /// CA certificate (PEM) the admin commands trust for an `https://` HOMEHUB_URL, e.g. the
+    /// hub's own self-signed certificate.
+    #[arg(long, env = "HOMEHUB_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -57,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeviceAction,
     },
+    /// Device tokens (token mode): issue, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Bester users: list, add, passwd, remove.
     Users {
         #[command(subcommand)]
@@ -70,12 +80,49 @@ pub enum LockAction {
     Show { serial: String },
     /// Set the intended state (a JSON object) and push it to the lock.
     SetState { serial: String, state: String },
+    /// Reassign the lock to another device (token mode), or free it with `--clear`.
+    SetHolder {
+        serial: String,
+        device: Option<String>,
+        #[arg(long, conflicts_with = "device")]
+        clear: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Issue a signed token for a device; prints it once (JSON field `token`).
+    Issue {
+        device: String,
+        /// Lifetime in seconds (default HOMEHUB_TOKEN_TTL_SECS).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List issued tokens (ids, devices, expiry, revocation).
+    List,
+    /// Revoke a token by id; the device is disconnected.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceAction {
     /// Close the device's connection (it may reconnect).
     Disconnect { name: String },
+}
+
+/// The HTTP client of the admin commands: rustls with the ring provider; the system's
+/// roots, plus `--ca-cert` (e.g. the hub's self-signed certificate) when given.
+fn http_client(cli: &Cli) -> anyhow::Result<reqwest::Client> {
+    crate::listener::install_crypto_provider();
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &cli.ca_cert {
+        let pem =
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
 }
 
 /// Percent-encodes one path segment.
@@ -99,7 +146,12 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
         } else {
             host
         };
-        format!("http://{host}:{}", bind.port())
+        let scheme = if cli.config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}:{}", bind.port())
     });
     let base = base.trim_end_matches('/').to_owned();
     let (method, path, body): (reqwest::Method, String, Option<Value>) = match command {
@@ -118,6 +170,20 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
                     reqwest::Method::PUT,
                     format!("/api/locks/{}/state", seg(serial)),
                     Some(state),
+                )
+            }
+            LockAction::SetHolder {
+                serial,
+                device,
+                clear,
+            } => {
+                if device.is_none() && !clear {
+                    anyhow::bail!("give a device name, or --clear to free the lock");
+                }
+                (
+                    reqwest::Method::PUT,
+                    format!("/api/locks/{}/holder", seg(serial)),
+                    Some(serde_json::json!({ "device": device })),
                 )
             }
         },
@@ -153,8 +219,28 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
             None,
         ),
         Command::Users { action } => crate::bester::cli::admin_request(action)?,
+        Command::Token { action } => match action {
+            TokenAction::Issue { device, ttl } => {
+                let mut body = serde_json::Map::new();
+                body.insert("device".into(), device.clone().into());
+                if let Some(t) = ttl {
+                    body.insert("ttl_secs".into(), (*t).into());
+                }
+                (
+                    reqwest::Method::POST,
+                    "/api/tokens".into(),
+                    Some(Value::Object(body)),
+                )
+            }
+            TokenAction::List => (reqwest::Method::GET, "/api/tokens".into(), None),
+            TokenAction::Revoke { id } => (
+                reqwest::Method::DELETE,
+                format!("/api/tokens/{}", seg(id)),
+                None,
+            ),
+        },
     };
-    let client = reqwest::Client::new();
+    let client = http_client(cli)?;
     let mut req = client.request(method, format!("{base}{path}"));
     if let Some(token) = &cli.config.admin_token {
         req = req.bearer_auth(token);

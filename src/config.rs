@@ -4,7 +4,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// How devices authenticate on the device doors (Phoenix socket, raw relay, Compendium).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Any device may connect under any name (a home LAN behind a firewall).
+    Open,
+    /// Devices need a signed token (`homehub token issue NAME`), passed as the `token`
+    /// connect param (or Phoenix's `authToken`); a held lock can only be joined by its
+    /// holder.
+    Token,
+}
 
 /// Settings of the running hub. Each field's doc comment is its `--help` text.
 #[derive(Debug, Clone, Args)]
@@ -123,6 +134,101 @@ pub struct Config {
     )]
     pub bester_bind: std::option::Option<SocketAddr>,
 
+    /// `open` or `token`: whether devices need a token to connect (see README, Security).
+    #[arg(
+        long,
+        env = "HOMEHUB_AUTH",
+        value_enum,
+        default_value = "open",
+        global = true
+    )]
+    pub auth: AuthMode,
+
+    /// Allow `open` mode on a non-loopback bind address (refused at start otherwise).
+    #[arg(
+        long,
+        env = "HOMEHUB_ALLOW_OPEN_NETWORK",
+        default_value_t = false,
+        global = true
+    )]
+    pub allow_open_network: bool,
+
+    /// Key that signs device tokens (at least 32 characters). Unset: a random key is
+    /// generated on first start and kept in the database.
+    #[arg(
+        long,
+        env = "HOMEHUB_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub secret_key: Option<String>,
+
+    /// Lifetime of a device token when `homehub token issue` gives no `--ttl`.
+    #[arg(
+        long,
+        env = "HOMEHUB_TOKEN_TTL_SECS",
+        default_value_t = 31_536_000,
+        global = true
+    )]
+    pub token_ttl_secs: u64,
+
+    /// Browser origins allowed to connect: empty = the hub's own host only, `*` = any, or
+    /// a comma-separated list (`https://app.example.com`, `*.home.lan`, `http://localhost:3000`).
+    /// Clients that send no `Origin` (devices, native apps) are always allowed.
+    #[arg(
+        long,
+        env = "HOMEHUB_ALLOWED_ORIGINS",
+        default_value = "",
+        global = true
+    )]
+    pub allowed_origins: String,
+
+    /// Connections at once from one remote address (HTTP connections at accept, and live
+    /// sockets at upgrade); 0 = unlimited.
+    #[arg(
+        long,
+        env = "HOMEHUB_MAX_CONNS_PER_IP",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_conns_per_ip: usize,
+
+    /// Messages per second one socket may push (heartbeats excepted); past it they are
+    /// answered with an error. 0 = unlimited.
+    #[arg(long, env = "HOMEHUB_RATE_LIMIT", default_value_t = 100, global = true)]
+    pub rate_limit: u32,
+
+    /// Burst allowance of the per-socket rate limit.
+    #[arg(long, env = "HOMEHUB_RATE_BURST", default_value_t = 200, global = true)]
+    pub rate_burst: u32,
+
+    /// Seconds a new connection has to finish its TLS handshake and send its HTTP request.
+    #[arg(
+        long,
+        env = "HOMEHUB_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub handshake_timeout_secs: u64,
+
+    /// PEM certificate chain; with `HOMEHUB_TLS_KEY`, the hub serves `https://`/`wss://` only.
+    #[arg(long, env = "HOMEHUB_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `HOMEHUB_TLS_CERT`.
+    #[arg(long, env = "HOMEHUB_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Milliseconds a long-poll GET is held when nothing is queued; a session not polled for
+    /// two windows is closed.
+    #[arg(
+        long,
+        env = "HOMEHUB_LONGPOLL_WINDOW_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub longpoll_window_ms: u64,
+
     /// Path of an additional Bester listener on a Unix socket (unset: none).
     #[arg(long, env = "HOMEHUB_BESTER_SOCKET", global = true)]
     pub bester_socket: Option<PathBuf>,
@@ -205,6 +311,18 @@ impl Config {
             bester_handler_timeout_ms: 5_000,
             bester_max_chain: 8,
             bester_login_timeout_secs: 10,
+            auth: AuthMode::Open,
+            allow_open_network: false,
+            secret_key: None,
+            token_ttl_secs: 31_536_000,
+            allowed_origins: String::new(),
+            max_conns_per_ip: 4096,
+            rate_limit: 100,
+            rate_burst: 200,
+            handshake_timeout_secs: 5,
+            tls_cert: None,
+            tls_key: None,
+            longpoll_window_ms: 10_000,
         }
     }
 }

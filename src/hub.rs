@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::auth::Keyring;
+use crate::config::{AuthMode, Config};
 use crate::metrics::Metrics;
 use crate::registry::relay::DeviceInfo;
 use crate::registry::{Conn, Door, Registry};
@@ -34,6 +35,12 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     /// The Bester door: settings and live Bester connections.
     pub bester: crate::bester::Bester,
+    /// Live long-poll sessions.
+    pub longpoll: crate::transport::longpoll::Sessions,
+    /// Device-token key and revocations.
+    pub keyring: crate::auth::Keyring,
+    /// Browser origins allowed on the device doors.
+    pub origins: crate::auth::OriginPolicy,
 }
 
 impl Hub {
@@ -67,10 +74,33 @@ pub struct Server {
     hub: Arc<Hub>,
     listener: TcpListener,
     bester: crate::bester::Listeners,
+    listen: crate::listener::ListenOptions,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        crate::listener::install_crypto_provider();
+        if config.auth == AuthMode::Open
+            && !config.bind.ip().is_loopback()
+            && !config.allow_open_network
+        {
+            anyhow::bail!(
+                "refusing to serve open mode (no device authentication) on the non-loopback \
+                 address {}: set HOMEHUB_AUTH=token, bind a loopback address, or set \
+                 HOMEHUB_ALLOW_OPEN_NETWORK=true if the network is trusted",
+                config.bind
+            );
+        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("HOMEHUB_TLS_CERT and HOMEHUB_TLS_KEY must be set together"),
+        };
+        let listen = crate::listener::ListenOptions {
+            tls,
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
+            max_per_ip: config.max_conns_per_ip,
+        };
         let store = Store::open(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", config.database_url))?;
@@ -79,6 +109,13 @@ impl Server {
             .with_context(|| format!("binding {}", config.bind))?;
         let bester = crate::bester::Bester::load(&config)?;
         let bester_listeners = crate::bester::Listeners::bind(&config).await?;
+        let key = match &config.secret_key {
+            Some(k) if k.len() >= 32 => k.as_bytes().to_vec(),
+            Some(_) => anyhow::bail!("HOMEHUB_SECRET_KEY must be at least 32 characters"),
+            None => store.token_key().await.context("loading the token key")?,
+        };
+        let keyring = Keyring::new(key, store.revoked_token_ids().await?);
+        let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub {
@@ -89,11 +126,15 @@ impl Server {
             tracker: TaskTracker::new(),
             shutdown,
             bester,
+            longpoll: Default::default(),
+            keyring,
+            origins,
         });
         Ok(Server {
             hub,
             listener,
             bester: bester_listeners,
+            listen,
         })
     }
 
@@ -119,18 +160,19 @@ impl Server {
         self.bester.spawn(&hub);
         let app = router(hub.clone());
         let token = hub.shutdown.clone();
-        let stop = async move {
+        tokio::spawn(async move {
             signal.await;
             tracing::info!("shutting down: closing sockets");
             token.cancel();
-        };
-        axum::serve(
+        });
+        crate::listener::serve(
             self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app,
+            hub.shutdown.clone(),
+            hub.tracker.clone(),
+            self.listen,
         )
-        .with_graceful_shutdown(stop)
-        .await
-        .context("serving")?;
+        .await;
         hub.tracker.close();
         let grace = Duration::from_secs(hub.config.shutdown_grace_secs);
         if tokio::time::timeout(grace, hub.tracker.wait())
@@ -162,6 +204,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(
             "/compendium",
             axum::routing::get(crate::transport::compendium::upgrade),
+        )
+        .route(
+            "/socket/longpoll",
+            axum::routing::any(crate::transport::longpoll::handle),
         )
         .nest("/api", crate::admin::router(hub.clone()))
         .merge(crate::admin::metrics_router(hub.clone()))

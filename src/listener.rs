@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,13 @@ pub struct ListenOptions {
     pub handshake_timeout: Duration,
     /// 0 = unlimited.
     pub max_per_ip: usize,
+}
+
+/// Makes ring the process's rustls crypto provider (the TLS listener and the CLI's HTTPS
+/// client both use it). Idempotent.
+pub fn install_crypto_provider() {
+    // An error means a provider is already installed, which is fine.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Loads a PEM certificate chain and private key into a TLS acceptor.
@@ -165,12 +172,13 @@ async fn http<I>(
         req.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(req)
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // HTTP/1.1 only: WebSockets and long-poll are HTTP/1.1, and hyper's HTTP/1 server times
+    // the request head from the first byte it waits for, so a silent connection is dropped.
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.handshake_timeout);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+        .header_read_timeout(opts.handshake_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

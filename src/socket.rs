@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 
+use crate::auth::RateLimiter;
 use crate::channels::router::{self, ChannelState, Topic};
 use crate::channels::{ChannelError, Ctx, presence};
 use crate::hub::Hub;
@@ -37,6 +38,8 @@ pub struct Session {
     vsn: Vsn,
     channels: HashMap<String, Joined>,
     online_at: i64,
+    /// Pushes per second this socket may send (heartbeats excepted).
+    limiter: RateLimiter,
 }
 
 fn ok_empty() -> String {
@@ -52,11 +55,12 @@ impl Session {
     /// A new session; the device becomes present on `presence:devices`.
     pub fn new(hub: Arc<Hub>, conn: Arc<Conn>, vsn: Vsn) -> Session {
         let session = Session {
-            hub,
             conn,
             vsn,
             channels: HashMap::new(),
             online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
+            hub,
         };
         session.sync_presence();
         session
@@ -110,6 +114,18 @@ impl Session {
     pub async fn handle(&mut self, msg: Message, out: &mut Vec<Frame>) {
         if msg.topic == "phoenix" && msg.event == "heartbeat" {
             out.push(Frame::reply(None, msg.ref_, "phoenix", "ok", ok_empty()));
+            return;
+        }
+        if !self.limiter.allow() {
+            tracing::info!(conn = self.conn.id, topic = %msg.topic, "message refused: rate limited");
+            let join_ref = self
+                .channels
+                .get(&msg.topic)
+                .and_then(|j| j.push_ref.clone());
+            let response = r#"{"reason":"rate limited"}"#.to_owned();
+            out.push(Frame::reply(
+                join_ref, msg.ref_, &msg.topic, "error", response,
+            ));
             return;
         }
         match msg.event.as_str() {
@@ -340,6 +356,17 @@ impl Session {
                     topic: "relay".to_owned(),
                     event: "packet".to_owned(),
                     payload: OutPayload::Json(packet.body_json()),
+                };
+                self.vsn.encode(&frame)
+            }
+            Outbound::BinaryPacket(packet) => {
+                let joined = self.channels.get("relay")?;
+                let frame = Frame {
+                    join_ref: joined.push_ref.clone(),
+                    ref_: None,
+                    topic: "relay".to_owned(),
+                    event: format!("packet:{}", packet.sender),
+                    payload: OutPayload::Binary(packet.bytes.clone()),
                 };
                 self.vsn.encode(&frame)
             }

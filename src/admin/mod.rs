@@ -95,6 +95,9 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/pairings", get(list_pairings))
         .route("/devices", get(list_devices))
         .route("/devices/{name}/disconnect", post(disconnect_device))
+        .route("/locks/{serial}/holder", put(set_holder))
+        .route("/tokens", get(list_tokens).post(issue_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route(
             "/bester/users",
             get(crate::bester::admin::list_users).post(crate::bester::admin::add_user),
@@ -299,4 +302,101 @@ async fn disconnect_device(
     } else {
         Err(AdminError::NotFound("device not connected"))
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HolderBody {
+    device: Option<String>,
+}
+
+/// `PUT /api/locks/{serial}/holder` `{"device": name | null}`: reassigns (or frees) a lock.
+/// In token mode only the holder may join a held lock.
+async fn set_holder(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<Json<LockView>, AdminError> {
+    let body: HolderBody = json_body(&body)?;
+    let device = match body.device.as_deref() {
+        None => None,
+        Some(d) => Some(
+            DeviceName::parse(d)
+                .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?,
+        ),
+    };
+    let lock = match hub
+        .store
+        .set_lock_holder(&serial, device.as_ref().map(DeviceName::as_str))
+        .await
+    {
+        Ok(lock) => lock,
+        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
+    Ok(Json(view(&hub, lock)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    device: String,
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /api/tokens` `{"device", "ttl_secs"?}`: issues a signed device token. The token
+/// itself is returned once and never stored.
+async fn issue_token(
+    State(hub): State<Arc<Hub>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AdminError> {
+    let body: TokenBody = json_body(&body)?;
+    let device = DeviceName::parse(&body.device)
+        .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?;
+    let ttl = body.ttl_secs.unwrap_or(hub.config.token_ttl_secs);
+    if ttl == 0 {
+        return Err(AdminError::BadRequest("ttl_secs must be positive".into()));
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let (token, claims) = hub
+        .keyring
+        .issue(device.as_str(), now.unix_timestamp(), ttl);
+    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
+        .map(crate::domain::format_ts)
+        .unwrap_or_else(|_| "9999-12-31T23:59:59.000Z".to_owned());
+    let record = hub
+        .store
+        .record_token(&claims.jti, device.as_str(), &expires_at)
+        .await?;
+    tracing::info!(device = %device, id = %record.id, "device token issued");
+    let mut out = serde_json::to_value(&record).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("token".into(), Value::String(token));
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `GET /api/tokens`: issued tokens (ids, devices, expiry, revocation), never the tokens.
+async fn list_tokens(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, AdminError> {
+    Ok(Json(json!({ "tokens": hub.store.list_tokens().await? })))
+}
+
+/// `DELETE /api/tokens/{id}`: revokes a token; a device connected under its name is
+/// disconnected (its reconnect with the revoked token is refused).
+async fn revoke_token(
+    State(hub): State<Arc<Hub>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    let tokens = hub.store.list_tokens().await?;
+    let Some(record) = tokens.into_iter().find(|t| t.id == id) else {
+        return Err(AdminError::NotFound("token not found"));
+    };
+    hub.store.revoke_token(&id).await?;
+    hub.keyring.revoke(&id);
+    if let Some(name) = DeviceName::parse(&record.device) {
+        hub.registry.kick(&name);
+    }
+    tracing::info!(device = %record.device, %id, "device token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }

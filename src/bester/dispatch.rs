@@ -193,7 +193,9 @@ fn bridge(
         .deliver(target, packet)
         .map_err(|e| match e {
             RelayError::TargetBusy => "busy",
-            RelayError::UnknownTarget | RelayError::NameTaken => "not connected",
+            RelayError::UnknownTarget | RelayError::NameTaken | RelayError::BinaryUnsupported => {
+                "not connected"
+            }
         })
 }
 

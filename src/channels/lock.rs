@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{ChannelError, Ctx, decode_json};
+use crate::config::AuthMode;
 use crate::domain::{LockRecord, Serial, now_rfc3339, parse_ts};
 use crate::protocol::{OutPayload, Payload};
 
@@ -45,7 +46,16 @@ pub fn lock_reply(lock: &LockRecord) -> Value {
 /// Join: create-or-load the lock, record the holder device, reply with the lock.
 #[tracing::instrument(skip_all, fields(serial = %serial, device = %ctx.conn.name))]
 pub async fn join(serial: Serial, ctx: &Ctx<'_>) -> Result<(LockChannel, Value), ChannelError> {
-    let lock = ctx.hub.store.join_lock(&serial, &ctx.conn.name).await?;
+    let store = &ctx.hub.store;
+    let lock = match ctx.hub.config.auth {
+        AuthMode::Open => store.join_lock(&serial, &ctx.conn.name).await?,
+        // Token mode: a lock, once held, is joined only by its holder (or after an admin
+        // reassigns it).
+        AuthMode::Token => store
+            .join_lock_exclusive(&serial, &ctx.conn.name)
+            .await?
+            .ok_or_else(|| ChannelError::refused("lock held by another device"))?,
+    };
     Ok((LockChannel { serial }, lock_reply(&lock)))
 }
 

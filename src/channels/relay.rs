@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{ChannelError, Ctx, decode_json};
 use crate::protocol::Payload;
-use crate::registry::relay::{self, DeviceInfo, Packet, RelayError};
+use crate::registry::relay::{self, BinaryPacket, DeviceInfo, Packet, RelayError};
 
 /// Longest `description`, `version` or `interface` accepted.
 pub const MAX_META_LEN: usize = 256;
@@ -67,6 +67,12 @@ pub enum RelayIn {
         target: String,
         payload: Box<RawValue>,
     },
+    /// A V2 binary push with event `send:<target>`: the bytes go to the target as a binary
+    /// push with event `packet:<sender>`.
+    SendBinary {
+        target: String,
+        bytes: bytes::Bytes,
+    },
     Register(Meta),
     Unregister,
 }
@@ -89,6 +95,15 @@ impl RelayIn {
         payload: &Payload,
         max_packet: usize,
     ) -> Result<RelayIn, ChannelError> {
+        if let (Some(target), Payload::Binary(bytes)) = (event.strip_prefix("send:"), payload) {
+            if bytes.len() >= max_packet {
+                return Err(ChannelError::refused("packet too large"));
+            }
+            return Ok(RelayIn::SendBinary {
+                target: target.to_owned(),
+                bytes: bytes.clone(),
+            });
+        }
         match event {
             "get_devices" => Ok(RelayIn::GetDevices),
             "get_device_info" => {
@@ -180,6 +195,20 @@ pub fn handle_in(
             };
             relay
                 .deliver(&target, std::sync::Arc::new(packet))
+                .map_err(|e| ChannelError::refused(e.to_string()))?;
+            ctx.conn.count_packet_sent();
+            Ok(json!({}))
+        }
+        RelayIn::SendBinary { target, bytes } => {
+            if !ch.registered {
+                return Err(ChannelError::refused("not registered"));
+            }
+            let packet = BinaryPacket {
+                sender: ch.name.clone(),
+                bytes,
+            };
+            relay
+                .deliver_binary(&target, std::sync::Arc::new(packet))
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
             ctx.conn.count_packet_sent();
             Ok(json!({}))

@@ -12,6 +12,7 @@ pub mod presence;
 pub mod relay;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -49,6 +50,8 @@ pub enum Outbound {
     Push(Box<Frame>),
     /// A relay packet from another device; each door renders it its own way.
     Packet(Arc<relay::Packet>),
+    /// A binary relay packet (Phoenix V2 WebSocket receivers only).
+    BinaryPacket(Arc<relay::BinaryPacket>),
     /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
     Text(Utf8Bytes),
     /// Another connection took this connection's relay name over (`"force": true`); it is
@@ -75,6 +78,7 @@ pub struct Conn {
     pub name: DeviceName,
     pub door: Door,
     pub remote: String,
+    pub ip: IpAddr,
     pub connected_at: String,
     /// Bounded queue drained by the connection's own task.
     tx: mpsc::Sender<Outbound>,
@@ -82,12 +86,23 @@ pub struct Conn {
     kill: CancellationToken,
     close_code: AtomicU16,
     metrics: Arc<Metrics>,
+    /// Whether this connection can receive binary frames (a Phoenix V2 WebSocket).
+    binary_capable: std::sync::atomic::AtomicBool,
     /// Relay packets this connection sent / received (shown to administrators).
     packets_sent: AtomicU64,
     packets_received: AtomicU64,
 }
 
 impl Conn {
+    /// Marks the connection as able to receive binary frames.
+    pub fn set_binary_capable(&self) {
+        self.binary_capable.store(true, Ordering::Relaxed);
+    }
+
+    pub fn binary_capable(&self) -> bool {
+        self.binary_capable.load(Ordering::Relaxed)
+    }
+
     pub fn count_packet_sent(&self) {
         self.packets_sent.fetch_add(1, Ordering::Relaxed);
     }
@@ -171,6 +186,8 @@ struct Inner {
     /// Phoenix devices by socket name: at most one live connection per name (a newer one
     /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
+    /// Live connections per remote address.
+    per_ip: HashMap<IpAddr, usize>,
     /// Topic → subscribed connections by id.
     topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
 }
@@ -220,7 +237,7 @@ impl Registry {
         &self,
         name: Option<DeviceName>,
         door: Door,
-        remote: String,
+        remote: SocketAddr,
     ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -237,12 +254,14 @@ impl Registry {
             id,
             name: name.clone(),
             door,
-            remote,
+            ip: remote.ip(),
+            remote: remote.to_string(),
             connected_at: crate::domain::now_rfc3339(),
             tx,
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
+            binary_capable: std::sync::atomic::AtomicBool::new(false),
             packets_sent: AtomicU64::new(0),
             packets_received: AtomicU64::new(0),
         });
@@ -250,6 +269,7 @@ impl Registry {
         let old = {
             let mut inner = self.lock();
             inner.conns.insert(id, conn.clone());
+            *inner.per_ip.entry(conn.ip).or_insert(0) += 1;
             if named {
                 inner.devices.insert(name, conn.clone())
             } else {
@@ -267,7 +287,14 @@ impl Registry {
     /// is still the current one for its name, and from the given topics.
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
-        inner.conns.remove(&conn.id);
+        if inner.conns.remove(&conn.id).is_some()
+            && let Some(n) = inner.per_ip.get_mut(&conn.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                inner.per_ip.remove(&conn.ip);
+            }
+        }
         if inner
             .devices
             .get(&conn.name)
@@ -408,6 +435,11 @@ impl Registry {
     /// Whether any connection has `topic` joined.
     pub fn has_subscribers(&self, topic: &str) -> bool {
         self.lock().topics.get(topic).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Live connections from `ip`.
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.lock().per_ip.get(&ip).copied().unwrap_or(0)
     }
 
     /// Number of live connections.

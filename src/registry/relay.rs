@@ -33,6 +33,14 @@ impl Packet {
     }
 }
 
+/// A packet of bytes (a Phoenix V2 binary push): delivered as a binary push whose event
+/// names the sender, `packet:<sender>`.
+#[derive(Debug)]
+pub struct BinaryPacket {
+    pub sender: String,
+    pub bytes: bytes::Bytes,
+}
+
 /// What a device says about itself when it registers (seed: device relay server).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DeviceInfo {
@@ -51,6 +59,9 @@ pub enum RelayError {
     TargetBusy,
     #[error("name taken")]
     NameTaken,
+    /// A binary packet for a device that cannot receive binary frames.
+    #[error("target cannot receive binary packets")]
+    BinaryUnsupported,
 }
 
 struct Entry {
@@ -150,6 +161,30 @@ impl Directory {
             .map(|e| e.conn.clone())
             .ok_or(RelayError::UnknownTarget)?;
         match conn.send(Outbound::Packet(packet)) {
+            Ok(()) => {
+                conn.count_packet_received();
+                Ok(())
+            }
+            Err(SendError::Full) => Err(RelayError::TargetBusy),
+            Err(SendError::Closed) => Err(RelayError::UnknownTarget),
+        }
+    }
+
+    /// Queues a binary packet for `target`, if its connection can receive binary frames.
+    pub fn deliver_binary(
+        &self,
+        target: &str,
+        packet: Arc<BinaryPacket>,
+    ) -> Result<(), RelayError> {
+        let conn = self
+            .read()
+            .get(&normalize(target))
+            .map(|e| e.conn.clone())
+            .ok_or(RelayError::UnknownTarget)?;
+        if !conn.binary_capable() {
+            return Err(RelayError::BinaryUnsupported);
+        }
+        match conn.send(Outbound::BinaryPacket(packet)) {
             Ok(()) => {
                 conn.count_packet_received();
                 Ok(())

@@ -12,7 +12,8 @@
 //! 400 not JSON / not an object / missing or ill-typed field, 404 no connection holds the
 //! target address, 405 a message type clients may not send or an unknown type, 413 the
 //! message exceeds `HOMEHUB_COMPENDIUM_MAX_BYTES` (a frame beyond `HOMEHUB_MAX_FRAME_BYTES`
-//! closes the socket with 1009), 503 the target's queue is full.
+//! closes the socket with 1009), 429 the connection is over its rate limit, 503 the
+//! target's queue is full.
 //! Addresses live in memory only and die with their connection.
 
 use std::net::SocketAddr;
@@ -20,12 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::ws::{self, Close, Handler, Liveness};
+use crate::auth::RateLimiter;
 use crate::hub::Hub;
 use crate::registry::relay::RelayError;
 use crate::registry::{Conn, Door, Outbound};
@@ -33,8 +36,13 @@ use crate::registry::{Conn, Door, Outbound};
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if let Err(status) = super::admit(&hub, peer, &headers, query.as_deref()) {
+        return status.into_response();
+    }
     let tracker = hub.tracker.clone();
     // Messages up to the hub's frame limit reach the handler, which answers ERR 413 past
     // the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is the socket closed (1009).
@@ -114,12 +122,16 @@ fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
 struct Compendium {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
+    limiter: RateLimiter,
     /// The address this connection holds, if it sent `INIT`.
     addr: Option<String>,
 }
 
 impl Compendium {
     fn handle(&mut self, data: &[u8]) -> Option<String> {
+        if !self.limiter.allow() {
+            return Some(error_json(&err(429, "rate limited")));
+        }
         let registry = &self.hub.registry;
         match decode(data, self.hub.config.compendium_max_bytes) {
             Ok(ClientMsg::Init) => {
@@ -179,13 +191,12 @@ impl Handler for Compendium {
 
 #[tracing::instrument(name = "compendium", skip_all, fields(%peer))]
 async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
-    let (conn, mut rx) = hub
-        .registry
-        .connect(None, Door::Compendium, peer.to_string());
+    let (conn, mut rx) = hub.registry.connect(None, Door::Compendium, peer);
     tracing::info!(conn = conn.id, "connected");
     let mut handler = Compendium {
         hub: hub.clone(),
         conn: conn.clone(),
+        limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
         addr: None,
     };
     let liveness = Liveness {

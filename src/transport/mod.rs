@@ -5,11 +5,20 @@
 //! the shared driver in `ws`; each decodes its own protocol once, at the edge.
 
 pub mod compendium;
+pub mod longpoll;
 pub mod relay;
 pub mod websocket;
 pub mod ws;
 
+use std::net::SocketAddr;
+
 use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, header};
+
+use crate::config::AuthMode;
+use crate::domain::DeviceName;
+use crate::hub::Hub;
+use crate::protocol::Vsn;
 
 /// Applies the hub's WebSocket limits: small read chunks, a write buffer flushed per batch,
 /// and the maximum message size (1009 past it).
@@ -35,6 +44,111 @@ pub fn query_params(raw: Option<&str>) -> HashMap<String, String> {
         }
     }
     params
+}
+
+/// Whether the request's `Origin` (if any) is allowed (§1.7).
+pub fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    hub.origins.allows(origin, host)
+}
+
+/// Whether `peer` may open one more live connection.
+pub fn under_ip_limit(hub: &Hub, peer: SocketAddr) -> bool {
+    let max = hub.config.max_conns_per_ip;
+    max == 0 || hub.registry.connections_from(peer.ip()) < max
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A refused connection; the reason has been logged where it was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection refused")]
+pub struct Refused;
+
+/// In token mode, checks a device token (for `device` when given) and returns the device
+/// name it was issued to; `Err` refuses the connection. In open mode: `Ok(None)`.
+pub fn device_token(
+    hub: &Hub,
+    peer: SocketAddr,
+    device: Option<&str>,
+    token: Option<&str>,
+) -> Result<Option<String>, Refused> {
+    if hub.config.auth == AuthMode::Open {
+        return Ok(None);
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        tracing::info!(%peer, device, "connect refused: token required");
+        return Err(Refused);
+    };
+    match hub.keyring.check(token, device, now_unix()) {
+        Ok(claims) => Ok(Some(claims.sub)),
+        Err(e) => {
+            tracing::info!(%peer, device, reason = %e, "connect refused: bad token");
+            Err(Refused)
+        }
+    }
+}
+
+/// Admission to the doors without Phoenix's connect (raw relay, Compendium): origin, the
+/// per-address limit, and in token mode a valid `token` query parameter. `Ok` carries the
+/// device the token was issued to (token mode).
+pub fn admit(
+    hub: &Hub,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, axum::http::StatusCode> {
+    use axum::http::StatusCode;
+    let refuse = |reason: &str| {
+        crate::metrics::inc(&hub.metrics.connections_refused);
+        tracing::info!(%peer, reason, "connection refused");
+        StatusCode::FORBIDDEN
+    };
+    if !origin_allowed(hub, headers) {
+        return Err(refuse("origin not allowed"));
+    }
+    if !under_ip_limit(hub, peer) {
+        return Err(refuse("too many connections from this address"));
+    }
+    let params = query_params(query);
+    device_token(hub, peer, None, params.get("token").map(String::as_str))
+        .map_err(|Refused| refuse("token required or invalid"))
+}
+
+/// The Phoenix `connect`: serializer from `vsn`, a valid `name`, the device token in token
+/// mode, and the per-address limit. `Err` is a refusal (HTTP 403, long-poll 403); the
+/// reason is logged here.
+pub fn authorize_connect(
+    hub: &Hub,
+    peer: SocketAddr,
+    params: &std::collections::HashMap<String, String>,
+    auth_token: Option<&str>,
+) -> Result<(DeviceName, Vsn), Refused> {
+    let refuse = |reason: &str| {
+        crate::metrics::inc(&hub.metrics.connections_refused);
+        tracing::info!(%peer, reason, "connect refused");
+    };
+    let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
+        refuse("unsupported vsn");
+        return Err(Refused);
+    };
+    let Some(name) = params.get("name").and_then(|n| DeviceName::parse(n)) else {
+        refuse("missing or invalid name");
+        return Err(Refused);
+    };
+    let token = params.get("token").map(String::as_str).or(auth_token);
+    if device_token(hub, peer, Some(name.as_str()), token).is_err() {
+        crate::metrics::inc(&hub.metrics.connections_refused);
+        return Err(Refused);
+    }
+    if !under_ip_limit(hub, peer) {
+        refuse("too many connections from this address");
+        return Err(Refused);
+    }
+    Ok((name, vsn))
 }
 
 #[cfg(test)]

@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::ws::{self, Close, Handler, Liveness};
+use crate::auth::RateLimiter;
 use crate::channels::presence;
 use crate::channels::relay::{Meta, info_json};
 use crate::domain::DeviceName;
@@ -29,12 +31,19 @@ use crate::registry::{Conn, Door, Outbound};
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // In token mode the token names the only device this connection may register as.
+    let only_name = match super::admit(&hub, peer, &headers, query.as_deref()) {
+        Ok(subject) => subject.map(|s| relay::normalize(&s)),
+        Err(status) => return status.into_response(),
+    };
     let tracker = hub.tracker.clone();
     super::configure(ws, hub.config.max_frame_bytes)
         .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "relay upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer)))
+        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer, only_name)))
 }
 
 /// One packet, decoded once.
@@ -102,6 +111,9 @@ impl Command {
 struct RawRelay {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
+    /// Token mode: the one name this connection's token allows.
+    only_name: Option<String>,
+    limiter: RateLimiter,
     /// The name this connection registered, while registered.
     name: Option<String>,
     online_at: i64,
@@ -120,6 +132,9 @@ fn fail(message: &str) -> String {
 
 impl RawRelay {
     fn handle(&mut self, text: &str) -> String {
+        if !self.limiter.allow() {
+            return fail("rate limited");
+        }
         if text.chars().count() >= self.hub.config.relay_max_packet {
             return fail("packet too large");
         }
@@ -169,6 +184,9 @@ impl RawRelay {
         let name = relay::normalize(&requested);
         if DeviceName::parse(&name).is_none() || name == "server" {
             return fail("invalid device_name");
+        }
+        if self.only_name.as_ref().is_some_and(|only| *only != name) {
+            return fail("token issued to another device");
         }
         // A device may only register itself: a second name replaces the first.
         if self.name.as_deref().is_some_and(|n| n != name) {
@@ -255,12 +273,14 @@ impl Handler for RawRelay {
 }
 
 #[tracing::instrument(name = "relay", skip_all, fields(%peer))]
-async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
-    let (conn, mut rx) = hub.registry.connect(None, Door::Relay, peer.to_string());
+async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, only_name: Option<String>) {
+    let (conn, mut rx) = hub.registry.connect(None, Door::Relay, peer);
     tracing::info!(conn = conn.id, "connected");
     let mut handler = RawRelay {
         hub: hub.clone(),
         conn: conn.clone(),
+        only_name,
+        limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
         name: None,
         online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
     };

@@ -36,22 +36,21 @@ pub async fn upgrade(
     if method != Method::GET {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let refuse = || {
-        metrics::inc(&hub.metrics.connections_refused);
-        StatusCode::FORBIDDEN.into_response()
-    };
     let params = super::query_params(query.as_deref());
-    let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
-        tracing::info!(%peer, vsn = ?params.get("vsn"), "connect refused: unsupported vsn");
-        return refuse();
-    };
-    if !subprotocols_acceptable(&headers) {
-        tracing::info!(%peer, "connect refused: no acceptable subprotocol");
-        return refuse();
+    if !super::origin_allowed(&hub, &headers) {
+        metrics::inc(&hub.metrics.connections_refused);
+        tracing::info!(%peer, "connect refused: origin not allowed");
+        return StatusCode::FORBIDDEN.into_response();
     }
-    let Some(name) = params.get("name").and_then(|n| DeviceName::parse(n)) else {
-        tracing::info!(%peer, name = ?params.get("name"), "connect refused: missing or invalid name");
-        return refuse();
+    if !subprotocols_acceptable(&headers) {
+        metrics::inc(&hub.metrics.connections_refused);
+        tracing::info!(%peer, "connect refused: no acceptable subprotocol");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let auth_token = subprotocol_token(&headers);
+    let Ok((name, vsn)) = super::authorize_connect(&hub, peer, &params, auth_token.as_deref())
+    else {
+        return StatusCode::FORBIDDEN.into_response();
     };
     let Ok(ws) = ws else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -75,6 +74,16 @@ fn subprotocols_acceptable(headers: &HeaderMap) -> bool {
         .filter(|p| !p.is_empty() && !p.starts_with(AUTH_TOKEN_PREFIX))
         .collect();
     offered.is_empty() || offered.contains(&"phoenix")
+}
+
+/// The token of a `base64url.bearer.phx.<b64>` subprotocol entry (Phoenix `authToken`).
+fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| crate::auth::token_from_subprotocol(p.trim()))
 }
 
 fn to_ws(w: WireFrame) -> WsMessage {
@@ -138,10 +147,11 @@ impl Handler for PhoenixHandler {
 
 #[tracing::instrument(name = "socket", skip_all, fields(device = %name, %peer))]
 async fn run(socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, peer: SocketAddr) {
-    let (conn, mut rx) = hub
-        .registry
-        .connect(Some(name), Door::Phoenix, peer.to_string());
+    let (conn, mut rx) = hub.registry.connect(Some(name), Door::Phoenix, peer);
     tracing::info!(conn = conn.id, ?vsn, "connected");
+    if vsn == Vsn::V2 {
+        conn.set_binary_capable();
+    }
     let mut handler = PhoenixHandler {
         session: Session::new(hub.clone(), conn.clone(), vsn),
         frames: Vec::new(),

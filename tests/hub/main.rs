@@ -5,6 +5,8 @@ mod admin;
 mod common;
 mod compendium;
 mod lock_channel;
+mod longpoll;
 mod presence;
 mod protocol;
 mod relay;
+mod security;

@@ -419,7 +419,11 @@ async fn shutdown_closes_sockets_with_1012() {
 
 #[tokio::test]
 async fn slow_reader_is_dropped_and_others_keep_receiving() {
-    let hub = TestHub::start_with(|c| c.outbound_queue = 8).await;
+    let hub = TestHub::start_with(|c| {
+        c.outbound_queue = 8;
+        c.rate_limit = 0;
+    })
+    .await;
     let mut slow = hub.client("slow").await;
     slow.join("events", "1", json!({})).await;
     let mut fast = hub.client("fast").await;
