@@ -41,32 +41,78 @@ pub struct Hub {
     pub keyring: crate::auth::Keyring,
     /// Browser origins allowed on the device doors.
     pub origins: crate::auth::OriginPolicy,
+    /// Ordered queue of `devices` table writes (see [`DeviceWrite`]).
+    device_log: tokio::sync::mpsc::Sender<DeviceWrite>,
 }
 
 impl Hub {
     /// Records a relay registration in the store (`devices`), in the background: the
     /// relay never waits for the disk.
     pub fn record_relay_registration(&self, name: &str, door: Door, info: DeviceInfo) {
-        let store = self.store.clone();
-        let name = name.to_owned();
-        self.tracker.spawn(async move {
-            if let Err(e) = store.record_device_registration(&name, door, &info).await {
-                tracing::error!(device = %name, error = %e, "cannot record relay registration");
-            }
+        self.log_device(DeviceWrite::Registered {
+            name: name.to_owned(),
+            door,
+            info,
         });
     }
 
     /// Records that a relay device left, with the packets it relayed, in the background.
     pub fn record_relay_departure(&self, name: &str, conn: &Conn) {
-        let store = self.store.clone();
-        let name = name.to_owned();
         let (sent, received) = conn.packet_counts();
-        self.tracker.spawn(async move {
-            if let Err(e) = store.record_device_departure(&name, sent, received).await {
-                tracing::error!(device = %name, error = %e, "cannot record relay departure");
-            }
+        self.log_device(DeviceWrite::Departed {
+            name: name.to_owned(),
+            sent,
+            received,
         });
     }
+
+    fn log_device(&self, write: DeviceWrite) {
+        if self.device_log.try_send(write).is_err() {
+            tracing::warn!("device log queue full; a relay registration record was dropped");
+        }
+    }
+}
+
+/// A relay registration or departure for the `devices` table. They are written in order by
+/// one task, so a quick register-and-leave can never record the departure first.
+enum DeviceWrite {
+    Registered {
+        name: String,
+        door: Door,
+        info: DeviceInfo,
+    },
+    Departed {
+        name: String,
+        sent: u64,
+        received: u64,
+    },
+}
+
+/// Writes relay registrations and departures in the order they happened.
+fn spawn_device_log(store: Store) -> tokio::sync::mpsc::Sender<DeviceWrite> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<DeviceWrite>(4096);
+    tokio::spawn(async move {
+        while let Some(write) = rx.recv().await {
+            let (name, result) = match write {
+                DeviceWrite::Registered { name, door, info } => {
+                    let r = store.record_device_registration(&name, door, &info).await;
+                    (name, r)
+                }
+                DeviceWrite::Departed {
+                    name,
+                    sent,
+                    received,
+                } => {
+                    let r = store.record_device_departure(&name, sent, received).await;
+                    (name, r)
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(device = %name, error = %e, "cannot record relay device");
+            }
+        }
+    });
+    tx
 }
 
 /// A bound, not yet running hub.
@@ -116,6 +162,7 @@ impl Server {
         };
         let keyring = Keyring::new(key, store.revoked_token_ids().await?);
         let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
+        let device_log = spawn_device_log(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub {
@@ -127,6 +174,7 @@ impl Server {
             shutdown,
             bester,
             longpoll: Default::default(),
+            device_log,
             keyring,
             origins,
         });
