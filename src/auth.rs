@@ -139,6 +139,12 @@ impl Keyring {
     }
 }
 
+/// Whether `s` has the shape of a device token (as opposed to, e.g., a long-poll session
+/// token, which shares the `token` query parameter).
+pub fn looks_like_device_token(s: &str) -> bool {
+    s.starts_with(PREFIX)
+}
+
 /// A new random token id.
 pub fn new_token_id() -> String {
     format!("{:016x}", rand::random::<u64>())

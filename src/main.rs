@@ -25,10 +25,12 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let tls = cli.config.tls_cert.is_some();
     let server = Server::bind(cli.config).await?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, "listening");
     // Scripts and tests read this line to find the port when binding port 0.
-    println!("homehub listening on http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    println!("homehub listening on {scheme}://{addr}");
     server.run(homehub::shutdown::signal()).await
 }

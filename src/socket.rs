@@ -370,6 +370,15 @@ impl Session {
                 };
                 self.vsn.encode(&frame)
             }
+            Outbound::EndChannel(topic) => {
+                let joined = self.end_channel(&topic)?;
+                if affects_presence(&topic) {
+                    self.sync_presence();
+                }
+                tracing::info!(conn = self.conn.id, %topic, "channel ended by the hub");
+                let frame = close_frame(&topic, &joined.join_ref, "phx_close", ok_empty());
+                self.vsn.encode(&frame)
+            }
             Outbound::RelayRevoked => {
                 // Another connection took the relay name over: this channel instance ends
                 // (phx_close, so the client does not rejoin into a taken name).

@@ -24,6 +24,7 @@ use crate::channels::lock::topic as lock_topic;
 use crate::domain::{DeviceName, ItemKind, LockRecord};
 use crate::hub::Hub;
 use crate::protocol::OutPayload;
+use crate::registry::Outbound;
 use crate::store::StoreError;
 
 /// Longest pairing request lifetime an administrator may ask for.
@@ -335,6 +336,15 @@ async fn set_holder(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
+    if hub.config.auth == crate::config::AuthMode::Token {
+        // Only the holder may have the lock's channel: other instances end (phx_close).
+        let topic: Arc<str> = Arc::from(lock_topic(&serial));
+        for conn in hub.registry.subscribers(&topic) {
+            if Some(conn.name.as_str()) != lock.holder_device.as_deref() {
+                let _ = conn.send(Outbound::EndChannel(topic.clone()));
+            }
+        }
+    }
     Ok(Json(view(&hub, lock)))
 }
 
@@ -394,8 +404,12 @@ async fn revoke_token(
     };
     hub.store.revoke_token(&id).await?;
     hub.keyring.revoke(&id);
+    // Connections of that device are closed; they cannot come back with this token.
     if let Some(name) = DeviceName::parse(&record.device) {
         hub.registry.kick(&name);
+    }
+    if let Some(conn) = hub.registry.relay.conn_of(&record.device) {
+        conn.kill(crate::protocol::serializer::close_code::GOING_AWAY);
     }
     tracing::info!(device = %record.device, %id, "device token revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -54,6 +54,9 @@ pub enum Outbound {
     BinaryPacket(Arc<relay::BinaryPacket>),
     /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
     Text(Utf8Bytes),
+    /// The hub ends this connection's channel instance on the topic (e.g. the lock was
+    /// reassigned to another device in token mode): `phx_close`, no rejoin.
+    EndChannel(Arc<str>),
     /// Another connection took this connection's relay name over (`"force": true`); it is
     /// already out of the relay directory. The door tells its client.
     RelayRevoked,
@@ -430,6 +433,15 @@ impl Registry {
                 None,
             );
         }
+    }
+
+    /// The connections subscribed to `topic`.
+    pub fn subscribers(&self, topic: &str) -> Vec<Arc<Conn>> {
+        self.lock()
+            .topics
+            .get(topic)
+            .map(|subs| subs.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether any connection has `topic` joined.

@@ -144,6 +144,11 @@ impl Directory {
         names
     }
 
+    /// The connection registered as `name`.
+    pub fn conn_of(&self, name: &str) -> Option<Arc<Conn>> {
+        self.read().get(&normalize(name)).map(|e| e.conn.clone())
+    }
+
     /// The relay name a connection registered, if any (for the admin view).
     pub fn name_of(&self, conn_id: u64) -> Option<String> {
         self.read()

@@ -141,12 +141,12 @@ fn status(code: u16) -> Response {
 }
 
 /// The session token: the header first, else the last `token` query parameter (§7.5).
-fn session_token(headers: &HeaderMap, params: &HashMap<String, String>) -> Option<String> {
+fn session_token(headers: &HeaderMap, params: &super::Params) -> Option<String> {
     headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| params.get("token").cloned())
+        .or_else(|| params.get("token").map(str::to_owned))
         .filter(|t| !t.is_empty())
 }
 
@@ -164,7 +164,7 @@ pub async fn handle(
     if method != Method::GET && method != Method::POST {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let params = super::query_params(query.as_deref());
+    let params = super::Params::parse(query.as_deref());
     // Origin is checked on every request, not only when a session is created (§1.7).
     if !super::origin_allowed(&hub, &headers) {
         tracing::info!(%peer, "long-poll refused: origin not allowed");
@@ -202,12 +202,7 @@ fn preflight(headers: &HeaderMap) -> Response {
 }
 
 /// A GET without a live session: run connect and answer 410 with a new token, or 403.
-fn open(
-    hub: Arc<Hub>,
-    peer: SocketAddr,
-    params: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Response {
+fn open(hub: Arc<Hub>, peer: SocketAddr, params: &super::Params, headers: &HeaderMap) -> Response {
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok());

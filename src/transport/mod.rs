@@ -32,18 +32,34 @@ pub fn configure(ws: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgra
 
 use std::collections::HashMap;
 
-/// Query-string parameters as Phoenix (Plug) reads them: percent-decoded, duplicate keys
-/// resolved last-wins, empty components (a trailing `&`) tolerated (§1.3).
-pub fn query_params(raw: Option<&str>) -> HashMap<String, String> {
-    let mut params = HashMap::new();
-    if let Some(raw) = raw {
-        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+/// Connect parameters from the query string.
+#[derive(Debug, Default)]
+pub struct Params {
+    /// Every parameter as Phoenix (Plug) reads them: percent-decoded, duplicate keys
+    /// resolved last-wins, empty components (a trailing `&`) tolerated (§1.3).
+    pub map: HashMap<String, String>,
+    /// The last `token` value shaped like a device token. Long-poll clients append their
+    /// session token as a later `token` (§7.5), so last-wins alone would lose it.
+    pub device_token: Option<String>,
+}
+
+impl Params {
+    pub fn parse(raw: Option<&str>) -> Params {
+        let mut params = Params::default();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            if k == "token" && crate::auth::looks_like_device_token(&v) {
+                params.device_token = Some(v.clone().into_owned());
+            }
             if !k.is_empty() {
-                params.insert(k.into_owned(), v.into_owned());
+                params.map.insert(k.into_owned(), v.into_owned());
             }
         }
+        params
     }
-    params
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(String::as_str)
+    }
 }
 
 /// Whether the request's `Origin` (if any) is allowed (§1.7).
@@ -113,8 +129,8 @@ pub fn admit(
     if !under_ip_limit(hub, peer) {
         return Err(refuse("too many connections from this address"));
     }
-    let params = query_params(query);
-    device_token(hub, peer, None, params.get("token").map(String::as_str))
+    let params = Params::parse(query);
+    device_token(hub, peer, None, params.device_token.as_deref())
         .map_err(|Refused| refuse("token required or invalid"))
 }
 
@@ -124,22 +140,23 @@ pub fn admit(
 pub fn authorize_connect(
     hub: &Hub,
     peer: SocketAddr,
-    params: &std::collections::HashMap<String, String>,
+    params: &Params,
     auth_token: Option<&str>,
 ) -> Result<(DeviceName, Vsn), Refused> {
     let refuse = |reason: &str| {
         crate::metrics::inc(&hub.metrics.connections_refused);
         tracing::info!(%peer, reason, "connect refused");
     };
-    let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
+    let Some(vsn) = Vsn::negotiate(params.get("vsn")) else {
         refuse("unsupported vsn");
         return Err(Refused);
     };
-    let Some(name) = params.get("name").and_then(|n| DeviceName::parse(n)) else {
+    let Some(name) = params.get("name").and_then(DeviceName::parse) else {
         refuse("missing or invalid name");
         return Err(Refused);
     };
-    let token = params.get("token").map(String::as_str).or(auth_token);
+    // The `authToken` (header or subprotocol) first, else a device-token `token` param.
+    let token = auth_token.or(params.device_token.as_deref());
     if device_token(hub, peer, Some(name.as_str()), token).is_err() {
         crate::metrics::inc(&hub.metrics.connections_refused);
         return Err(Refused);
@@ -157,10 +174,18 @@ mod tests {
 
     #[test]
     fn params_are_last_wins_and_tolerate_empty_components() {
-        let p = query_params(Some("token=a&name=dev%3A1&&vsn=2.0.0&token=b&"));
-        assert_eq!(p["token"], "b");
-        assert_eq!(p["name"], "dev:1");
-        assert_eq!(p["vsn"], "2.0.0");
-        assert!(query_params(None).is_empty());
+        let p = Params::parse(Some("token=a&name=dev%3A1&&vsn=2.0.0&token=b&"));
+        assert_eq!(p.get("token"), Some("b"));
+        assert_eq!(p.get("name"), Some("dev:1"));
+        assert_eq!(p.get("vsn"), Some("2.0.0"));
+        assert_eq!(p.device_token, None);
+        assert!(Params::parse(None).map.is_empty());
+    }
+
+    #[test]
+    fn the_device_token_survives_a_later_session_token() {
+        let p = Params::parse(Some("name=d&token=hh1.abc.def&vsn=2.0.0&token=0123abcd"));
+        assert_eq!(p.get("token"), Some("0123abcd"));
+        assert_eq!(p.device_token.as_deref(), Some("hh1.abc.def"));
     }
 }

@@ -36,7 +36,7 @@ pub async fn upgrade(
     if method != Method::GET {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let params = super::query_params(query.as_deref());
+    let params = super::Params::parse(query.as_deref());
     if !super::origin_allowed(&hub, &headers) {
         metrics::inc(&hub.metrics.connections_refused);
         tracing::info!(%peer, "connect refused: origin not allowed");

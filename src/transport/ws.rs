@@ -128,9 +128,11 @@ pub async fn drive<H: Handler>(
                 last_in = Instant::now();
                 pinged = false;
                 metrics::inc(&metrics.frames_in);
+                // Boxed: the handler's future (channel work, store queries) is large and
+                // short-lived; kept inline it would be part of every idle socket's task.
                 let handled = match &msg {
-                    WsMessage::Text(t) => handler.on_frame(t.as_bytes(), false, &mut out).await,
-                    WsMessage::Binary(b) => handler.on_frame(b, true, &mut out).await,
+                    WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
+                    WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
                     WsMessage::Close(_) => break None,
                     WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
                 };

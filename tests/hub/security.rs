@@ -150,6 +150,9 @@ async fn token_mode_locks_are_joined_only_by_their_holder() {
         (status, lock["holder_device"].clone()),
         (200, json!("dev-b"))
     );
+    // The former holder's channel ends (phx_close: it must not rejoin into the lock).
+    let close = a.recv_event("phx_close").await;
+    assert_eq!(close, json!(["1", "1", "lock:HELD", "phx_close", {}]));
     let r = b.join("lock:HELD", "2", json!({})).await;
     assert_eq!(reply_of(&r).0, "ok");
     let r = a.join("lock:HELD", "3", json!({})).await;

@@ -30,7 +30,7 @@ export function uniq(prefix) {
   return `${prefix}-${randomBytes(4).toString("hex")}`;
 }
 
-const LISTENING_RE = /homehub listening on http:\/\/127\.0\.0\.1:(\d+)/;
+const LISTENING_RE = /homehub listening on https?:\/\/127\.0\.0\.1:(\d+)/;
 const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
 
@@ -42,8 +42,13 @@ const STOP_TIMEOUT_MS = 5_000;
  *   after(() => hub.cleanup());
  */
 export class Hub {
-  constructor(label = "hub") {
+  /**
+   * `opts.env`: extra environment for every start of this hub (e.g.
+   * `{HOMEHUB_AUTH: "token"}`), applied over the defaults below. Optional.
+   */
+  constructor(label = "hub", { env = {} } = {}) {
     this.label = label;
+    this.env = { ...env };
     this.dir = mkdtempSync(joinPath(tmpdir(), `homehub-interop-${label}-`));
     this.dbUrl = `sqlite://${joinPath(this.dir, "homehub.db")}`;
     this.token = `interop-${randomBytes(12).toString("hex")}`;
@@ -75,10 +80,11 @@ export class Hub {
     this.runs += 1;
     const run = this.runs;
     const args = ["serve", "--bind", `127.0.0.1:${port}`, "--database-url", this.dbUrl];
-    this.log.push(`[run ${run}] $ ${bin} ${args.join(" ")}`);
+    const extraEnv = Object.entries(this.env).map(([k, v]) => `${k}=${v}`).join(" ");
+    this.log.push(`[run ${run}] $ ${extraEnv ? `${extraEnv} ` : ""}${bin} ${args.join(" ")}`);
     const proc = spawn(bin, args, {
       // Many hubs run at once: the Bester TCP listener (default port 2222) is disabled.
-      env: { ...process.env, HOMEHUB_ADMIN_TOKEN: this.token, HOMEHUB_BESTER_BIND: "" },
+      env: { ...process.env, HOMEHUB_ADMIN_TOKEN: this.token, HOMEHUB_BESTER_BIND: "", ...this.env },
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.proc = proc;
@@ -440,4 +446,146 @@ export async function rawRelay(hub) {
   c.nextPacket = (timeoutMs = 3000) =>
     c.next((m) => m && typeof m === "object" && "sender" in m, timeoutMs, "forwarded packet");
   return c;
+}
+
+// ---------------------------------------------------------------------------
+// Appended for longpoll.test.mjs and security.test.mjs: the LongPoll transport, hubs with
+// extra settings (`new Hub(label, {env})`), `ws` transports with extra options (TLS `ca`,
+// `origin`), a TLS hub with a self-signed certificate, and connection-outcome helpers.
+
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import https from "node:https";
+import { LongPoll } from "phoenix";
+
+export { LongPoll };
+
+/**
+ * A `ws` WebSocket class for phoenix.js's `transport` option that adds `options` to every
+ * connection it opens (e.g. `{ca}` for a self-signed certificate, `{origin}`, `{headers}`).
+ */
+export function wsTransport(options) {
+  return class ConfiguredWebSocket extends WebSocket {
+    constructor(url, protocols, opts = {}) {
+      super(url, protocols, { ...opts, ...options });
+    }
+  };
+}
+
+/**
+ * Connects `socket` (not connected yet) and resolves with how the first attempt ended:
+ * "open", "error" (onError before any open) or "timeout". The socket stays as it is.
+ */
+export function tryConnect(socket, timeoutMs = 3000) {
+  return new Promise((res) => {
+    let done = false;
+    const finish = (v) => {
+      if (!done) {
+        done = true;
+        clearTimeout(timer);
+        res(v);
+      }
+    };
+    const timer = setTimeout(() => finish("timeout"), timeoutMs);
+    socket.onOpen(() => finish("open"));
+    socket.onError(() => finish("error"));
+    socket.connect();
+  });
+}
+
+/**
+ * The HTTP status of a raw WebSocket upgrade to `url` (101 when it opens), with extra `ws`
+ * options (`protocols` is the subprotocol list). Lets a test see the 403 a browser-like
+ * client hides.
+ */
+export function upgradeStatusOf(url, { protocols, ...options } = {}) {
+  return new Promise((res, rej) => {
+    const ws = new WebSocket(url, protocols, options);
+    ws.on("unexpected-response", (_req, response) => {
+      res(response.statusCode);
+      ws.terminate();
+    });
+    ws.on("open", () => {
+      res(101);
+      ws.close();
+    });
+    ws.on("error", (e) => {
+      if (!/Unexpected server response/.test(String(e && e.message))) rej(e);
+    });
+  });
+}
+
+/**
+ * Writes a self-signed certificate for 127.0.0.1/localhost (P-256, valid 2 days) into
+ * `dir` with the `openssl` command. Returns {certPath, keyPath, cert (Buffer, PEM)}.
+ */
+export function selfSignedCert(dir) {
+  const certPath = joinPath(dir, "cert.pem");
+  const keyPath = joinPath(dir, "key.pem");
+  execFileSync(
+    "openssl",
+    [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+      "-keyout", keyPath, "-out", certPath, "-days", "2", "-subj", "/CN=127.0.0.1",
+      "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  return { certPath, keyPath, cert: readFileSync(certPath) };
+}
+
+/**
+ * A Hub that serves only `https://`/`wss://` with a fresh self-signed certificate
+ * (`HOMEHUB_TLS_CERT`/`HOMEHUB_TLS_KEY`). `hub.ca` is the certificate to trust;
+ * `hub.socket()`/`hub.connect()` use a `ws` transport that trusts it, `hub.api()` goes over
+ * https with it. Needs `openssl` on the PATH.
+ */
+export class TlsHub extends Hub {
+  constructor(label = "tls", { env = {} } = {}) {
+    super(label, { env });
+    const { certPath, keyPath, cert } = selfSignedCert(this.dir);
+    this.ca = cert;
+    this.env = { ...this.env, HOMEHUB_TLS_CERT: certPath, HOMEHUB_TLS_KEY: keyPath };
+  }
+
+  get httpUrl() {
+    return `https://127.0.0.1:${this.port}`;
+  }
+
+  get socketUrl() {
+    return `wss://127.0.0.1:${this.port}/socket`;
+  }
+
+  socket(params, opts = {}) {
+    return super.socket(params, { transport: wsTransport({ ca: this.ca }), ...opts });
+  }
+
+  /** Admin API over https (Node's fetch cannot be given a CA without undici). */
+  api(method, path, body, { token = this.token } = {}) {
+    const headers = {};
+    if (token !== null) headers.authorization = `Bearer ${token}`;
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    if (data !== undefined) headers["content-type"] = "application/json";
+    return new Promise((res, rej) => {
+      const req = https.request(`${this.httpUrl}${path}`, { method, headers, ca: this.ca }, (resp) => {
+        let text = "";
+        resp.setEncoding("utf8");
+        resp.on("data", (d) => {
+          text += d;
+        });
+        resp.on("end", () => {
+          let parsed = text;
+          try {
+            parsed = text === "" ? null : JSON.parse(text);
+          } catch {
+            /* keep the text */
+          }
+          res({ status: resp.statusCode, body: parsed });
+        });
+      });
+      req.on("error", rej);
+      if (data !== undefined) req.write(data);
+      req.end();
+    });
+  }
 }

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-LISTENING_RE = re.compile(r"homehub listening on http://127\.0\.0\.1:(\d+)")
+LISTENING_RE = re.compile(r"homehub listening on https?://127\.0\.0\.1:(\d+)")
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 5
 
