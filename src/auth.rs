@@ -145,6 +145,16 @@ pub fn looks_like_device_token(s: &str) -> bool {
     s.starts_with(PREFIX)
 }
 
+/// Constant-time equality, so a secret cannot be guessed byte by byte from timings.
+pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// A new random token id.
 pub fn new_token_id() -> String {
     format!("{:016x}", rand::random::<u64>())

@@ -110,6 +110,27 @@ impl Session {
         Some(joined)
     }
 
+    /// Ends the instance on `topic` and returns the `[J, J, T, event, payload]` frame that
+    /// tells the client; Presence follows.
+    fn close_instance(&mut self, topic: &str, event: &str, payload: &str) -> Option<Frame> {
+        let joined = self.end_channel(topic)?;
+        if affects_presence(topic) {
+            self.sync_presence();
+        }
+        Some(close_frame(
+            topic,
+            &joined.join_ref,
+            event,
+            payload.to_owned(),
+        ))
+    }
+
+    fn end_by_hub(&mut self, topic: &str) -> Option<WireFrame> {
+        let frame = self.close_instance(topic, "phx_close", "{}")?;
+        tracing::info!(conn = self.conn.id, %topic, "channel ended by the hub");
+        self.vsn.encode(&frame)
+    }
+
     /// Handles one client message; frames to send are appended to `out`, in order.
     pub async fn handle(&mut self, msg: Message, out: &mut Vec<Frame>) {
         if msg.topic == "phoenix" && msg.event == "heartbeat" {
@@ -256,17 +277,9 @@ impl Session {
             "ok",
             ok_empty(),
         ));
-        if let Some(old) = self.end_channel(&msg.topic) {
+        if let Some(close) = self.close_instance(&msg.topic, "phx_close", "{}") {
             tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "left");
-            out.push(close_frame(
-                &msg.topic,
-                &old.join_ref,
-                "phx_close",
-                ok_empty(),
-            ));
-            if affects_presence(&msg.topic) {
-                self.sync_presence();
-            }
+            out.push(close);
         }
     }
 
@@ -297,13 +310,8 @@ impl Session {
             Err(_) => {
                 // The channel instance is gone; the client rejoins on phx_error (§3.5).
                 tracing::error!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, "channel crashed");
-                if let Some(dead) = self.end_channel(&msg.topic) {
-                    let crash = r#"{"reason":"channel_crash"}"#.to_owned();
-                    out.push(close_frame(&msg.topic, &dead.join_ref, "phx_error", crash));
-                    if affects_presence(&msg.topic) {
-                        self.sync_presence();
-                    }
-                }
+                let crash = r#"{"reason":"channel_crash"}"#;
+                out.extend(self.close_instance(&msg.topic, "phx_error", crash));
                 return;
             }
         };
@@ -370,28 +378,11 @@ impl Session {
                 };
                 self.vsn.encode(&frame)
             }
-            Outbound::EndChannel(topic) => {
-                let joined = self.end_channel(&topic)?;
-                if affects_presence(&topic) {
-                    self.sync_presence();
-                }
-                tracing::info!(conn = self.conn.id, %topic, "channel ended by the hub");
-                let frame = close_frame(&topic, &joined.join_ref, "phx_close", ok_empty());
-                self.vsn.encode(&frame)
-            }
-            Outbound::RelayRevoked => {
-                // Another connection took the relay name over: this channel instance ends
-                // (phx_close, so the client does not rejoin into a taken name).
-                let joined = self.channels.remove("relay")?;
-                self.hub.registry.unsubscribe("relay", self.conn.id);
-                self.sync_presence();
-                tracing::info!(
-                    conn = self.conn.id,
-                    "relay name taken over; relay channel closed"
-                );
-                let frame = close_frame("relay", &joined.join_ref, "phx_close", ok_empty());
-                self.vsn.encode(&frame)
-            }
+            // The hub ends a channel instance (phx_close: the client must not rejoin),
+            // e.g. a lock reassigned to another device, or a relay name taken over (the
+            // directory entry already belongs to the newcomer).
+            Outbound::EndChannel(topic) => self.end_by_hub(&topic),
+            Outbound::RelayRevoked => self.end_by_hub("relay"),
             // Pre-encoded text belongs to other doors' protocols.
             Outbound::Text(_) => None,
         }

@@ -114,16 +114,6 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .layer(middleware::from_fn_with_state(hub, authorize))
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 async fn authorize(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -137,7 +127,9 @@ async fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let allowed = match (&hub.config.admin_token, given) {
-        (Some(expected), Some(given)) => token_matches(given.as_bytes(), expected.as_bytes()),
+        (Some(expected), Some(given)) => {
+            crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes())
+        }
         (Some(_), None) => false,
         (None, _) if peer.ip().is_loopback() => true,
         (None, _) => {

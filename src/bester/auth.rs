@@ -126,15 +126,7 @@ pub async fn verify_user(
     Ok(matches.then_some(name))
 }
 
-/// Constant-time equality, so a secret cannot be guessed byte by byte from timings.
-pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
+pub use crate::auth::constant_time_eq;
 
 #[cfg(test)]
 mod tests {
