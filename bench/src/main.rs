@@ -1,0 +1,3 @@
+//! homehub-bench: the load generator (in progress).
+
+fn main() {}
