@@ -5,7 +5,7 @@
 //! follow as devices connect, disconnect, join locks or the relay. The tracking itself is
 //! in [`crate::registry::presence`]; metas are set by the doors.
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use super::Ctx;
 
@@ -14,12 +14,8 @@ pub fn state(ctx: &Ctx<'_>) -> String {
     ctx.hub.registry.presence.state_json()
 }
 
-/// The meta of a device: its door, when it came online, the locks it has joined, and
-/// whether it is on the relay.
-pub fn meta(door: &str, online_at: i64, locks: Vec<String>, relay: bool) -> Map<String, Value> {
-    let v = json!({ "door": door, "online_at": online_at, "locks": locks, "relay": relay });
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+/// The meta of a device (a JSON object's text): its door, when it came online, the locks
+/// it has joined, and whether it is on the relay.
+pub fn meta(door: &str, online_at: i64, locks: Vec<String>, relay: bool) -> String {
+    json!({ "door": door, "online_at": online_at, "locks": locks, "relay": relay }).to_string()
 }

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -423,7 +422,7 @@ impl Registry {
 
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
     /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
-    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<Map<String, Value>>) {
+    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<String>) {
         let want_diff = self.has_subscribers(presence::TOPIC);
         if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
             self.broadcast(

@@ -8,28 +8,46 @@
 //! the old one in `leaves`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-
-use serde_json::{Map, Value, json};
 
 /// The presence topic.
 pub const TOPIC: &str = "presence:devices";
 
+/// One connection's meta. The application fields are kept as their JSON object text: a
+/// few dozen bytes per device instead of a map of values, compared and copied as a whole.
 struct Meta {
     phx_ref: String,
-    fields: Map<String, Value>,
+    fields: Box<str>,
 }
 
 impl Meta {
-    fn to_json(&self, prev: Option<&str>) -> Value {
-        let mut m = self.fields.clone();
-        m.insert("phx_ref".into(), Value::String(self.phx_ref.clone()));
-        if let Some(prev) = prev {
-            m.insert("phx_ref_prev".into(), Value::String(prev.to_owned()));
+    /// The meta as Phoenix sends it: the fields plus `phx_ref` (and `phx_ref_prev`).
+    fn write(&self, out: &mut String, prev: Option<&str>) {
+        let inner = self.fields.trim_end().strip_suffix('}').unwrap_or("{");
+        out.push_str(inner);
+        if inner.trim() != "{" {
+            out.push(',');
         }
-        Value::Object(m)
+        let _ = write!(out, "\"phx_ref\":{}", json_str(&self.phx_ref));
+        if let Some(prev) = prev {
+            let _ = write!(out, ",\"phx_ref_prev\":{}", json_str(prev));
+        }
+        out.push('}');
     }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// `{"<key>":{"metas":[<meta>]}}`
+fn entry(key: &str, meta: &Meta, prev: Option<&str>) -> String {
+    let mut out = format!("{{{}:{{\"metas\":[", json_str(key));
+    meta.write(&mut out, prev);
+    out.push_str("]}}");
+    out
 }
 
 pub struct Presence {
@@ -60,39 +78,37 @@ impl Presence {
     }
 
     /// Tracks (`Some`), updates, or untracks (`None`) the meta of one connection under
-    /// `key`. Returns the `presence_diff` payload when something changed and `want_diff`.
+    /// `key`; `fields` is a JSON object's text. Returns the `presence_diff` payload when
+    /// something changed and `want_diff`.
     pub fn set(
         &self,
         key: &str,
         conn_id: u64,
-        fields: Option<Map<String, Value>>,
+        fields: Option<String>,
         want_diff: bool,
     ) -> Option<String> {
         let mut entries = self.lock();
         let metas = entries.entry(key.to_owned()).or_default();
         let old = match fields {
             Some(fields) => {
-                if metas.get(&conn_id).is_some_and(|m| m.fields == fields) {
+                if metas.get(&conn_id).is_some_and(|m| *m.fields == *fields) {
                     return None;
                 }
                 let new = Meta {
                     phx_ref: self.next_ref(),
-                    fields,
+                    fields: fields.into_boxed_str(),
                 };
-                let new_json = want_diff.then(|| {
+                let joins = want_diff.then(|| {
                     let prev = metas.get(&conn_id).map(|m| m.phx_ref.as_str());
-                    new.to_json(prev)
+                    entry(key, &new, prev)
                 });
                 let old = metas.insert(conn_id, new);
-                if !want_diff {
-                    return None;
-                }
-                let joins = json!({ key: { "metas": [new_json] } });
+                let joins = joins?;
                 let leaves = match &old {
-                    Some(old) => json!({ key: { "metas": [old.to_json(None)] } }),
-                    None => json!({}),
+                    Some(old) => entry(key, old, None),
+                    None => "{}".to_owned(),
                 };
-                return Some(json!({ "joins": joins, "leaves": leaves }).to_string());
+                return Some(format!("{{\"joins\":{joins},\"leaves\":{leaves}}}"));
             }
             None => metas.remove(&conn_id),
         };
@@ -100,29 +116,38 @@ impl Presence {
             entries.remove(key);
         }
         let old = old?;
-        want_diff.then(|| {
-            json!({ "joins": {}, "leaves": { key: { "metas": [old.to_json(None)] } } }).to_string()
-        })
+        want_diff.then(|| format!("{{\"joins\":{{}},\"leaves\":{}}}", entry(key, &old, None)))
     }
 
     /// The `presence_state` payload: every key with all its metas.
     pub fn state_json(&self) -> String {
         let entries = self.lock();
-        let mut state = Map::new();
-        for (key, metas) in entries.iter() {
-            let metas: Vec<Value> = metas.values().map(|m| m.to_json(None)).collect();
-            state.insert(key.clone(), json!({ "metas": metas }));
+        let mut out = String::from("{");
+        for (i, (key, metas)) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{}:{{\"metas\":[", json_str(key));
+            for (j, meta) in metas.values().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                meta.write(&mut out, None);
+            }
+            out.push_str("]}");
         }
-        Value::Object(state).to_string()
+        out.push('}');
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
-    fn fields(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
+    fn fields(v: Value) -> String {
+        v.to_string()
     }
 
     #[test]
