@@ -10,7 +10,8 @@ async fn main() -> std::process::ExitCode {
     // `.env` is optional: a missing file is not an error.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    homehub::telemetry::init();
+    // Held until exit so queued log lines are flushed.
+    let _log_guard = homehub::telemetry::init();
     let result = match &cli.command {
         None | Some(Command::Serve) => serve(cli).await.map(|()| 0),
         Some(command) => homehub::cli::run_admin(&cli, command).await,

@@ -215,7 +215,7 @@ impl Session {
                     msg.ref_.clone(),
                     &msg.topic,
                     "ok",
-                    reply.to_string(),
+                    reply,
                 ));
                 if let Some((event, payload)) = push {
                     out.push(Frame {
@@ -305,7 +305,7 @@ impl Session {
             Ok(Ok(v)) => ("ok", v),
             Ok(Err(e)) => {
                 self.log_error(&msg, &e, "event refused");
-                ("error", e.response())
+                ("error", e.response().to_string())
             }
             Err(_) => {
                 // The channel instance is gone; the client rejoins on phx_error (§3.5).
@@ -316,11 +316,7 @@ impl Session {
             }
         };
         out.push(Frame::reply(
-            push_ref,
-            msg.ref_,
-            &msg.topic,
-            status,
-            response.to_string(),
+            push_ref, msg.ref_, &msg.topic, status, response,
         ));
         if msg.topic == "relay" && matches!(msg.event.as_str(), "register" | "unregister") {
             // Whether the device is on the relay is part of its Presence meta.

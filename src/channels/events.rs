@@ -1,9 +1,7 @@
 //! `events` and `events:<serial>`: read-only topics where admin clients watch the access
 //! events locks report (broadcast by [`super::lock`] as `event` `{"from", "message"}`).
 
-use serde_json::Value;
-
 /// Anyone connected may watch; nothing is pushed by clients on these topics.
-pub fn join() -> Value {
-    serde_json::json!({})
+pub fn join() -> String {
+    "{}".to_owned()
 }

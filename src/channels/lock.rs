@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::{ChannelError, Ctx, decode_json};
 use crate::config::AuthMode;
-use crate::domain::{LockRecord, Serial, now_rfc3339, parse_ts};
+use crate::domain::{LockRecord, Serial, parse_ts};
 use crate::protocol::{OutPayload, Payload};
 
 /// Longest item serial accepted in `pair:complete` and `access:request`.
@@ -31,21 +31,31 @@ pub fn topic(serial: &str) -> String {
 }
 
 /// The join/reset reply, in the shape lock firmware reads.
-pub fn lock_reply(lock: &LockRecord) -> Value {
-    json!({
-        "uuid": lock.uuid,
-        "serial": lock.serial,
-        "name": lock.name,
-        "mode": lock.mode,
-        "feature_flags": lock.feature_flags,
-        "config": lock.config,
-        "state": lock.intended_state,
-    })
+pub fn lock_reply(lock: &LockRecord) -> String {
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        uuid: &'a str,
+        serial: &'a str,
+        name: &'a str,
+        mode: i64,
+        feature_flags: &'a [String],
+        config: &'a Value,
+        state: &'a Value,
+    }
+    let reply = Reply {
+        uuid: &lock.uuid,
+        serial: &lock.serial,
+        name: &lock.name,
+        mode: lock.mode,
+        feature_flags: &lock.feature_flags,
+        config: &lock.config,
+        state: &lock.intended_state,
+    };
+    serde_json::to_string(&reply).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Join: create-or-load the lock, record the holder device, reply with the lock.
-#[tracing::instrument(skip_all, fields(serial = %serial, device = %ctx.conn.name))]
-pub async fn join(serial: Serial, ctx: &Ctx<'_>) -> Result<(LockChannel, Value), ChannelError> {
+pub async fn join(serial: Serial, ctx: &Ctx<'_>) -> Result<(LockChannel, String), ChannelError> {
     let store = &ctx.hub.store;
     let lock = match ctx.hub.config.auth {
         AuthMode::Open => store.join_lock(&serial, &ctx.conn.name).await?,
@@ -108,12 +118,11 @@ impl LockIn {
     }
 }
 
-#[tracing::instrument(skip_all, fields(serial = %ch.serial, device = %ctx.conn.name))]
 pub async fn handle_in(
     ch: &LockChannel,
     event: LockIn,
     ctx: &Ctx<'_>,
-) -> Result<Value, ChannelError> {
+) -> Result<String, ChannelError> {
     let store = &ctx.hub.store;
     match event {
         LockIn::Reset => {
@@ -127,8 +136,8 @@ pub async fn handle_in(
         LockIn::AccessRequest(req) => {
             let device = req.device.as_deref().unwrap_or("");
             let decision = store.decide_access(&ch.serial, &req.uuid, device).await?;
-            tracing::info!(item = %req.uuid, granted = decision.access, "access decision");
-            Ok(json!({ "access": decision.access, "user": decision.user }))
+            tracing::info!(serial = %ch.serial, item = %req.uuid, granted = decision.access, "access decision");
+            Ok(json!({ "access": decision.access, "user": decision.user }).to_string())
         }
         LockIn::Event(message) => {
             let value: Value = serde_json::from_str(message.get())
@@ -149,13 +158,13 @@ pub async fn handle_in(
                 OutPayload::Json(body),
                 None,
             );
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
         LockIn::Report(state) => {
             store
                 .set_reported_state(&ch.serial, &Value::Object(state))
                 .await?;
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
     }
 }
@@ -167,7 +176,7 @@ async fn pair_complete(
     ch: &LockChannel,
     body: PairComplete,
     ctx: &Ctx<'_>,
-) -> Result<Value, ChannelError> {
+) -> Result<String, ChannelError> {
     let fields = body.fields;
     let pair_id = fields
         .get("pair_id")
@@ -208,7 +217,7 @@ async fn pair_complete(
         }
         Err(e) => return Err(e.into()),
     };
-    tracing::info!(item = %item.serial, pair_id, at = %now_rfc3339(), "pairing completed");
+    tracing::info!(serial = %ch.serial, item = %item.serial, pair_id, "pairing completed");
     let announce = json!({
         "pair_id": item.pair_id,
         "lock": item.lock,
@@ -221,5 +230,5 @@ async fn pair_complete(
         "pair:complete",
         OutPayload::Json(announce.to_string()),
     );
-    Ok(json!({}))
+    Ok(json!({}).to_string())
 }

@@ -5,8 +5,6 @@
 //! follow as devices connect, disconnect, join locks or the relay. The tracking itself is
 //! in [`crate::registry::presence`]; metas are set by the doors.
 
-use serde_json::json;
-
 use super::Ctx;
 
 /// The `presence_state` to push after the join reply.
@@ -17,5 +15,8 @@ pub fn state(ctx: &Ctx<'_>) -> String {
 /// The meta of a device (a JSON object's text): its door, when it came online, the locks
 /// it has joined, and whether it is on the relay.
 pub fn meta(door: &str, online_at: i64, locks: Vec<String>, relay: bool) -> String {
-    json!({ "door": door, "online_at": online_at, "locks": locks, "relay": relay }).to_string()
+    // Written directly: this runs on every connect and every lock join.
+    let locks = serde_json::to_string(&locks).unwrap_or_else(|_| "[]".to_owned());
+    let door = serde_json::Value::String(door.to_owned());
+    format!(r#"{{"door":{door},"online_at":{online_at},"locks":{locks},"relay":{relay}}}"#)
 }

@@ -138,7 +138,7 @@ impl RelayIn {
 }
 
 /// Join: register the socket's name with the join params as metadata.
-pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, Value), ChannelError> {
+pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, String), ChannelError> {
     let meta: Meta = match payload.json().map(|r| r.get().trim()) {
         None | Some("null") => Meta::default(),
         Some(_) => decode_json(payload, "relay join params must be an object")?,
@@ -151,7 +151,7 @@ pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, Value), C
             name,
             registered: true,
         },
-        json!({}),
+        "{}".to_owned(),
     ))
 }
 
@@ -175,15 +175,15 @@ pub fn handle_in(
     ch: &mut RelayChannel,
     event: RelayIn,
     ctx: &Ctx<'_>,
-) -> Result<Value, ChannelError> {
+) -> Result<String, ChannelError> {
     let relay = &ctx.hub.registry.relay;
     match event {
-        RelayIn::GetDevices => Ok(json!({ "devices": relay.names() })),
+        RelayIn::GetDevices => Ok(json!({ "devices": relay.names() }).to_string()),
         RelayIn::GetDeviceInfo { device_name } => {
             let info = relay
                 .info(&device_name)
                 .ok_or_else(|| ChannelError::refused("unknown device"))?;
-            Ok(info_json(&relay::normalize(&device_name), &info))
+            Ok(info_json(&relay::normalize(&device_name), &info).to_string())
         }
         RelayIn::Send { target, payload } => {
             if !ch.registered {
@@ -197,7 +197,7 @@ pub fn handle_in(
                 .deliver(&target, std::sync::Arc::new(packet))
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
             ctx.conn.count_packet_sent();
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
         RelayIn::SendBinary { target, bytes } => {
             if !ch.registered {
@@ -211,7 +211,7 @@ pub fn handle_in(
                 .deliver_binary(&target, std::sync::Arc::new(packet))
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
             ctx.conn.count_packet_sent();
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
         RelayIn::Register(meta) => {
             if meta
@@ -224,12 +224,12 @@ pub fn handle_in(
             let info = meta.into_info().map_err(ChannelError::refused)?;
             register(&ch.name, info, ctx)?;
             ch.registered = true;
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
         RelayIn::Unregister => {
             terminate(ch, ctx);
             ch.registered = false;
-            Ok(json!({}))
+            Ok(json!({}).to_string())
         }
     }
 }

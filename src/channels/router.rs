@@ -1,8 +1,6 @@
 //! The topic router: parses a topic once into a [`Topic`] and dispatches joins, events and
 //! terminations to the channel that owns it. The only place that knows every topic.
 
-use serde_json::Value;
-
 use super::{ChannelError, Ctx, events, lock, presence, relay};
 use crate::domain::Serial;
 use crate::protocol::{Message, Payload};
@@ -52,7 +50,8 @@ pub enum ChannelState {
 /// (event, JSON payload) to send right after the reply.
 pub struct Joined {
     pub state: ChannelState,
-    pub reply: Value,
+    /// JSON text.
+    pub reply: String,
     pub push: Option<(&'static str, String)>,
 }
 
@@ -73,7 +72,7 @@ pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Join
         }
         Topic::Presence => (
             ChannelState::Presence,
-            serde_json::json!({}),
+            "{}".to_owned(),
             Some(("presence_state", presence::state(ctx))),
         ),
     };
@@ -85,7 +84,7 @@ pub async fn handle_in(
     state: &mut ChannelState,
     msg: &Message,
     ctx: &Ctx<'_>,
-) -> Result<Value, ChannelError> {
+) -> Result<String, ChannelError> {
     match state {
         ChannelState::Lock(ch) => {
             let event = lock::LockIn::decode(&msg.event, &msg.payload)?;

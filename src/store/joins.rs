@@ -3,15 +3,18 @@
 //! Every lock join writes (first sight creates the lock and its UUID; later joins record the
 //! holder and last-seen time), and its reply must not go out before the write is durable in
 //! the WAL, or a crash could forget a UUID the lock was already given. One writer task owns
-//! these writes: it takes every join waiting in its queue, runs them in one transaction, and
-//! answers them all after one commit. Under a join storm a batch grows to whatever arrived
-//! during the previous commit, so the cost of a commit is shared by many joins; with no load
-//! a join is committed alone, at once.
+//! these writes: it takes every join waiting in its queue, writes them with one multi-row
+//! upsert statement (one transaction), and answers them all after that commit. Under a join
+//! storm a batch grows to whatever arrived during the previous commit, so the cost of a
+//! commit is shared by many joins; with no load a join is committed alone, at once.
 
-use sqlx::SqlitePool;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{JOIN_LOCK_EXCLUSIVE_SQL, JOIN_LOCK_SQL, StoreError, lock_from_row};
+use super::{LOCK_COLUMNS, StoreError, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
 
 /// Most joins committed in one transaction.
@@ -90,32 +93,85 @@ async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-/// Runs the batch in one transaction. A row that cannot be decoded fails only its own join;
-/// a statement or commit failure fails the batch.
+/// Runs the batch as one multi-row upsert (one statement, one implicit transaction, one
+/// round trip to SQLite's worker thread) per auth mode present in the batch. A row that
+/// cannot be decoded fails only its own join; a statement failure fails the batch.
 async fn commit(pool: &SqlitePool, batch: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let now = now_rfc3339();
-    let mut records = Vec::with_capacity(batch.len());
-    for op in batch {
-        let sql = if op.exclusive {
-            JOIN_LOCK_EXCLUSIVE_SQL
-        } else {
-            JOIN_LOCK_SQL
-        };
-        let row = sqlx::query(sql)
-            .bind(&op.serial)
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(&op.holder)
-            .bind(&now)
-            .fetch_optional(&mut *tx)
-            .await?;
-        records.push(
-            row.as_ref()
-                .map(lock_from_row)
-                .transpose()
-                .map_err(StoreError::from),
+    // Returned rows by serial, for shared-mode [0] and exclusive [1] joins.
+    let mut found: [HashMap<String, Result<LockRecord, String>>; 2] = Default::default();
+    for exclusive in [false, true] {
+        let ops: Vec<&Op> = batch
+            .iter()
+            .filter(|op| op.exclusive == exclusive)
+            .collect();
+        if ops.is_empty() {
+            continue;
+        }
+        let sql = upsert_sql(ops.len(), exclusive);
+        let mut query = sqlx::query(&sql);
+        for op in &ops {
+            query = query
+                .bind(&op.serial)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&op.holder)
+                .bind(&now);
+        }
+        for row in query.fetch_all(pool).await? {
+            let serial: String = row.try_get("serial")?;
+            let record = lock_from_row(&row).map_err(|e| e.to_string());
+            found[usize::from(exclusive)].insert(serial, record);
+        }
+    }
+    Ok(batch
+        .iter()
+        .map(
+            |op| match found[usize::from(op.exclusive)].get(&op.serial) {
+                None => Ok(None),
+                // In token mode, two joins of one new lock in one batch: the first holder wins.
+                Some(Ok(lock))
+                    if op.exclusive && lock.holder_device.as_deref() != Some(&op.holder) =>
+                {
+                    Ok(None)
+                }
+                Some(Ok(lock)) => Ok(Some(lock.clone())),
+                Some(Err(e)) => Err(StoreError::Database(sqlx::Error::Decode(e.clone().into()))),
+            },
+        )
+        .collect())
+}
+
+/// `INSERT … VALUES (…), (…) … ON CONFLICT DO UPDATE … RETURNING …` for `rows` joins. In
+/// token mode (`exclusive`) a lock held by another device is left alone and not returned.
+fn upsert_sql(rows: usize, exclusive: bool) -> String {
+    let mut sql = String::with_capacity(300 + rows * 36);
+    sql.push_str(
+        "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        let b = i * 4;
+        let _ = write!(
+            sql,
+            "(?{s},?{u},?{s},?{h},?{t},?{t})",
+            s = b + 1,
+            u = b + 2,
+            h = b + 3,
+            t = b + 4
         );
     }
-    tx.commit().await?;
-    Ok(records)
+    sql.push_str(
+        " ON CONFLICT (serial) DO UPDATE SET holder_device = excluded.holder_device, \
+         last_seen_at = excluded.last_seen_at",
+    );
+    if exclusive {
+        sql.push_str(
+            " WHERE locks.holder_device IS NULL OR locks.holder_device = excluded.holder_device",
+        );
+    }
+    sql.push_str(" RETURNING ");
+    sql.push_str(LOCK_COLUMNS);
+    sql
 }

@@ -80,30 +80,8 @@ mod tokens;
 
 pub use tokens::TokenRecord;
 
-/// The lock-join upsert (mode, feature_flags, config and intended_state come from the
-/// column defaults); run by the join writer in [`joins`].
-const JOIN_LOCK_SQL: &str = concat!(
-    "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
-     VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
-     ON CONFLICT (serial) DO UPDATE SET \
-         holder_device = excluded.holder_device, \
-         last_seen_at = excluded.last_seen_at \
-     RETURNING ",
-    lock_columns!()
-);
-
-/// The same upsert in token mode: an existing lock held by another device is left alone
-/// and no row is returned.
-const JOIN_LOCK_EXCLUSIVE_SQL: &str = concat!(
-    "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) \
-     VALUES (?1, ?2, ?1, ?3, ?4, ?4) \
-     ON CONFLICT (serial) DO UPDATE SET \
-         holder_device = excluded.holder_device, \
-         last_seen_at = excluded.last_seen_at \
-     WHERE locks.holder_device IS NULL OR locks.holder_device = excluded.holder_device \
-     RETURNING ",
-    lock_columns!()
-);
+/// Columns of `locks` as a constant, for SQL built at run time ([`joins`]).
+const LOCK_COLUMNS: &str = lock_columns!();
 
 #[derive(Clone, Debug)]
 pub struct Store {

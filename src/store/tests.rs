@@ -610,3 +610,79 @@ async fn in_memory_database_works() {
     assert_eq!(a.uuid, b.uuid);
     store.close().await;
 }
+
+#[tokio::test]
+async fn concurrent_exclusive_joins_give_a_new_lock_to_exactly_one_device() {
+    let (_dir, store) = temp_store().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .join_lock_exclusive(&serial("CONTESTED"), &device(&format!("dev-{i}")))
+                .await
+                .expect("join")
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Some(lock) = t.await.expect("task") {
+            winners.push(lock.holder_device.clone());
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one device holds the lock: {winners:?}"
+    );
+    let lock = store.get_lock("CONTESTED").await.unwrap().unwrap();
+    assert_eq!(lock.holder_device, winners[0]);
+    // The holder rejoins; another device is still refused.
+    let holder = device(winners[0].as_deref().unwrap());
+    assert!(
+        store
+            .join_lock_exclusive(&serial("CONTESTED"), &holder)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let other = if holder.as_str() == "dev-0" {
+        "dev-1"
+    } else {
+        "dev-0"
+    };
+    assert!(
+        store
+            .join_lock_exclusive(&serial("CONTESTED"), &device(other))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_many_locks_is_written_and_answered_per_lock() {
+    let (_dir, store) = temp_store().await;
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = format!("BATCH-{i}");
+            let lock = store
+                .join_lock(&serial(&s), &device(&format!("h-{i}")))
+                .await
+                .expect("join");
+            (s, lock)
+        }));
+    }
+    for t in tasks {
+        let (s, lock) = t.await.expect("task");
+        assert_eq!(lock.serial, s);
+        assert_eq!(lock.name, s);
+    }
+    assert_eq!(count(&store, "SELECT count(*) FROM locks").await, 600);
+    assert_eq!(
+        count(&store, "SELECT count(DISTINCT uuid) FROM locks").await,
+        600
+    );
+}

@@ -34,7 +34,7 @@ fn fixture_script() -> String {
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        homehub::telemetry::init();
+        homehub::telemetry::init_blocking();
     }
 }
 

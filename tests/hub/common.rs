@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        homehub::telemetry::init();
+        homehub::telemetry::init_blocking();
     }
 }
 
