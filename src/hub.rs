@@ -150,8 +150,7 @@ impl Server {
         let store = Store::open(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", config.database_url))?;
-        let listener = TcpListener::bind(config.bind)
-            .await
+        let listener = crate::listener::bind(config.bind)
             .with_context(|| format!("binding {}", config.bind))?;
         let bester = crate::bester::Bester::load(&config)?;
         let bester_listeners = crate::bester::Listeners::bind(&config).await?;

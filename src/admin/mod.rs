@@ -330,7 +330,7 @@ async fn set_holder(
     tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
     if hub.config.auth == crate::config::AuthMode::Token {
         // Only the holder may have the lock's channel: other instances end (phx_close).
-        let topic: Arc<str> = Arc::from(lock_topic(&serial));
+        let topic = Arc::new(lock_topic(&serial));
         for conn in hub.registry.subscribers(&topic) {
             if Some(conn.name.as_str()) != lock.holder_device.as_deref() {
                 let _ = conn.send(Outbound::EndChannel(topic.clone()));

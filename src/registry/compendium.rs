@@ -51,7 +51,7 @@ impl Addresses {
             .get(addr)
             .cloned()
             .ok_or(RelayError::UnknownTarget)?;
-        match conn.send(Outbound::Text(text)) {
+        match conn.send(Outbound::Text(Box::new(text))) {
             Ok(()) => Ok(()),
             Err(SendError::Full) => Err(RelayError::TargetBusy),
             Err(SendError::Closed) => Err(RelayError::UnknownTarget),

@@ -38,7 +38,8 @@ pub enum Door {
     Compendium,
 }
 
-/// Something queued for a connection's writer.
+/// Something queued for a connection's writer. Kept to 16 bytes (every variant one
+/// pointer): a connection's queue allocates room for 32 of them up front.
 #[derive(Debug)]
 pub enum Outbound {
     /// A broadcast, encoded once for all receivers. Delivered only while the receiver
@@ -52,10 +53,10 @@ pub enum Outbound {
     /// A binary relay packet (Phoenix V2 WebSocket receivers only).
     BinaryPacket(Arc<relay::BinaryPacket>),
     /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
-    Text(Utf8Bytes),
+    Text(Box<Utf8Bytes>),
     /// The hub ends this connection's channel instance on the topic (e.g. the lock was
     /// reassigned to another device in token mode): `phx_close`, no rejoin.
-    EndChannel(Arc<str>),
+    EndChannel(Arc<String>),
     /// Another connection took this connection's relay name over (`"force": true`); it is
     /// already out of the relay directory. The door tells its client.
     RelayRevoked,
@@ -465,5 +466,13 @@ fn remove_sub(inner: &mut Inner, topic: &str, conn_id: u64) {
         if subs.is_empty() {
             inner.topics.remove(topic);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn queued_items_stay_small() {
+        assert_eq!(std::mem::size_of::<super::Outbound>(), 16);
     }
 }

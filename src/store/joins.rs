@@ -108,9 +108,14 @@ async fn commit(pool: &SqlitePool, batch: &[Op]) -> Result<Vec<Answer>, sqlx::Er
         if ops.is_empty() {
             continue;
         }
-        let sql = upsert_sql(ops.len(), exclusive);
+        // Rows are padded to a power of two by repeating the last join (an upsert of the
+        // same row twice changes nothing), so SQLite's statement cache holds a handful of
+        // statements instead of one per batch size.
+        let rows = ops.len().next_power_of_two();
+        let sql = upsert_sql(rows, exclusive);
         let mut query = sqlx::query(&sql);
-        for op in &ops {
+        let padding = std::iter::repeat_n(ops[ops.len() - 1], rows - ops.len());
+        for op in ops.iter().copied().chain(padding) {
             query = query
                 .bind(&op.serial)
                 .bind(uuid::Uuid::new_v4().to_string())

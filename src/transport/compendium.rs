@@ -183,7 +183,7 @@ impl Handler for Compendium {
 
     fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close> {
         if let Outbound::Text(t) = item {
-            out.push(WsMessage::Text(t));
+            out.push(WsMessage::Text(*t));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use crate::registry::{Conn, Outbound};
 
 /// Read chunk size of a socket: small, since device traffic is tiny and memory per idle
 /// connection matters more than the syscall count of rare large frames.
-pub const READ_BUFFER: usize = 4 * 1024;
+pub const READ_BUFFER: usize = 1024;
 /// Queued items written per flush, so one busy connection yields to others.
 const WRITE_BATCH: usize = 64;
 /// How long a closing handshake may take before the socket is dropped.
