@@ -75,6 +75,18 @@ pub struct Config {
     )]
     pub outbound_queue: usize,
 
+    /// Seconds a peer may keep its TCP receive window closed (or leave sent data
+    /// unacknowledged) before the kernel drops the connection (`TCP_USER_TIMEOUT`): the
+    /// slow-consumer policy for readers whose backlog sits in kernel buffers, and dead-peer
+    /// detection. 0 = the kernel's default (about 15 minutes of retransmissions).
+    #[arg(
+        long,
+        env = "HOMEHUB_SEND_TIMEOUT_SECS",
+        default_value_t = 20,
+        global = true
+    )]
+    pub send_timeout_secs: u64,
+
     /// Channels one connection may have joined at once (Phoenix's default is 100).
     #[arg(
         long,
@@ -298,6 +310,7 @@ impl Config {
             idle_timeout_secs: 60,
             max_frame_bytes: 1_048_576,
             outbound_queue: 256,
+            send_timeout_secs: 20,
             max_channels: 100,
             relay_max_packet: 1024,
             compendium_max_bytes: 65_536,

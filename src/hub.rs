@@ -146,6 +146,7 @@ impl Server {
             tls,
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
             max_per_ip: config.max_conns_per_ip,
+            send_timeout: Duration::from_secs(config.send_timeout_secs),
         };
         let store = Store::open(&config.database_url)
             .await

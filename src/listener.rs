@@ -34,6 +34,8 @@ pub struct ListenOptions {
     pub handshake_timeout: Duration,
     /// 0 = unlimited.
     pub max_per_ip: usize,
+    /// `TCP_USER_TIMEOUT` of accepted sockets (zero: the kernel's default).
+    pub send_timeout: Duration,
 }
 
 /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`). tokio's default
@@ -144,6 +146,9 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if !opts.send_timeout.is_zero() {
+            set_send_timeout(&stream, opts.send_timeout);
+        }
         tracker.spawn(connection(
             stream,
             peer,
@@ -153,6 +158,19 @@ pub async fn serve(
             slot,
         ));
     }
+}
+
+/// Makes the kernel drop the connection when the peer's receive window stays closed, or sent
+/// data stays unacknowledged, for `timeout`. A reader that stopped reading shows up here
+/// long before its queue fills: the kernel send buffer (up to 4 MiB) absorbs its backlog
+/// first. The hub's next read of the socket then fails with `TimedOut`.
+fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, timeout);
 }
 
 async fn connection(

@@ -76,11 +76,37 @@ fn classify(err: axum::Error) -> Option<Close> {
     }
 }
 
+/// Counts and logs a connection the kernel dropped because its peer took no data for
+/// `HOMEHUB_SEND_TIMEOUT_SECS` (`TCP_USER_TIMEOUT`, set by the listener): a slow consumer
+/// whose backlog sat in kernel buffers, or a peer that vanished.
+fn note_send_timeout(err: &axum::Error, conn: &Conn, metrics: &Metrics) {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                metrics::inc(&metrics.slow_consumers_closed);
+                tracing::warn!(
+                    conn = conn.id,
+                    device = %conn.name,
+                    "peer took no data within the send timeout; connection dropped"
+                );
+            }
+            return;
+        }
+        cur = e.source();
+    }
+}
+
 /// Sends `msgs` and flushes, unless the connection is killed meanwhile (a peer that does
-/// not read must not hold its task hostage).
-async fn write_all(socket: &mut WebSocket, conn: &Conn, msgs: &mut Vec<WsMessage>) -> bool {
+/// not read must not hold its task hostage). `Err(None)`: killed; `Err(Some(e))`: the
+/// socket failed.
+async fn write_all(
+    socket: &mut WebSocket,
+    conn: &Conn,
+    msgs: &mut Vec<WsMessage>,
+) -> Result<(), Option<axum::Error>> {
     if msgs.is_empty() {
-        return true;
+        return Ok(());
     }
     let write = async {
         for m in msgs.drain(..) {
@@ -89,8 +115,8 @@ async fn write_all(socket: &mut WebSocket, conn: &Conn, msgs: &mut Vec<WsMessage
         socket.flush().await
     };
     tokio::select! {
-        r = write => r.is_ok(),
-        _ = conn.killed() => false,
+        r = write => r.map_err(Some),
+        _ = conn.killed() => Err(None),
     }
 }
 
@@ -122,7 +148,10 @@ pub async fn drive<H: Handler>(
             inbound = socket.recv() => {
                 let msg = match inbound {
                     None => break None,
-                    Some(Err(e)) => break classify(e),
+                    Some(Err(e)) => {
+                        note_send_timeout(&e, conn, metrics);
+                        break classify(e);
+                    }
                     Some(Ok(m)) => m,
                 };
                 last_in = Instant::now();
@@ -174,7 +203,10 @@ pub async fn drive<H: Handler>(
             }
         }
         metrics::add(&metrics.frames_out, out.len() as u64);
-        if !write_all(&mut socket, conn, &mut out).await {
+        if let Err(failed) = write_all(&mut socket, conn, &mut out).await {
+            if let Some(e) = failed {
+                note_send_timeout(&e, conn, metrics);
+            }
             break conn.is_killed().then_some(killed);
         }
     };

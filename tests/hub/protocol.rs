@@ -417,6 +417,104 @@ async fn shutdown_closes_sockets_with_1012() {
     stopping.await.unwrap();
 }
 
+/// Reads the hub's `/metrics` and returns the value of `name`.
+async fn metric(hub: &TestHub, name: &str) -> Option<u64> {
+    let text = reqwest::Client::new()
+        .get(hub.http("/metrics"))
+        .bearer_auth(crate::common::TOKEN)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A subscriber that stops reading while its queue stays short: its backlog sits in kernel
+/// buffers, where the queue policy cannot see it. The send timeout (`TCP_USER_TIMEOUT`)
+/// drops it once its receive window has been closed for that long.
+#[tokio::test]
+async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
+    let hub = TestHub::start_with(|c| {
+        c.send_timeout_secs = 1;
+        // The queue policy must not be what drops it.
+        c.outbound_queue = 10_000;
+        c.rate_limit = 0;
+    })
+    .await;
+    // A tiny receive buffer, so a few KiB close the stalled reader's window.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(hub.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        hub.ws_url("vsn=2.0.0&name=stalled"),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut stalled = TestClient { ws };
+    stalled.join("events", "1", json!({})).await;
+    let mut fast = hub.client("fast").await;
+    fast.join("events", "1", json!({})).await;
+    let mut lock = hub.client("lockdev").await;
+    lock.join("lock:W1", "1", json!({})).await;
+    assert_eq!(
+        metric(&hub, "homehub_slow_consumers_closed_total").await,
+        Some(0)
+    );
+
+    // 8 events of 32 KiB: far more than the stalled window, far less than the queue.
+    let pad = "w".repeat(32 * 1024);
+    for i in 0..8 {
+        let r = lock
+            .push(
+                "1",
+                &format!("e{i}"),
+                "lock:W1",
+                "event",
+                json!({"n": i, "pad": pad}),
+            )
+            .await;
+        assert_eq!(reply_of(&r).0, "ok");
+        assert_eq!(fast.recv_event("event").await[4]["message"]["n"], i);
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, devices) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;
+        let names: Vec<&str> = devices["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        if !names.contains(&"stalled") {
+            assert!(
+                names.contains(&"fast") && names.contains(&"lockdev"),
+                "{names:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(&hub, "homehub_slow_consumers_closed_total").await,
+        Some(1)
+    );
+    // Everyone else is unharmed.
+    let r = lock
+        .push("1", "after", "lock:W1", "event", json!({"n": 99}))
+        .await;
+    assert_eq!(reply_of(&r).0, "ok");
+    assert_eq!(fast.recv_event("event").await[4]["message"]["n"], 99);
+}
+
 #[tokio::test]
 async fn slow_reader_is_dropped_and_others_keep_receiving() {
     let hub = TestHub::start_with(|c| {
