@@ -206,6 +206,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let hub = self.hub;
         self.bester.spawn(&hub);
+        spawn_idle_sweep(&hub);
         let app = router(hub.clone());
         let token = hub.shutdown.clone();
         tokio::spawn(async move {
@@ -236,6 +237,25 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The shared idle clock of every WebSocket: one task sweeping the registry a few times per
+/// idle period, instead of a timer per socket that would wake every idle socket's task.
+/// A silent socket is closed between `idle` and `idle` + one tick.
+fn spawn_idle_sweep(hub: &Arc<Hub>) {
+    let idle = Duration::from_secs(hub.config.idle_timeout_secs).max(Duration::from_millis(100));
+    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = hub.shutdown.cancelled() => break,
+                _ = every.tick() => hub.registry.sweep_idle(idle),
+            }
+        }
+    });
 }
 
 /// Every HTTP route of the hub.

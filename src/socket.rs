@@ -380,7 +380,8 @@ impl Session {
             Outbound::EndChannel(topic) => self.end_by_hub(&topic),
             Outbound::RelayRevoked => self.end_by_hub("relay"),
             // Pre-encoded text belongs to other doors' protocols.
-            Outbound::Text(_) => None,
+            // Text is Compendium's; pings are written by the WebSocket driver itself.
+            Outbound::Text(_) | Outbound::Ping => None,
         }
     }
 }

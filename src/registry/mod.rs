@@ -13,7 +13,7 @@ pub mod relay;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -60,7 +60,21 @@ pub enum Outbound {
     /// Another connection took this connection's relay name over (`"force": true`); it is
     /// already out of the relay directory. The door tells its client.
     RelayRevoked,
+    /// The idle sweep asks for a WebSocket ping (doors without a heartbeat of their own).
+    Ping,
 }
+
+/// Milliseconds on the hub's monotonic clock (idle bookkeeping).
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// How the idle sweep treats a connection.
+const WATCH_NONE: u8 = 0;
+const WATCH_IDLE: u8 = 1;
+const WATCH_IDLE_AND_PING: u8 = 2;
 
 /// Why a delivery failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -90,10 +104,19 @@ pub struct Conn {
     close_code: AtomicU16,
     metrics: Arc<Metrics>,
     /// Whether this connection can receive binary frames (a Phoenix V2 WebSocket).
-    binary_capable: std::sync::atomic::AtomicBool,
+    binary_capable: AtomicBool,
     /// Relay packets this connection sent / received (shown to administrators).
     packets_sent: AtomicU64,
     packets_received: AtomicU64,
+    /// When the last inbound frame arrived ([`now_ms`]), for the shared idle sweep.
+    last_in: AtomicU64,
+    /// WATCH_NONE (long-poll sessions have their own clock), WATCH_IDLE or
+    /// WATCH_IDLE_AND_PING.
+    watch: AtomicU8,
+    /// A ping was queued since the last inbound frame.
+    pinged: AtomicBool,
+    /// The idle sweep closed this connection.
+    idled_out: AtomicBool,
 }
 
 impl Conn {
@@ -120,6 +143,31 @@ impl Conn {
             self.packets_sent.load(Ordering::Relaxed),
             self.packets_received.load(Ordering::Relaxed),
         )
+    }
+
+    /// Puts the connection under the registry's idle sweep (see [`Registry::sweep_idle`]);
+    /// with `ping`, a silent connection is pinged at half the idle time.
+    pub fn watch_idle(&self, ping: bool) {
+        self.touch();
+        let w = if ping {
+            WATCH_IDLE_AND_PING
+        } else {
+            WATCH_IDLE
+        };
+        self.watch.store(w, Ordering::Relaxed);
+    }
+
+    /// Records an inbound frame: the connection is not idle.
+    pub fn touch(&self) {
+        self.last_in.store(now_ms(), Ordering::Relaxed);
+        if self.pinged.load(Ordering::Relaxed) {
+            self.pinged.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the idle sweep closed this connection.
+    pub fn idled_out(&self) -> bool {
+        self.idled_out.load(Ordering::Relaxed)
     }
 
     /// Queues `out` without waiting. A full queue kills the connection (slow consumer).
@@ -264,9 +312,13 @@ impl Registry {
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
-            binary_capable: std::sync::atomic::AtomicBool::new(false),
+            binary_capable: AtomicBool::new(false),
             packets_sent: AtomicU64::new(0),
             packets_received: AtomicU64::new(0),
+            last_in: AtomicU64::new(now_ms()),
+            watch: AtomicU8::new(WATCH_NONE),
+            pinged: AtomicBool::new(false),
+            idled_out: AtomicBool::new(false),
         });
         metrics::inc(&self.metrics.connections_total);
         let old = {
@@ -307,6 +359,43 @@ impl Registry {
         }
         for t in topics {
             remove_sub(&mut inner, t, conn.id);
+        }
+    }
+
+    /// One pass of the shared idle clock (instead of a timer per socket): closes (1001)
+    /// every watched connection silent for `idle`, and queues a ping for watched ones that
+    /// asked for pings and have been silent for half of it.
+    pub fn sweep_idle(&self, idle: std::time::Duration) {
+        let idle_ms = idle.as_millis() as u64;
+        let now = now_ms();
+        let mut stale = Vec::new();
+        let mut ping = Vec::new();
+        {
+            let inner = self.lock();
+            for c in inner.conns.values() {
+                let watch = c.watch.load(Ordering::Relaxed);
+                if watch == WATCH_NONE {
+                    continue;
+                }
+                let silent = now.saturating_sub(c.last_in.load(Ordering::Relaxed));
+                if silent >= idle_ms {
+                    if !c.is_killed() {
+                        stale.push(c.clone());
+                    }
+                } else if watch == WATCH_IDLE_AND_PING
+                    && silent >= idle_ms / 2
+                    && !c.pinged.swap(true, Ordering::Relaxed)
+                {
+                    ping.push(c.clone());
+                }
+            }
+        }
+        for c in stale {
+            c.idled_out.store(true, Ordering::Relaxed);
+            c.kill(close_code::GOING_AWAY);
+        }
+        for c in ping {
+            let _ = c.send(Outbound::Ping);
         }
     }
 

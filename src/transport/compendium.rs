@@ -18,7 +18,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -27,7 +26,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::ws::{self, Close, Handler, Liveness};
+use futures_util::FutureExt as _;
+
+use super::ws::{self, Close, Handler};
 use crate::auth::RateLimiter;
 use crate::hub::Hub;
 use crate::registry::relay::RelayError;
@@ -189,26 +190,25 @@ impl Handler for Compendium {
     }
 }
 
-#[tracing::instrument(name = "compendium", skip_all, fields(%peer))]
-async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) {
-    let (conn, mut rx) = hub.registry.connect(None, Door::Compendium, peer);
-    tracing::info!(conn = conn.id, "connected");
-    let mut handler = Compendium {
+/// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
+fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+    let (conn, rx) = hub.registry.connect(None, Door::Compendium, peer);
+    tracing::info!(conn = conn.id, %peer, "compendium connected");
+    let handler = Compendium {
         hub: hub.clone(),
         conn: conn.clone(),
         limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
         addr: None,
     };
-    let liveness = Liveness {
-        idle: Duration::from_secs(hub.config.idle_timeout_secs),
-        ping: true,
-    };
-    let code = ws::drive(socket, &conn, &mut rx, &mut handler, &hub.metrics, liveness).await;
-    if let Some(addr) = handler.addr.take() {
-        hub.registry.compendium.release(&addr, conn.id);
-    }
-    hub.registry.disconnect(&conn, []);
-    tracing::info!(conn = conn.id, close_code = ?code, "disconnected");
+    ws::drive(socket, conn.clone(), rx, handler, hub.metrics.clone(), true).map(
+        move |(code, mut handler)| {
+            if let Some(addr) = handler.addr.take() {
+                hub.registry.compendium.release(&addr, conn.id);
+            }
+            hub.registry.disconnect(&conn, []);
+            tracing::info!(conn = conn.id, close_code = ?code, "compendium disconnected");
+        },
+    )
 }
 
 #[cfg(test)]

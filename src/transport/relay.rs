@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -18,7 +17,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::ws::{self, Close, Handler, Liveness};
+use futures_util::FutureExt as _;
+
+use super::ws::{self, Close, Handler};
 use crate::auth::RateLimiter;
 use crate::channels::presence;
 use crate::channels::relay::{Meta, info_json};
@@ -272,11 +273,16 @@ impl Handler for RawRelay {
     }
 }
 
-#[tracing::instrument(name = "relay", skip_all, fields(%peer))]
-async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, only_name: Option<String>) {
-    let (conn, mut rx) = hub.registry.connect(None, Door::Relay, peer);
-    tracing::info!(conn = conn.id, "connected");
-    let mut handler = RawRelay {
+/// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
+fn run(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    peer: SocketAddr,
+    only_name: Option<String>,
+) -> impl Future<Output = ()> + Send {
+    let (conn, rx) = hub.registry.connect(None, Door::Relay, peer);
+    tracing::info!(conn = conn.id, %peer, "relay connected");
+    let handler = RawRelay {
         hub: hub.clone(),
         conn: conn.clone(),
         only_name,
@@ -284,13 +290,12 @@ async fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr, only_name: Opti
         name: None,
         online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
     };
-    let liveness = Liveness {
-        idle: Duration::from_secs(hub.config.idle_timeout_secs),
-        ping: true,
-    };
-    let code = ws::drive(socket, &conn, &mut rx, &mut handler, &hub.metrics, liveness).await;
-    // A closed connection unregisters its device at once.
-    handler.unregister();
-    hub.registry.disconnect(&conn, []);
-    tracing::info!(conn = conn.id, close_code = ?code, "disconnected");
+    ws::drive(socket, conn.clone(), rx, handler, hub.metrics.clone(), true).map(
+        move |(code, mut handler)| {
+            // A closed connection unregisters its device at once.
+            handler.unregister();
+            hub.registry.disconnect(&conn, []);
+            tracing::info!(conn = conn.id, close_code = ?code, "relay disconnected");
+        },
+    )
 }

@@ -5,16 +5,18 @@
 //! HTTP 403 exactly where Phoenix does. After the upgrade the shared driver
 //! ([`super::ws::drive`]) runs the socket with a [`PhoenixHandler`].
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::ws::{self, Close, Handler, Liveness};
+use futures_util::FutureExt as _;
+
+use super::ws::{self, Close, Handler};
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::metrics;
@@ -96,7 +98,6 @@ fn to_ws(w: WireFrame) -> WsMessage {
 /// The Phoenix protocol on the WebSocket driver: decode, hand to the [`Session`], encode.
 struct PhoenixHandler {
     session: Session,
-    frames: Vec<Frame>,
 }
 
 impl Handler for PhoenixHandler {
@@ -107,17 +108,18 @@ impl Handler for PhoenixHandler {
         out: &mut Vec<WsMessage>,
     ) -> Result<(), Close> {
         let vsn = self.session.vsn();
+        // Not kept between frames: an idle socket should not hold reply buffers.
+        let mut frames: Vec<Frame> = Vec::new();
         let hub_metrics = &self.session.hub().metrics;
         match vsn.decode(data, binary) {
-            Ok(m) => self.session.handle(m, &mut self.frames).await,
+            Ok(m) => self.session.handle(m, &mut frames).await,
             Err(DecodeError::Malformed {
                 ref_,
                 topic,
                 reason,
             }) => {
                 metrics::inc(&hub_metrics.decode_errors);
-                self.session
-                    .malformed(ref_, &topic, reason, &mut self.frames)
+                self.session.malformed(ref_, &topic, reason, &mut frames)
             }
             Err(DecodeError::Fatal { code, reason }) => {
                 metrics::inc(&hub_metrics.decode_errors);
@@ -130,12 +132,7 @@ impl Handler for PhoenixHandler {
                 return Err(Close { code, reason });
             }
         }
-        out.extend(
-            self.frames
-                .drain(..)
-                .filter_map(|f| vsn.encode(&f))
-                .map(to_ws),
-        );
+        out.extend(frames.drain(..).filter_map(|f| vsn.encode(&f)).map(to_ws));
         Ok(())
     }
 
@@ -145,22 +142,35 @@ impl Handler for PhoenixHandler {
     }
 }
 
-#[tracing::instrument(name = "socket", skip_all, fields(device = %name, %peer))]
-async fn run(socket: WebSocket, hub: Arc<Hub>, name: DeviceName, vsn: Vsn, peer: SocketAddr) {
-    let (conn, mut rx) = hub.registry.connect(Some(name), Door::Phoenix, peer);
-    tracing::info!(conn = conn.id, ?vsn, "connected");
+/// The socket's task: registers the connection and drives it. A plain function that builds
+/// the driver future before the task's state machine exists (an `async fn` would keep its
+/// own copy of the socket beside the driver's), so an idle socket costs less memory.
+fn run(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    name: DeviceName,
+    vsn: Vsn,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let (conn, rx) = hub.registry.connect(Some(name), Door::Phoenix, peer);
+    tracing::info!(conn = conn.id, device = %conn.name, %peer, ?vsn, "connected");
     if vsn == Vsn::V2 {
         conn.set_binary_capable();
     }
-    let mut handler = PhoenixHandler {
+    let handler = PhoenixHandler {
         session: Session::new(hub.clone(), conn.clone(), vsn),
-        frames: Vec::new(),
     };
-    let liveness = Liveness {
-        idle: Duration::from_secs(hub.config.idle_timeout_secs),
-        ping: false,
-    };
-    let code = ws::drive(socket, &conn, &mut rx, &mut handler, &hub.metrics, liveness).await;
-    drop(handler);
-    tracing::info!(conn = conn.id, close_code = ?code, "disconnected");
+    ws::drive(
+        socket,
+        conn.clone(),
+        rx,
+        handler,
+        hub.metrics.clone(),
+        false,
+    )
+    .map(move |(code, handler)| {
+        // Ending the session leaves its channels and Presence.
+        drop(handler);
+        tracing::info!(conn = conn.id, device = %conn.name, close_code = ?code, "disconnected");
+    })
 }

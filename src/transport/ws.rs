@@ -1,15 +1,16 @@
 //! The WebSocket connection driver shared by every WebSocket door (Phoenix, raw relay,
 //! Compendium): one task per socket running one `select!` over the connection's kill
-//! switch, inbound frames, its bounded outbound queue and the idle deadline. Doors plug in
+//! switch, inbound frames and its bounded outbound queue (idle deadlines are the
+//! registry's shared sweep). Doors plug in
 //! a [`Handler`] that turns inbound frames and queued items into outbound messages.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::metrics::{self, Metrics};
 use crate::protocol::serializer::close_code;
@@ -44,16 +45,6 @@ pub trait Handler: Send {
     /// Renders an item from the connection's queue into `out` (or drops it); `Err` closes
     /// the connection after `out` is written.
     fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close>;
-}
-
-/// How the driver keeps a connection alive.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    /// Close (1001) after this long without any inbound frame.
-    pub idle: Duration,
-    /// Send a WebSocket ping when half the idle time has passed in silence (for protocols
-    /// without their own heartbeat; clients answer pings automatically).
-    pub ping: bool,
 }
 
 /// Close code for a read error: 1009 too big, 1007 bad UTF-8, 1002 protocol violation.
@@ -120,21 +111,24 @@ async fn write_all(
     }
 }
 
-/// Runs a connection until it ends; returns the close code sent, if any.
+/// Runs a connection until it ends; returns the close code sent, if any, and the handler
+/// (for the door's cleanup).
+///
+/// Takes everything by value so a door can build this future before its task's own state
+/// machine exists: the socket is then stored once per connection, not once per async
+/// layer. Idle connections are closed by the registry's shared sweep
+/// ([`crate::registry::Registry::sweep_idle`]), not by a timer per socket; with `ping`
+/// the sweep also asks for a WebSocket ping at half the idle time (for protocols without
+/// a heartbeat of their own; clients answer pings automatically).
 pub async fn drive<H: Handler>(
     mut socket: WebSocket,
-    conn: &Conn,
-    rx: &mut mpsc::Receiver<Outbound>,
-    handler: &mut H,
-    metrics: &Metrics,
-    liveness: Liveness,
-) -> Option<u16> {
-    let idle = liveness.idle.max(Duration::from_millis(100));
-    let mut last_in = Instant::now();
-    let mut pinged = false;
-    let first_check = if liveness.ping { idle / 2 } else { idle };
-    let deadline = tokio::time::sleep(first_check);
-    tokio::pin!(deadline);
+    conn: Arc<Conn>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut handler: H,
+    metrics: Arc<Metrics>,
+    ping: bool,
+) -> (Option<u16>, H) {
+    conn.watch_idle(ping);
     let mut out: Vec<WsMessage> = Vec::new();
     let killed = Close {
         code: 0,
@@ -149,13 +143,12 @@ pub async fn drive<H: Handler>(
                 let msg = match inbound {
                     None => break None,
                     Some(Err(e)) => {
-                        note_send_timeout(&e, conn, metrics);
+                        note_send_timeout(&e, &conn, &metrics);
                         break classify(e);
                     }
                     Some(Ok(m)) => m,
                 };
-                last_in = Instant::now();
-                pinged = false;
+                conn.touch();
                 metrics::inc(&metrics.frames_in);
                 // Boxed: the handler's future (channel work, store queries) is large and
                 // short-lived; kept inline it would be part of every idle socket's task.
@@ -167,64 +160,70 @@ pub async fn drive<H: Handler>(
                 };
                 if let Err(close) = handled {
                     // Whatever was produced before the fatal frame still goes out first.
-                    let _ = write_all(&mut socket, conn, &mut out).await;
+                    let _ = write_all(&mut socket, &conn, &mut out).await;
                     break Some(close);
                 }
             }
             item = rx.recv() => {
                 // `conn` holds the sender, so the queue cannot close while we run.
                 let Some(item) = item else { break None };
-                let mut handled = handler.on_outbound(item, &mut out);
+                let mut handled = outbound(&mut handler, item, &mut out);
                 while handled.is_ok() && out.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(item) => handled = handler.on_outbound(item, &mut out),
+                        Ok(item) => handled = outbound(&mut handler, item, &mut out),
                         Err(_) => break,
                     }
                 }
                 if let Err(close) = handled {
-                    let _ = write_all(&mut socket, conn, &mut out).await;
+                    let _ = write_all(&mut socket, &conn, &mut out).await;
                     break Some(close);
-                }
-            }
-            _ = &mut deadline => {
-                let silent = last_in.elapsed();
-                if silent >= idle {
-                    break Some(Close { code: close_code::GOING_AWAY, reason: "idle timeout" });
-                }
-                if liveness.ping && !pinged && silent >= idle / 2 {
-                    out.push(WsMessage::Ping(Default::default()));
-                    pinged = true;
-                    deadline.as_mut().reset(last_in + idle);
-                } else if liveness.ping && !pinged {
-                    deadline.as_mut().reset(last_in + idle / 2);
-                } else {
-                    deadline.as_mut().reset(last_in + idle);
                 }
             }
         }
         metrics::add(&metrics.frames_out, out.len() as u64);
-        if let Err(failed) = write_all(&mut socket, conn, &mut out).await {
+        if let Err(failed) = write_all(&mut socket, &conn, &mut out).await {
             if let Some(e) = failed {
-                note_send_timeout(&e, conn, metrics);
+                note_send_timeout(&e, &conn, &metrics);
             }
             break conn.is_killed().then_some(killed);
         }
     };
 
-    let close = end.map(|c| {
-        if c.code == 0 {
+    let Some(mut close) = end else {
+        return (None, handler);
+    };
+    if close.code == 0 {
+        close = if conn.idled_out() {
             Close {
-                code: conn.close_code(),
-                ..c
+                code: close_code::GOING_AWAY,
+                reason: "idle timeout",
             }
         } else {
-            c
-        }
-    })?;
+            Close {
+                code: conn.close_code(),
+                ..close
+            }
+        };
+    }
     let frame = CloseFrame {
         code: close.code,
         reason: close.reason.into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
-    Some(close.code)
+    (Some(close.code), handler)
+}
+
+/// Renders a queued item: pings are the driver's own, everything else the door's.
+fn outbound<H: Handler>(
+    handler: &mut H,
+    item: Outbound,
+    out: &mut Vec<WsMessage>,
+) -> Result<(), Close> {
+    match item {
+        Outbound::Ping => {
+            out.push(WsMessage::Ping(Default::default()));
+            Ok(())
+        }
+        item => handler.on_outbound(item, out),
+    }
 }

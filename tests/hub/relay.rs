@@ -1287,3 +1287,39 @@ async fn force_takeover_of_a_phoenix_holder_closes_only_its_relay_channel() {
     assert_eq!(reply_of(&r).1["reason"], "unmatched topic");
     assert_eq!(raw_devices(&mut raw).await, json!(["porch"]));
 }
+
+/// The raw relay has no heartbeat of its own: the hub pings a silent device at half the
+/// idle time, the client's automatic pong keeps it connected, and a device that answers
+/// nothing is closed (1001) once the idle time has passed.
+#[tokio::test]
+async fn silent_raw_devices_are_pinged_and_only_mute_ones_time_out() {
+    let hub = TestHub::start_with(|c| c.idle_timeout_secs = 1).await;
+    let mut answering = raw_device(&hub, "answering").await;
+    let started = Instant::now();
+    // Reading lets tungstenite answer each ping with a pong (an inbound frame for the hub).
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        match tokio::time::timeout(Duration::from_millis(100), answering.ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(other))) => panic!("unexpected frame {other:?}"),
+            Ok(other) => panic!("socket ended: {other:?}"),
+            Err(_) => {}
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 2.5 s with a 1 s idle time");
+    // Still registered and working after 2.5 idle times.
+    assert_eq!(raw_devices(&mut answering).await, json!(["answering"]));
+
+    // A device that never reads never answers the ping: closed as idle.
+    let mute = hub.relay_ws().await;
+    sleep(Duration::from_millis(2000)).await;
+    let mut mute = mute;
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), mute.ws.next()).await {
+        if let Message::Close(f) = m {
+            code = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            break;
+        }
+    }
+    assert_eq!(code, Some((1001, "idle timeout".to_owned())));
+}
