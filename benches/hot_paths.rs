@@ -95,7 +95,7 @@ fn broadcast(c: &mut Criterion) {
         b.iter(|| {
             let n = reg.broadcast("events", "event", OutPayload::Json(body.to_owned()), None);
             for (_, rx) in receivers.iter_mut() {
-                if let Ok(homehub::registry::Outbound::Broadcast(shared)) = rx.try_recv() {
+                if let Some(homehub::registry::Outbound::Broadcast(shared)) = rx.try_recv() {
                     black_box(shared.encoded(Vsn::V2));
                 }
             }

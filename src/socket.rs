@@ -6,7 +6,6 @@
 //! [`Session::outbound`], which fills in join_refs and drops frames for topics no longer
 //! joined. Channels never learn which transport is in use.
 
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -31,12 +30,60 @@ struct Joined {
     state: ChannelState,
 }
 
+/// The channels a socket has joined, by topic: a short list rather than a hash map, since a
+/// device joins one or two topics (at most `HOMEHUB_MAX_CHANNELS`) and an idle socket's
+/// memory matters more than lookups among a handful of entries.
+#[derive(Default)]
+struct Channels(Vec<(String, Joined)>);
+
+impl Channels {
+    fn position(&self, topic: &str) -> Option<usize> {
+        self.0.iter().position(|(t, _)| t == topic)
+    }
+
+    fn get(&self, topic: &str) -> Option<&Joined> {
+        self.0.iter().find(|(t, _)| t == topic).map(|(_, j)| j)
+    }
+
+    fn get_mut(&mut self, topic: &str) -> Option<&mut Joined> {
+        self.0.iter_mut().find(|(t, _)| t == topic).map(|(_, j)| j)
+    }
+
+    fn contains_key(&self, topic: &str) -> bool {
+        self.position(topic).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(t, _)| t)
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Joined> {
+        let i = self.position(topic)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn insert(&mut self, topic: String, joined: Joined) {
+        match self.get_mut(&topic) {
+            Some(slot) => *slot = joined,
+            None => {
+                // Grow one entry at a time: most sockets never hold more than one or two.
+                self.0.reserve_exact(1);
+                self.0.push((topic, joined));
+            }
+        }
+    }
+}
+
 /// The per-connection Phoenix socket state.
 pub struct Session {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
     vsn: Vsn,
-    channels: HashMap<String, Joined>,
+    channels: Channels,
     online_at: i64,
     /// Pushes per second this socket may send (heartbeats excepted).
     limiter: RateLimiter,
@@ -57,7 +104,7 @@ impl Session {
         let session = Session {
             conn,
             vsn,
-            channels: HashMap::new(),
+            channels: Channels::default(),
             online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
             limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
             hub,

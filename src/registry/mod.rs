@@ -8,6 +8,7 @@
 //! (policy, close code 1008) instead of letting memory grow.
 
 pub mod compendium;
+pub mod outbox;
 pub mod presence;
 pub mod relay;
 
@@ -18,7 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::DeviceName;
@@ -98,7 +98,7 @@ pub struct Conn {
     pub ip: IpAddr,
     pub connected_at: String,
     /// Bounded queue drained by the connection's own task.
-    tx: mpsc::Sender<Outbound>,
+    outbox: outbox::Outbox,
     /// Cancelled to make the connection's task close the socket with `close_code`.
     kill: CancellationToken,
     close_code: AtomicU16,
@@ -145,6 +145,10 @@ impl Conn {
         )
     }
 
+    fn outbox(&self) -> &outbox::Outbox {
+        &self.outbox
+    }
+
     /// Puts the connection under the registry's idle sweep (see [`Registry::sweep_idle`]);
     /// with `ping`, a silent connection is pinged at half the idle time.
     pub fn watch_idle(&self, ping: bool) {
@@ -172,9 +176,9 @@ impl Conn {
 
     /// Queues `out` without waiting. A full queue kills the connection (slow consumer).
     pub fn send(&self, out: Outbound) -> Result<(), SendError> {
-        match self.tx.try_send(out) {
+        match self.outbox.push(out) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(outbox::PushError::Full) => {
                 if !self.kill.is_cancelled() {
                     metrics::inc(&self.metrics.slow_consumers_closed);
                     tracing::warn!(conn = self.id, device = %self.name, "outbound queue full; closing slow connection");
@@ -182,7 +186,7 @@ impl Conn {
                 self.kill(close_code::POLICY);
                 Err(SendError::Full)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+            Err(outbox::PushError::Closed) => Err(SendError::Closed),
         }
     }
 
@@ -289,8 +293,7 @@ impl Registry {
         name: Option<DeviceName>,
         door: Door,
         remote: SocketAddr,
-    ) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
+    ) -> (Arc<Conn>, outbox::Receiver) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
         let name = name.unwrap_or_else(|| {
@@ -308,7 +311,7 @@ impl Registry {
             ip: remote.ip(),
             remote: remote.to_string(),
             connected_at: crate::domain::now_rfc3339(),
-            tx,
+            outbox: outbox::Outbox::new(self.queue_capacity),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
@@ -335,6 +338,7 @@ impl Registry {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
             old.kill(close_code::GOING_AWAY);
         }
+        let rx = outbox::Receiver::new(conn.clone());
         (conn, rx)
     }
 

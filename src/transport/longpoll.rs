@@ -29,7 +29,8 @@ use crate::hub::Hub;
 use crate::metrics;
 use crate::protocol::serializer::close_code;
 use crate::protocol::{DecodeError, Frame, Vsn, WireFrame};
-use crate::registry::{Conn, Door, Outbound};
+use crate::registry::outbox::Receiver;
+use crate::registry::{Conn, Door};
 use crate::socket::Session;
 
 /// At most this many lines of one ndjson `POST` are processed (§7.6).
@@ -302,7 +303,7 @@ async fn publish(s: Arc<LpSession>, headers: &HeaderMap, body: &[u8]) -> Respons
 async fn run(
     hub: Arc<Hub>,
     s: Arc<LpSession>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: Receiver,
     mut inbox: mpsc::Receiver<Batch>,
     vsn: Vsn,
     name: DeviceName,
@@ -341,7 +342,6 @@ async fn run(
                 }
             }
             item = rx.recv() => {
-                let Some(item) = item else { break "gone" };
                 s.push(session.outbound(item));
             }
             _ = tick.tick() => {

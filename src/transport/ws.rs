@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
 
 use crate::metrics::{self, Metrics};
 use crate::protocol::serializer::close_code;
+use crate::registry::outbox::Receiver;
 use crate::registry::{Conn, Outbound};
 
 /// Read chunk size of a socket: small, since device traffic is tiny and memory per idle
@@ -123,7 +123,7 @@ async fn write_all(
 pub async fn drive<H: Handler>(
     mut socket: WebSocket,
     conn: Arc<Conn>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: Receiver,
     mut handler: H,
     metrics: Arc<Metrics>,
     ping: bool,
@@ -165,13 +165,11 @@ pub async fn drive<H: Handler>(
                 }
             }
             item = rx.recv() => {
-                // `conn` holds the sender, so the queue cannot close while we run.
-                let Some(item) = item else { break None };
                 let mut handled = outbound(&mut handler, item, &mut out);
                 while handled.is_ok() && out.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(item) => handled = outbound(&mut handler, item, &mut out),
-                        Err(_) => break,
+                        Some(item) => handled = outbound(&mut handler, item, &mut out),
+                        None => break,
                     }
                 }
                 if let Err(close) = handled {
