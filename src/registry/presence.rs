@@ -18,21 +18,30 @@ pub const TOPIC: &str = "presence:devices";
 /// One connection's meta. The application fields are kept as their JSON object text: a
 /// few dozen bytes per device instead of a map of values, compared and copied as a whole.
 struct Meta {
-    phx_ref: String,
+    /// Rendered as 16 hex digits.
+    phx_ref: u64,
     fields: Box<str>,
+}
+
+/// A key's metas by connection id: almost always exactly one, so a list grown one entry
+/// at a time rather than a hash map.
+type Metas = Vec<(u64, Meta)>;
+
+fn ref_str(phx_ref: u64) -> String {
+    format!("{phx_ref:016x}")
 }
 
 impl Meta {
     /// The meta as Phoenix sends it: the fields plus `phx_ref` (and `phx_ref_prev`).
-    fn write(&self, out: &mut String, prev: Option<&str>) {
+    fn write(&self, out: &mut String, prev: Option<u64>) {
         let inner = self.fields.trim_end().strip_suffix('}').unwrap_or("{");
         out.push_str(inner);
         if inner.trim() != "{" {
             out.push(',');
         }
-        let _ = write!(out, "\"phx_ref\":{}", json_str(&self.phx_ref));
+        let _ = write!(out, "\"phx_ref\":\"{}\"", ref_str(self.phx_ref));
         if let Some(prev) = prev {
-            let _ = write!(out, ",\"phx_ref_prev\":{}", json_str(prev));
+            let _ = write!(out, ",\"phx_ref_prev\":\"{}\"", ref_str(prev));
         }
         out.push('}');
     }
@@ -43,7 +52,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// `{"<key>":{"metas":[<meta>]}}`
-fn entry(key: &str, meta: &Meta, prev: Option<&str>) -> String {
+fn entry(key: &str, meta: &Meta, prev: Option<u64>) -> String {
     let mut out = format!("{{{}:{{\"metas\":[", json_str(key));
     meta.write(&mut out, prev);
     out.push_str("]}}");
@@ -51,7 +60,7 @@ fn entry(key: &str, meta: &Meta, prev: Option<&str>) -> String {
 }
 
 pub struct Presence {
-    entries: Mutex<HashMap<String, HashMap<u64, Meta>>>,
+    entries: Mutex<HashMap<String, Metas>>,
     seq: AtomicU64,
     /// Random per process, so refs from before a restart never collide with new ones.
     epoch: u32,
@@ -68,13 +77,13 @@ impl Default for Presence {
 }
 
 impl Presence {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<u64, Meta>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Metas>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn next_ref(&self) -> String {
+    fn next_ref(&self) -> u64 {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:08x}", self.epoch, n as u32)
+        (u64::from(self.epoch) << 32) | u64::from(n as u32)
     }
 
     /// Tracks (`Some`), updates, or untracks (`None`) the meta of one connection under
@@ -88,10 +97,15 @@ impl Presence {
         want_diff: bool,
     ) -> Option<String> {
         let mut entries = self.lock();
-        let metas = entries.entry(key.to_owned()).or_default();
+        if !entries.contains_key(key) {
+            fields.as_ref()?;
+            entries.insert(key.to_owned(), Vec::new());
+        }
+        let metas = entries.get_mut(key)?;
+        let at = metas.iter().position(|(id, _)| *id == conn_id);
         let old = match fields {
             Some(fields) => {
-                if metas.get(&conn_id).is_some_and(|m| *m.fields == *fields) {
+                if at.is_some_and(|i| *metas[i].1.fields == *fields) {
                     return None;
                 }
                 let new = Meta {
@@ -99,10 +113,17 @@ impl Presence {
                     fields: fields.into_boxed_str(),
                 };
                 let joins = want_diff.then(|| {
-                    let prev = metas.get(&conn_id).map(|m| m.phx_ref.as_str());
+                    let prev = at.map(|i| metas[i].1.phx_ref);
                     entry(key, &new, prev)
                 });
-                let old = metas.insert(conn_id, new);
+                let old = match at {
+                    Some(i) => Some(std::mem::replace(&mut metas[i].1, new)),
+                    None => {
+                        metas.reserve_exact(1);
+                        metas.push((conn_id, new));
+                        None
+                    }
+                };
                 let joins = joins?;
                 let leaves = match &old {
                     Some(old) => entry(key, old, None),
@@ -110,7 +131,7 @@ impl Presence {
                 };
                 return Some(format!("{{\"joins\":{joins},\"leaves\":{leaves}}}"));
             }
-            None => metas.remove(&conn_id),
+            None => at.map(|i| metas.swap_remove(i).1),
         };
         if metas.is_empty() {
             entries.remove(key);
@@ -128,7 +149,7 @@ impl Presence {
                 out.push(',');
             }
             let _ = write!(out, "{}:{{\"metas\":[", json_str(key));
-            for (j, meta) in metas.values().enumerate() {
+            for (j, (_, meta)) in metas.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }

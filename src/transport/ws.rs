@@ -120,95 +120,102 @@ async fn write_all(
 /// ([`crate::registry::Registry::sweep_idle`]), not by a timer per socket; with `ping`
 /// the sweep also asks for a WebSocket ping at half the idle time (for protocols without
 /// a heartbeat of their own; clients answer pings automatically).
-pub async fn drive<H: Handler>(
+#[allow(clippy::manual_async_fn)] // on purpose, see the comment in the body
+pub fn drive<H: Handler>(
     mut socket: WebSocket,
     conn: Arc<Conn>,
     mut rx: Receiver,
     mut handler: H,
     metrics: Arc<Metrics>,
     ping: bool,
-) -> (Option<u16>, H) {
-    conn.watch_idle(ping);
-    let mut out: Vec<WsMessage> = Vec::new();
-    let killed = Close {
-        code: 0,
-        reason: "closed by the hub",
-    };
+) -> impl Future<Output = (Option<u16>, H)> + Send {
+    // An `async` block, not an `async fn`: an async fn's state machine keeps its arguments
+    // twice (rust-lang/rust#62958), which would cost every idle socket another copy of its
+    // WebSocket and handler.
+    async move {
+        conn.watch_idle(ping);
+        let mut out: Vec<WsMessage> = Vec::new();
+        let killed = Close {
+            code: 0,
+            reason: "closed by the hub",
+        };
 
-    let end: Option<Close> = loop {
-        tokio::select! {
-            biased;
-            _ = conn.killed() => break Some(killed),
-            inbound = socket.recv() => {
-                let msg = match inbound {
-                    None => break None,
-                    Some(Err(e)) => {
-                        note_send_timeout(&e, &conn, &metrics);
-                        break classify(e);
-                    }
-                    Some(Ok(m)) => m,
-                };
-                conn.touch();
-                metrics::inc(&metrics.frames_in);
-                // Boxed: the handler's future (channel work, store queries) is large and
-                // short-lived; kept inline it would be part of every idle socket's task.
-                let handled = match &msg {
-                    WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
-                    WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
-                    WsMessage::Close(_) => break None,
-                    WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
-                };
-                if let Err(close) = handled {
-                    // Whatever was produced before the fatal frame still goes out first.
-                    let _ = write_all(&mut socket, &conn, &mut out).await;
-                    break Some(close);
-                }
-            }
-            item = rx.recv() => {
-                let mut handled = outbound(&mut handler, item, &mut out);
-                while handled.is_ok() && out.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Some(item) => handled = outbound(&mut handler, item, &mut out),
-                        None => break,
+        let end: Option<Close> = loop {
+            tokio::select! {
+                biased;
+                _ = conn.killed() => break Some(killed),
+                inbound = socket.recv() => {
+                    let msg = match inbound {
+                        None => break None,
+                        Some(Err(e)) => {
+                            note_send_timeout(&e, &conn, &metrics);
+                            break classify(e);
+                        }
+                        Some(Ok(m)) => m,
+                    };
+                    conn.touch();
+                    metrics::inc(&metrics.frames_in);
+                    // Boxed: the handler's future (channel work, store queries) is large and
+                    // short-lived; kept inline it would be part of every idle socket's task.
+                    let handled = match &msg {
+                        WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
+                        WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
+                        WsMessage::Close(_) => break None,
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+                    };
+                    if let Err(close) = handled {
+                        // Whatever was produced before the fatal frame still goes out first.
+                        let _ = write_all(&mut socket, &conn, &mut out).await;
+                        break Some(close);
                     }
                 }
-                if let Err(close) = handled {
-                    let _ = write_all(&mut socket, &conn, &mut out).await;
-                    break Some(close);
+                item = rx.recv() => {
+                    let mut handled = outbound(&mut handler, item, &mut out);
+                    while handled.is_ok() && out.len() < WRITE_BATCH {
+                        match rx.try_recv() {
+                            Some(item) => handled = outbound(&mut handler, item, &mut out),
+                            None => break,
+                        }
+                    }
+                    if let Err(close) = handled {
+                        let _ = write_all(&mut socket, &conn, &mut out).await;
+                        break Some(close);
+                    }
                 }
             }
-        }
-        metrics::add(&metrics.frames_out, out.len() as u64);
-        if let Err(failed) = write_all(&mut socket, &conn, &mut out).await {
-            if let Some(e) = failed {
-                note_send_timeout(&e, &conn, &metrics);
-            }
-            break conn.is_killed().then_some(killed);
-        }
-    };
-
-    let Some(mut close) = end else {
-        return (None, handler);
-    };
-    if close.code == 0 {
-        close = if conn.idled_out() {
-            Close {
-                code: close_code::GOING_AWAY,
-                reason: "idle timeout",
-            }
-        } else {
-            Close {
-                code: conn.close_code(),
-                ..close
+            metrics::add(&metrics.frames_out, out.len() as u64);
+            if let Err(failed) = write_all(&mut socket, &conn, &mut out).await {
+                if let Some(e) = failed {
+                    note_send_timeout(&e, &conn, &metrics);
+                }
+                break conn.is_killed().then_some(killed);
             }
         };
+
+        let Some(mut close) = end else {
+            return (None, handler);
+        };
+        if close.code == 0 {
+            close = if conn.idled_out() {
+                Close {
+                    code: close_code::GOING_AWAY,
+                    reason: "idle timeout",
+                }
+            } else {
+                Close {
+                    code: conn.close_code(),
+                    ..close
+                }
+            };
+        }
+        let frame = CloseFrame {
+            code: close.code,
+            reason: close.reason.into(),
+        };
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
+        (Some(close.code), handler)
     }
-    let frame = CloseFrame {
-        code: close.code,
-        reason: close.reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
-    (Some(close.code), handler)
 }
 
 /// Renders a queued item: pings are the driver's own, everything else the door's.
