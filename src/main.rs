@@ -5,11 +5,43 @@ use clap::Parser;
 use homehub::cli::{Cli, Command};
 use homehub::hub::Server;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// mimalloc: a socket's frames are many small, short-lived allocations; glibc malloc was
+/// ~9 % of the hub's CPU in heartbeat and relay profiles (see bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
     // `.env` is optional: a missing file is not an error.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+/// One worker thread per CPU the process may run on; on a single CPU (a small box, or a
+/// hub pinned with `taskset`) a current-thread runtime, which skips the work-stealing
+/// scheduler's bookkeeping. Blocking work (password hashing) has its own threads either way.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus)
+            .enable_all()
+            .build()
+    }
+}
+
+async fn run(cli: Cli) -> std::process::ExitCode {
     // Held until exit so queued log lines are flushed.
     let _log_guard = homehub::telemetry::init();
     let result = match &cli.command {
