@@ -375,7 +375,7 @@ async fn run_scenario(
     res.put("loopback_backlog_drops", drops);
     if retrans > 0 && id != "S5b" {
         res.note(format!(
-            "{retrans} TCP segments were retransmitted during measured windows ({drops} packets dropped by full per-CPU backlog queues, net.core.netdev_max_backlog): each costs its message ≥ 200 ms and shows in the tail latencies"
+            "{retrans} TCP segments were retransmitted during measured windows ({drops} packets dropped by full per-CPU backlog queues, net.core.netdev_max_backlog). On loopback most are tail-loss probes, sent when a busy receiver delayed its ACK, whose original had arrived (the receiver answers with a DSACK; see TcpExtTCPLossProbes and TcpExtTCPDSACKRecv in `nstat`); a segment really lost costs its message ≥ 200 ms"
         ));
     }
     if other > DISTURBED_PCT {
