@@ -432,6 +432,39 @@ async fn metric(hub: &TestHub, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Names of the connected devices, from the admin API.
+async fn device_names(hub: &TestHub) -> Vec<String> {
+    let (_, devices) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;
+    devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `lock` (joined to `topic`) reports event `n` padded with `pad`; `fast`, a subscriber
+/// that keeps reading, receives it.
+async fn event_reaches_fast_reader(
+    lock: &mut TestClient,
+    fast: &mut TestClient,
+    topic: &str,
+    n: usize,
+    pad: &str,
+) {
+    let r = lock
+        .push(
+            "1",
+            &format!("e{n}"),
+            topic,
+            "event",
+            json!({"n": n, "pad": pad}),
+        )
+        .await;
+    assert_eq!(reply_of(&r).0, "ok");
+    assert_eq!(fast.recv_event("event").await[4]["message"]["n"], n);
+}
+
 /// A subscriber that stops reading while its queue stays short: its backlog sits in kernel
 /// buffers, where the queue policy cannot see it. The send timeout (`TCP_USER_TIMEOUT`)
 /// drops it once its receive window has been closed for that long.
@@ -468,31 +501,15 @@ async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
     // 8 events of 32 KiB: far more than the stalled window, far less than the queue.
     let pad = "w".repeat(32 * 1024);
     for i in 0..8 {
-        let r = lock
-            .push(
-                "1",
-                &format!("e{i}"),
-                "lock:W1",
-                "event",
-                json!({"n": i, "pad": pad}),
-            )
-            .await;
-        assert_eq!(reply_of(&r).0, "ok");
-        assert_eq!(fast.recv_event("event").await[4]["message"]["n"], i);
+        event_reaches_fast_reader(&mut lock, &mut fast, "lock:W1", i, &pad).await;
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, devices) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;
-        let names: Vec<&str> = devices["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["name"].as_str().unwrap())
-            .collect();
-        if !names.contains(&"stalled") {
+        let names = device_names(&hub).await;
+        if !names.iter().any(|n| n == "stalled") {
             assert!(
-                names.contains(&"fast") && names.contains(&"lockdev"),
+                names.iter().any(|n| n == "fast") && names.iter().any(|n| n == "lockdev"),
                 "{names:?}"
             );
             break;
@@ -533,26 +550,8 @@ async fn slow_reader_is_dropped_and_others_keep_receiving() {
     let pad = "p".repeat(60_000);
     let mut gone = false;
     for i in 0..400 {
-        let r = lock
-            .push(
-                "1",
-                &format!("e{i}"),
-                "lock:F1",
-                "event",
-                json!({"n": i, "pad": pad}),
-            )
-            .await;
-        assert_eq!(reply_of(&r).0, "ok");
-        let f = fast.recv_event("event").await;
-        assert_eq!(f[4]["message"]["n"], i);
-        let (_, devices) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;
-        let names: Vec<&str> = devices["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["name"].as_str().unwrap())
-            .collect();
-        if !names.contains(&"slow") {
+        event_reaches_fast_reader(&mut lock, &mut fast, "lock:F1", i, &pad).await;
+        if !device_names(&hub).await.iter().any(|n| n == "slow") {
             gone = true;
             break;
         }
