@@ -5,11 +5,6 @@ use clap::Parser;
 use homehub::cli::{Cli, Command};
 use homehub::hub::Server;
 
-/// mimalloc: a socket's frames are many small, short-lived allocations; glibc malloc was
-/// ~9 % of the hub's CPU in heartbeat and relay profiles (see bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // `.env` is optional: a missing file is not an error.
     let _ = dotenvy::dotenv();
