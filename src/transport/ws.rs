@@ -1,8 +1,8 @@
 //! The WebSocket connection driver shared by every WebSocket door (Phoenix, raw relay,
 //! Compendium): one task per socket running one `select!` over the connection's kill
 //! switch, inbound frames and its bounded outbound queue (idle deadlines are the
-//! registry's shared sweep). Doors plug in
-//! a [`Handler`] that turns inbound frames and queued items into outbound messages.
+//! registry's shared sweep). Doors plug in a [`Handler`] that turns inbound frames and
+//! queued items into outbound messages.
 
 use std::future::Future;
 use std::sync::Arc;
