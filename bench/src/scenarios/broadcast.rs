@@ -10,7 +10,9 @@ use std::rc::Rc;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{CtxRc, Step, gen_bound_note, gen_cost_note, hub_capacity_note, int, ladder, ms, pct};
+use super::{
+    CtxRc, Step, Window, gen_bound_note, gen_cost_note, hub_capacity_note, int, ladder, ms,
+};
 use crate::ctx::FleetOut;
 use crate::pace;
 use crate::report::ScenarioResult;
@@ -131,65 +133,23 @@ async fn fan_step(ctx: &CtxRc, f: &Fanout, rate: f64, secs: f64, label: &str) ->
     ctx.set_phase(format!("{label} {} deliveries/s", int(rate)));
     let ev_rate = rate / receivers.max(1) as f64;
     let m = ctx.meter();
-    let start = now_ns() + 2_000_000;
-    let end = start + (secs * 1e9) as u64;
-    ctx.sh.early_until_ns.set(start + (secs * 0.25e9) as u64);
+    let w = Window::open(ctx, rate, secs);
     let seq0 = f.next_seq.get();
-    let sent = pace::open_loop(ev_rate, start, end, |i, t| {
+    let sent = pace::open_loop(ev_rate, w.start, w.end, |i, t| {
         let _ = f.pushers[(i % f.pushers.len() as u64) as usize].send((t, seq0 + i));
     })
     .await;
     f.next_seq.set(seq0 + sent);
     let expected = sent * receivers;
-    let drain_max = now_ns() + 2_000_000_000 + (secs * 0.5e9) as u64;
     let c = &ctx.sh.c;
-    while (delivered(ctx, seq0, seq0 + sent) < expected
-        || c.replies_ok.get() + c.replies_err.get() < sent)
-        && now_ns() < drain_max
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    let usage = m.finish();
+    w.drain(|| {
+        delivered(ctx, seq0, seq0 + sent) >= expected
+            && c.replies_ok.get() + c.replies_err.get() >= sent
+    })
+    .await;
     let got = delivered(ctx, seq0, seq0 + sent);
-    let last = c.last_recv_ns.get();
-    let mut s = Step {
-        rate,
-        secs,
-        scheduled: sent,
-        expected,
-        delivered: got,
-        replies_ok: c.replies_ok.get(),
-        replies_err: c.replies_err.get(),
-        closes: c.closes.get(),
-        achieved: if last > start {
-            (got as f64 / ((last - start) as f64 / 1e9)).round()
-        } else {
-            0.0
-        },
-        drain_ms: (last.saturating_sub(end)) as f64 / 1e6,
-        latency: ctx.sh.lat.borrow().summary(),
-        latency_first_quarter: ctx.sh.lat_early.borrow().summary(),
-        send_lag_p99_ms: ctx.sh.lag.borrow().summary().p99_ms,
-        usage,
-        pass: false,
-        why: String::new(),
-        generator_bound: false,
-    };
-    s.judge();
-    eprintln!(
-        "  {label} {:>9}/s ({:.1} events/s): delivered {}/{} p50 {} p99 {} hub {} gen {:.0}% other {:.0}% retrans {} -> {}",
-        int(rate),
-        ev_rate,
-        int(got as f64),
-        int(expected as f64),
-        ms(s.latency.p50_ms),
-        ms(s.latency.p99_ms),
-        pct(s.usage.hub_cpu_pct),
-        s.usage.gen_cpu_pct,
-        s.usage.other_cpu_pct,
-        s.usage.net.tcp_retrans_segs,
-        if s.pass { "pass" } else { &s.why }
-    );
+    let s = w.finish(ctx, sent, expected, got, m.finish());
+    s.print(label, &format!(" ({ev_rate:.1} events/s)"));
     pace::sleep_secs(0.3).await;
     s
 }

@@ -97,6 +97,94 @@ impl Step {
     }
 }
 
+/// The timing of one open-loop step: starts 2 ms from now, runs `secs`, and marks its first
+/// quarter for `latency_first_quarter`.
+pub struct Window {
+    pub rate: f64,
+    pub secs: f64,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Window {
+    pub fn open(ctx: &Ctx, rate: f64, secs: f64) -> Window {
+        let start = crate::stats::now_ns() + 2_000_000;
+        ctx.sh.early_until_ns.set(start + (secs * 0.25e9) as u64);
+        Window {
+            rate,
+            secs,
+            start,
+            end: start + (secs * 1e9) as u64,
+        }
+    }
+
+    /// Waits until `done` (every delivery and reply of the step arrived), at most 2 s plus
+    /// half the step.
+    pub async fn drain(&self, done: impl Fn() -> bool) {
+        let max = crate::stats::now_ns() + 2_000_000_000 + (self.secs * 0.5e9) as u64;
+        while !done() && crate::stats::now_ns() < max {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The step's figures from the shared counters, judged.
+    pub fn finish(
+        &self,
+        ctx: &Ctx,
+        scheduled: u64,
+        expected: u64,
+        delivered: u64,
+        usage: Usage,
+    ) -> Step {
+        let c = &ctx.sh.c;
+        let last = c.last_recv_ns.get();
+        let mut s = Step {
+            rate: self.rate,
+            secs: self.secs,
+            scheduled,
+            expected,
+            delivered,
+            replies_ok: c.replies_ok.get(),
+            replies_err: c.replies_err.get(),
+            closes: c.closes.get(),
+            achieved: if last > self.start {
+                (delivered as f64 / ((last - self.start) as f64 / 1e9)).round()
+            } else {
+                0.0
+            },
+            drain_ms: (last.saturating_sub(self.end)) as f64 / 1e6,
+            latency: ctx.sh.lat.borrow().summary(),
+            latency_first_quarter: ctx.sh.lat_early.borrow().summary(),
+            send_lag_p99_ms: ctx.sh.lag.borrow().summary().p99_ms,
+            usage,
+            pass: false,
+            why: String::new(),
+            generator_bound: false,
+        };
+        s.judge();
+        s
+    }
+}
+
+impl Step {
+    /// The step's progress line on stderr; `detail` follows the rate.
+    pub fn print(&self, label: &str, detail: &str) {
+        eprintln!(
+            "  {label} {:>9}/s{detail}: delivered {}/{} p50 {} p99 {} hub {} gen {:.0}% other {:.0}% retrans {} -> {}",
+            int(self.rate),
+            int(self.delivered as f64),
+            int(self.expected as f64),
+            ms(self.latency.p50_ms),
+            ms(self.latency.p99_ms),
+            pct(self.usage.hub_cpu_pct),
+            self.usage.gen_cpu_pct,
+            self.usage.other_cpu_pct,
+            self.usage.net.tcp_retrans_segs,
+            if self.pass { "pass" } else { &self.why }
+        );
+    }
+}
+
 /// Finds the highest rate that passes: geometric steps from `start` by `factor` until a
 /// step fails, then two bisections between the last pass and the first failure.
 pub async fn ladder(

@@ -4,11 +4,12 @@
 
 use tokio::sync::mpsc;
 
-use super::{CtxRc, Step, gen_bound_note, gen_cost_note, hub_capacity_note, int, ladder, ms, pct};
+use super::{
+    CtxRc, Step, Window, gen_bound_note, gen_cost_note, hub_capacity_note, int, ladder, ms, pct,
+};
 use crate::pace;
 use crate::report::ScenarioResult;
 use crate::session::{Role, Spec};
-use crate::stats::now_ns;
 
 /// Runs `rate` msgs/s spread over every device for `secs`, then waits for the backlog.
 pub async fn relay_step(
@@ -21,61 +22,17 @@ pub async fn relay_step(
     ctx.sh.reset_phase();
     ctx.set_phase(format!("{label} {}/s", int(rate)));
     let m = ctx.meter();
-    let start = now_ns() + 2_000_000;
-    let end = start + (secs * 1e9) as u64;
-    ctx.sh.early_until_ns.set(start + (secs * 0.25e9) as u64);
+    let w = Window::open(ctx, rate, secs);
     let k = txs.len() as u64;
-    let scheduled = pace::open_loop(rate, start, end, |i, t| {
+    let scheduled = pace::open_loop(rate, w.start, w.end, |i, t| {
         let _ = txs[(i % k) as usize].send(t);
     })
     .await;
-    let drain_max = now_ns() + 2_000_000_000 + (secs * 0.5e9) as u64;
     let c = &ctx.sh.c;
-    while (c.recv.get() < scheduled || c.replies_ok.get() + c.replies_err.get() < scheduled)
-        && now_ns() < drain_max
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-    }
-    let usage = m.finish();
-    let last = c.last_recv_ns.get();
-    let delivered = c.recv.get();
-    let mut s = Step {
-        rate,
-        secs,
-        scheduled,
-        expected: scheduled,
-        delivered,
-        replies_ok: c.replies_ok.get(),
-        replies_err: c.replies_err.get(),
-        closes: c.closes.get(),
-        achieved: if last > start {
-            (delivered as f64 / ((last - start) as f64 / 1e9)).round()
-        } else {
-            0.0
-        },
-        drain_ms: (last.saturating_sub(end)) as f64 / 1e6,
-        latency: ctx.sh.lat.borrow().summary(),
-        latency_first_quarter: ctx.sh.lat_early.borrow().summary(),
-        send_lag_p99_ms: ctx.sh.lag.borrow().summary().p99_ms,
-        usage,
-        pass: false,
-        why: String::new(),
-        generator_bound: false,
-    };
-    s.judge();
-    eprintln!(
-        "  {label} {:>9}/s: delivered {}/{} p50 {} p99 {} hub {} gen {:.0}% other {:.0}% retrans {} -> {}",
-        int(rate),
-        int(delivered as f64),
-        int(scheduled as f64),
-        ms(s.latency.p50_ms),
-        ms(s.latency.p99_ms),
-        pct(s.usage.hub_cpu_pct),
-        s.usage.gen_cpu_pct,
-        s.usage.other_cpu_pct,
-        s.usage.net.tcp_retrans_segs,
-        if s.pass { "pass" } else { &s.why }
-    );
+    w.drain(|| c.recv.get() >= scheduled && c.replies_ok.get() + c.replies_err.get() >= scheduled)
+        .await;
+    let s = w.finish(ctx, scheduled, scheduled, c.recv.get(), m.finish());
+    s.print(label, "");
     // Let queues settle before the next step.
     pace::sleep_secs(0.3).await;
     s
