@@ -133,6 +133,16 @@ impl Drop for TestHub {
     }
 }
 
+/// Sends `req` and returns its body parsed as JSON (panics on transport or JSON errors).
+pub async fn json_body(req: reqwest::RequestBuilder) -> Value {
+    req.send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 pub struct TestClient {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{TestHub, reply_of};
+use crate::common::{TestHub, json_body, reply_of};
 
 /// A long-poll client: one session token, GET to poll, POST to publish.
 struct Poller {
@@ -149,45 +149,30 @@ async fn session_lifecycle_join_push_reply_and_server_push() {
 async fn bad_or_missing_tokens() {
     let hub = hub().await;
     let http = reqwest::Client::new();
-    let r: Value = http
-        .post(hub.http("/socket/longpoll?vsn=2.0.0&name=x&token=bogus"))
-        .body(r#"[null,"9","phoenix","heartbeat",{}]"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_body(
+        http.post(hub.http("/socket/longpoll?vsn=2.0.0&name=x&token=bogus"))
+            .body(r#"[null,"9","phoenix","heartbeat",{}]"#),
+    )
+    .await;
     assert_eq!(r, json!({"status": 410}));
     // An unverifiable token on GET just opens a new session.
-    let r: Value = http
-        .get(hub.http("/socket/longpoll?vsn=2.0.0&name=x&token=bogus"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value =
+        json_body(http.get(hub.http("/socket/longpoll?vsn=2.0.0&name=x&token=bogus"))).await;
     assert_eq!(r["status"], 410);
     let token = r["token"].as_str().unwrap().to_owned();
     // The header carries the session token as well as the query.
-    let resp = http
-        .post(hub.http("/socket/longpoll?vsn=2.0.0&name=x"))
-        .header("x-phoenix-longpoll-token", &token)
-        .body(r#"[null,"9","phoenix","heartbeat",{}]"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"status": 200}));
-    let r: Value = http
-        .get(hub.http("/socket/longpoll?vsn=2.0.0&name=x"))
-        .header("x-phoenix-longpoll-token", &token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let posted = json_body(
+        http.post(hub.http("/socket/longpoll?vsn=2.0.0&name=x"))
+            .header("x-phoenix-longpoll-token", &token)
+            .body(r#"[null,"9","phoenix","heartbeat",{}]"#),
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let r: Value = json_body(
+        http.get(hub.http("/socket/longpoll?vsn=2.0.0&name=x"))
+            .header("x-phoenix-longpoll-token", &token),
+    )
+    .await;
     assert_eq!(r["status"], 200);
     assert_eq!(
         r["messages"][0],

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::common::{TestClient, TestHub, reply_of};
+use crate::common::{TestClient, TestHub, json_body, reply_of};
 
 async fn token_hub() -> TestHub {
     TestHub::start_with(|c| c.auth = AuthMode::Token).await
@@ -207,15 +207,12 @@ async fn origins_are_checked_for_browsers() {
         status_with_origin(&hub, "/compendium", "https://evil.example").await,
         403
     );
-    let lp: Value = reqwest::Client::new()
-        .get(hub.http("/socket/longpoll?vsn=2.0.0&name=browser"))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lp: Value = json_body(
+        reqwest::Client::new()
+            .get(hub.http("/socket/longpoll?vsn=2.0.0&name=browser"))
+            .header("origin", "https://evil.example"),
+    )
+    .await;
     assert_eq!(lp, json!({"status": 403}));
     let listed =
         TestHub::start_with(|c| c.allowed_origins = "https://app.example.com, *.home.lan".into())
