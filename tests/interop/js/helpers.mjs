@@ -257,6 +257,26 @@ export function join(channel, timeout = 5000) {
   return awaitPush(channel.join(timeout));
 }
 
+/**
+ * Joins `channel` and records every "ok" join reply: phoenix.js re-sends the same join push
+ * on every rejoin (after a reconnect), so its "ok" hook runs once per successful (re)join.
+ * Resolves with that growing array once the first join succeeded.
+ */
+export async function joinRecordingRejoins(channel, timeout = 5000) {
+  const joins = [];
+  await new Promise((res, rej) => {
+    channel
+      .join(timeout)
+      .receive("ok", (resp) => {
+        joins.push(resp);
+        res();
+      })
+      .receive("error", (e) => rej(new Error(`join error ${JSON.stringify(e)}`)))
+      .receive("timeout", () => rej(new Error("join timeout")));
+  });
+  return joins;
+}
+
 export function push(channel, event, payload = {}, timeout = 5000) {
   return awaitPush(channel.push(event, payload, timeout));
 }

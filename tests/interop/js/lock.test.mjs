@@ -4,9 +4,20 @@
 
 import { before, after } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
 
-import { Hub, uniq, join, push, awaitPush, nextEvent, disconnect, sleep, UUID_RE, LOCK_KEYS } from "./helpers.mjs";
+import {
+  Hub,
+  uniq,
+  join,
+  push,
+  awaitPush,
+  nextEvent,
+  disconnect,
+  sleep,
+  upgradeStatusOf,
+  UUID_RE,
+  LOCK_KEYS,
+} from "./helpers.mjs";
 
 const hub = new Hub("lock");
 const sockets = [];
@@ -160,22 +171,7 @@ async function assertRefused(params) {
 }
 
 /** The raw HTTP status of the upgrade request (the browser-like client cannot see it). */
-function upgradeStatus(query) {
-  return new Promise((res, rej) => {
-    const ws = new WebSocket(`${hub.socketUrl}/websocket?${query}`);
-    ws.on("unexpected-response", (_req, response) => {
-      res(response.statusCode);
-      ws.terminate();
-    });
-    ws.on("open", () => {
-      res(101);
-      ws.close();
-    });
-    ws.on("error", (e) => {
-      if (!/Unexpected server response/.test(String(e && e.message))) rej(e);
-    });
-  });
-}
+const upgradeStatus = (query) => upgradeStatusOf(`${hub.socketUrl}/websocket?${query}`);
 
 hub.test("missing `name` connect param: the connection never opens (onError fires)", async () => {
   await assertRefused({});

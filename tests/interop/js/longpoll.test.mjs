@@ -17,6 +17,7 @@ import {
   WebSocket,
   uniq,
   join,
+  joinRecordingRejoins,
   push,
   nextEvent,
   disconnect,
@@ -258,16 +259,7 @@ hub.test("long-poll: after a hub restart the client reconnects, rejoins and gets
   const socket = await lpConnect(uniq("lp-restart"));
   const serial = uniq("SN");
   const ch = socket.channel(`lock:${serial}`);
-  const joins = [];
-  await new Promise((res, rej) => {
-    ch.join(5000)
-      .receive("ok", (resp) => {
-        joins.push(resp);
-        res();
-      })
-      .receive("error", (e) => rej(new Error(`join error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => rej(new Error("join timeout")));
-  });
+  const joins = await joinRecordingRejoins(ch);
   const first = joins[0];
   const put = await hub.api("PUT", `/api/locks/${encodeURIComponent(serial)}/state`, { locked: false });
   assert.equal(put.status, 200, JSON.stringify(put));

@@ -4,7 +4,7 @@
 import { before, after } from "node:test";
 import assert from "node:assert/strict";
 
-import { Hub, uniq, join, push, disconnect, waitFor, UUID_RE } from "./helpers.mjs";
+import { Hub, uniq, join, joinRecordingRejoins, push, disconnect, waitFor, UUID_RE } from "./helpers.mjs";
 
 const hub = new Hub("restart");
 const sockets = [];
@@ -21,19 +21,7 @@ hub.test("after a hub restart the client rejoins by itself and gets the same uui
   const serial = uniq("SN");
   const ch = socket.channel(`lock:${serial}`);
 
-  // phoenix.js re-sends the same join push on every rejoin, so its "ok" hook runs
-  // once per successful (re)join.
-  const joins = [];
-  const joined = new Promise((res, rej) => {
-    ch.join(5000)
-      .receive("ok", (resp) => {
-        joins.push(resp);
-        res();
-      })
-      .receive("error", (e) => rej(new Error(`join error ${JSON.stringify(e)}`)))
-      .receive("timeout", () => rej(new Error("join timeout")));
-  });
-  await joined;
+  const joins = await joinRecordingRejoins(ch);
   const first = joins[0];
   assert.match(first.uuid, UUID_RE, JSON.stringify(first));
 
