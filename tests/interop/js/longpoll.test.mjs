@@ -224,9 +224,7 @@ hub.test("long-poll: when the hub ends a session (admin disconnect), phoenix.js 
   const name = uniq("lp-gone");
   const socket = await lpConnect(name);
   const ch = socket.channel(`lock:${uniq("SN")}`);
-  const joins = [];
-  ch.join().receive("ok", (r) => joins.push(r));
-  await waitFor(() => joins.length === 1, 3000, "join");
+  const joins = await joinRecordingRejoins(ch);
 
   const kick = await hub.api("POST", `/api/devices/${name}/disconnect`);
   assert.equal(kick.status, 204, JSON.stringify(kick));

@@ -20,6 +20,7 @@ import {
   WebSocket,
   uniq,
   join,
+  joinRecordingRejoins,
   push,
   nextEvent,
   disconnect,
@@ -182,9 +183,7 @@ tokenHub.test("token mode over long-poll: a dead session is replaced (410), not 
     const opts = mode === "param" ? { transport: LongPoll } : { transport: LongPoll, authToken: t.token };
     const socket = await connectOk(tokenHub, params, opts);
     const ch = socket.channel(`lock:${uniq("SN")}`);
-    const joins = [];
-    ch.join().receive("ok", (r) => joins.push(r));
-    await waitFor(() => joins.length === 1, 3000, "join");
+    const joins = await joinRecordingRejoins(ch);
 
     // The hub ends the session (the same happens when a client stops polling for 2 windows).
     const kick = await tokenHub.api("POST", `/api/devices/${dev}/disconnect`);
