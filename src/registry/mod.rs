@@ -39,7 +39,7 @@ pub enum Door {
 }
 
 /// Something queued for a connection's writer. Kept to 16 bytes (every variant one
-/// pointer): a connection's queue allocates room for 32 of them up front.
+/// pointer): a busy connection's queue holds up to `HOMEHUB_OUTBOUND_QUEUE` of them.
 #[derive(Debug)]
 pub enum Outbound {
     /// A broadcast, encoded once for all receivers. Delivered only while the receiver

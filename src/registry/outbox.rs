@@ -108,28 +108,28 @@ impl Outbox {
 /// pushes fail with [`PushError::Closed`] and queued items are freed.
 #[derive(Debug)]
 pub struct Receiver {
-    outbox: Arc<super::Conn>,
+    conn: Arc<super::Conn>,
 }
 
 impl Receiver {
     pub(super) fn new(conn: Arc<super::Conn>) -> Receiver {
-        Receiver { outbox: conn }
+        Receiver { conn }
     }
 
     /// The next item; waits while the queue is empty.
     pub async fn recv(&mut self) -> Outbound {
-        poll_fn(|cx| self.outbox.outbox().poll_pop(cx)).await
+        poll_fn(|cx| self.conn.outbox().poll_pop(cx)).await
     }
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        self.outbox.outbox().pop()
+        self.conn.outbox().pop()
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.outbox.outbox().close();
+        self.conn.outbox().close();
     }
 }
 
