@@ -42,11 +42,11 @@ impl Channels {
     }
 
     fn get(&self, topic: &str) -> Option<&Joined> {
-        self.0.iter().find(|(t, _)| t == topic).map(|(_, j)| j)
+        self.position(topic).map(|i| &self.0[i].1)
     }
 
     fn get_mut(&mut self, topic: &str) -> Option<&mut Joined> {
-        self.0.iter_mut().find(|(t, _)| t == topic).map(|(_, j)| j)
+        self.position(topic).map(|i| &mut self.0[i].1)
     }
 
     fn contains_key(&self, topic: &str) -> bool {
