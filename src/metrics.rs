@@ -29,52 +29,59 @@ pub fn add(counter: &AtomicU64, n: u64) {
 
 impl Metrics {
     /// The Prometheus text exposition; `connections` is the current gauge.
-    pub fn render(&self, connections: usize) -> String {
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+    /// `known_lock_joins`: lock joins answered from the store's copy of known locks
+    /// ([`crate::store::Store::lock_join_known_hits`]).
+    pub fn render(&self, connections: usize, known_lock_joins: u64) -> String {
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "homehub_connections_total",
                 "WebSocket connections accepted",
-                &self.connections_total,
+                self.connections_total.load(Ordering::Relaxed),
             ),
             (
                 "homehub_connections_refused_total",
                 "connection attempts refused before the upgrade",
-                &self.connections_refused,
+                self.connections_refused.load(Ordering::Relaxed),
             ),
             (
                 "homehub_frames_in_total",
                 "frames received from clients",
-                &self.frames_in,
+                self.frames_in.load(Ordering::Relaxed),
             ),
             (
                 "homehub_frames_out_total",
                 "frames written to clients",
-                &self.frames_out,
+                self.frames_out.load(Ordering::Relaxed),
             ),
             (
                 "homehub_joins_total",
                 "successful channel joins",
-                &self.joins,
+                self.joins.load(Ordering::Relaxed),
             ),
             (
                 "homehub_joins_refused_total",
                 "refused channel joins",
-                &self.joins_refused,
+                self.joins_refused.load(Ordering::Relaxed),
             ),
             (
                 "homehub_decode_errors_total",
                 "client frames that could not be decoded",
-                &self.decode_errors,
+                self.decode_errors.load(Ordering::Relaxed),
             ),
             (
                 "homehub_broadcasts_total",
                 "broadcasts fanned out",
-                &self.broadcasts,
+                self.broadcasts.load(Ordering::Relaxed),
             ),
             (
                 "homehub_slow_consumers_closed_total",
                 "connections closed because they did not read",
-                &self.slow_consumers_closed,
+                self.slow_consumers_closed.load(Ordering::Relaxed),
+            ),
+            (
+                "homehub_lock_joins_known_total",
+                "lock joins of known locks answered from the store's copy",
+                known_lock_joins,
             ),
         ];
         let mut out = String::new();
@@ -84,7 +91,7 @@ impl Metrics {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name} {value}");
         }
         out
     }

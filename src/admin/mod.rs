@@ -83,7 +83,10 @@ pub fn metrics_router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
 }
 
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    let body = hub.metrics.render(hub.registry.connection_count());
+    let body = hub.metrics.render(
+        hub.registry.connection_count(),
+        hub.store.lock_join_known_hits(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

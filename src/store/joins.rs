@@ -4,13 +4,28 @@
 //! holder and last-seen time), and its reply must not go out before the write is durable in
 //! the WAL, or a crash could forget a UUID the lock was already given. One writer task owns
 //! these writes: it takes every join waiting in its queue, writes them with one multi-row
-//! upsert statement (one transaction), and answers them all after that commit. Under a join
-//! storm a batch grows to whatever arrived during the previous commit, so the cost of a
-//! commit is shared by many joins; with no load a join is committed alone, at once.
+//! statement per kind, and answers them all after that commit. Under a join storm a batch
+//! grows to whatever arrived during the previous commit, so the cost of a commit is shared by
+//! many joins; with no load a join is committed alone, at once.
+//!
+//! **Known locks.** The writer keeps a copy of the lock rows its joins returned. A join of
+//! a lock in that copy is written as a small `UPDATE … RETURNING serial` (holder and
+//! last-seen time, and in token mode only if the lock is free or already this device's),
+//! and answered from the copy once the update committed: no new UUID, no upsert and no
+//! decoding of the whole row. A lock the update does not find (deleted meanwhile) or may not
+//! take (held by another device) goes the first-sight way, which decides from the table.
+//! The copy stays true because the writer has a connection of its own and asks SQLite,
+//! before every batch, whether any other connection committed since the last one
+//! (`PRAGMA data_version`: the hub's other connections and an administrator's `sqlite3`
+//! alike); if one did, the copy is dropped and refilled by the following joins. An
+//! in-memory database has a single shared connection, so it runs without the copy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection, Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{LOCK_COLUMNS, StoreError, lock_from_row};
@@ -20,6 +35,9 @@ use crate::domain::{LockRecord, now_rfc3339};
 const MAX_BATCH: usize = 512;
 /// Joins that may wait for the writer before `join` callers wait for room.
 const QUEUE: usize = 8192;
+/// Most lock rows kept for known-lock joins; beyond that the copy starts over (a home has
+/// tens of locks, a large site thousands).
+const MAX_KNOWN: usize = 65_536;
 
 /// The answer to one join: `None` when an exclusive join found the lock held by another
 /// device.
@@ -32,22 +50,54 @@ struct Op {
     reply: oneshot::Sender<Answer>,
 }
 
+enum Request {
+    Join(Op),
+    /// Finish: close the writer's own connection, then acknowledge.
+    Close(oneshot::Sender<()>),
+}
+
 /// Handle to the join writer; cheap to clone.
 #[derive(Clone, Debug)]
 pub(super) struct JoinWriter {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Request>,
+    known_hits: Arc<AtomicU64>,
 }
 
 fn writer_gone() -> StoreError {
     StoreError::Database(sqlx::Error::PoolClosed)
 }
 
+/// Where the writer's statements run.
+enum Db {
+    /// A connection of its own (file databases): the known-lock copy can be kept true.
+    Own(SqliteConnection),
+    /// The pool's one connection (in-memory databases): no copy.
+    Shared(SqlitePool),
+}
+
+/// The known-lock copy: rows by serial, valid for one `PRAGMA data_version`.
+#[derive(Default)]
+struct Known {
+    data_version: Option<i64>,
+    locks: HashMap<String, LockRecord>,
+}
+
 impl JoinWriter {
-    /// Starts the writer task on `pool`. It ends when every handle is dropped.
-    pub(super) fn spawn(pool: SqlitePool) -> JoinWriter {
+    /// Starts the writer task. With `own` (a file database) it opens a connection of its
+    /// own and keeps the known-lock copy; otherwise it borrows `pool`'s connection per
+    /// batch. It ends when every handle is dropped or [`JoinWriter::close`] is called.
+    pub(super) async fn spawn(
+        pool: SqlitePool,
+        own: Option<&SqliteConnectOptions>,
+    ) -> Result<JoinWriter, StoreError> {
+        let db = match own {
+            Some(options) => Db::Own(SqliteConnection::connect_with(options).await?),
+            None => Db::Shared(pool),
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx));
-        JoinWriter { tx }
+        let known_hits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(db, rx, Arc::clone(&known_hits)));
+        Ok(JoinWriter { tx, known_hits })
     }
 
     /// Queues one join and waits for its commit.
@@ -59,49 +109,212 @@ impl JoinWriter {
             exclusive,
             reply,
         };
-        self.tx.send(op).await.map_err(|_| writer_gone())?;
+        self.tx
+            .send(Request::Join(op))
+            .await
+            .map_err(|_| writer_gone())?;
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Joins answered from the known-lock copy since start.
+    pub(super) fn known_hits(&self) -> u64 {
+        self.known_hits.load(Ordering::Relaxed)
+    }
+
+    /// Lets the joins already queued finish, then closes the writer's connection.
+    pub(super) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Request::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 
-async fn run(pool: SqlitePool, mut rx: mpsc::Receiver<Op>) {
+async fn run(mut db: Db, mut rx: mpsc::Receiver<Request>, known_hits: Arc<AtomicU64>) {
+    let mut known = Known::default();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
-    while let Some(op) = rx.recv().await {
-        batch.push(op);
-        while batch.len() < MAX_BATCH {
+    let mut closing = None;
+    while let Some(request) = rx.recv().await {
+        match request {
+            Request::Join(op) => batch.push(op),
+            Request::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(Request::Join(op)) => batch.push(op),
+                Ok(Request::Close(done)) => closing = Some(done),
                 Err(_) => break,
             }
         }
-        match commit(&pool, &batch).await {
-            Ok(records) => {
-                for (op, record) in batch.drain(..).zip(records) {
-                    let _ = op.reply.send(record);
+        if !batch.is_empty() {
+            let answers = match &mut db {
+                Db::Own(conn) => write_batch(conn, Some(&mut known), &batch).await,
+                Db::Shared(pool) => match pool.acquire().await {
+                    Ok(mut conn) => write_batch(&mut conn, None, &batch).await,
+                    Err(e) => Err(e),
+                },
+            };
+            answer(&mut batch, answers, &known_hits);
+        }
+        if let Some(done) = closing {
+            if let Db::Own(conn) = db {
+                if let Err(e) = conn.close().await {
+                    tracing::warn!(error = %e, "closing the lock join writer's connection failed");
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, joins = batch.len(), "lock join batch failed");
-                let msg = e.to_string();
-                for op in batch.drain(..) {
-                    let err = sqlx::Error::Protocol(format!("join batch failed: {msg}"));
-                    let _ = op.reply.send(Err(StoreError::Database(err)));
-                }
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// Sends every join of `batch` its answer, or the batch's error.
+fn answer(
+    batch: &mut Vec<Op>,
+    answers: Result<(Vec<Answer>, u64), sqlx::Error>,
+    known_hits: &AtomicU64,
+) {
+    match answers {
+        Ok((answers, hits)) => {
+            known_hits.fetch_add(hits, Ordering::Relaxed);
+            for (op, answer) in batch.drain(..).zip(answers) {
+                let _ = op.reply.send(answer);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, joins = batch.len(), "lock join batch failed");
+            let msg = e.to_string();
+            for op in batch.drain(..) {
+                let err = sqlx::Error::Protocol(format!("join batch failed: {msg}"));
+                let _ = op.reply.send(Err(StoreError::Database(err)));
             }
         }
     }
 }
 
-/// Runs the batch as one multi-row upsert (one statement, one implicit transaction, one
+/// Writes one batch: known locks through [`touch_known`], the rest through [`commit`].
+/// Returns the answers in batch order and how many came from the known-lock copy.
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    known: Option<&mut Known>,
+    batch: &[Op],
+) -> Result<(Vec<Answer>, u64), sqlx::Error> {
+    let Some(known) = known else {
+        return Ok((commit(conn, batch.iter()).await?, 0));
+    };
+    // Anything another connection committed may have changed a row we keep.
+    let version: i64 = sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    if known.data_version != Some(version) {
+        known.locks.clear();
+        known.data_version = Some(version);
+    }
+
+    // One candidate per serial: a second join of the same lock in this batch must see the
+    // first one's write, so it goes the first-sight way, after it.
+    let mut seen = HashSet::new();
+    let candidates: Vec<usize> = (0..batch.len())
+        .filter(|&i| known.locks.contains_key(&batch[i].serial) && seen.insert(&batch[i].serial))
+        .collect();
+    let now = now_rfc3339();
+    let touched = if candidates.is_empty() {
+        HashSet::new()
+    } else {
+        touch_known(conn, candidates.iter().map(|&i| &batch[i]), &now).await?
+    };
+
+    let mut answers: Vec<Option<Answer>> = (0..batch.len()).map(|_| None).collect();
+    let mut hits = 0;
+    for &i in &candidates {
+        let op = &batch[i];
+        if !touched.contains(op.serial.as_str()) {
+            continue;
+        }
+        if let Some(lock) = known.locks.get_mut(&op.serial) {
+            lock.holder_device = Some(op.holder.clone());
+            lock.last_seen_at = Some(now.clone());
+            answers[i] = Some(Ok(Some(lock.clone())));
+            hits += 1;
+        }
+    }
+
+    let rest: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
+    if !rest.is_empty() {
+        let written = commit(conn, rest.iter().map(|&i| &batch[i])).await?;
+        if known.locks.len() + rest.len() > MAX_KNOWN {
+            known.locks.clear();
+        }
+        for (&i, answer) in rest.iter().zip(written) {
+            if let Ok(Some(lock)) = &answer {
+                known.locks.insert(lock.serial.clone(), lock.clone());
+            }
+            answers[i] = Some(answer);
+        }
+    }
+    let answers = answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Database(sqlx::Error::RowNotFound))))
+        .collect();
+    Ok((answers, hits))
+}
+
+/// Records holder and last-seen time of known locks with one `UPDATE … FROM (VALUES …)`
+/// and returns the serials it updated. In token mode (`exclusive`) a lock held by another
+/// device is not updated.
+async fn touch_known<'a>(
+    conn: &mut SqliteConnection,
+    ops: impl Iterator<Item = &'a Op>,
+    now: &str,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let ops: Vec<&Op> = ops.collect();
+    // Padded to a power of two like the upsert; a repeated row updates the same lock again
+    // with the same values.
+    let rows = ops.len().next_power_of_two();
+    let sql = touch_sql(rows);
+    let mut query = sqlx::query(&sql).bind(now);
+    let padding = std::iter::repeat_n(ops[ops.len() - 1], rows - ops.len());
+    for op in ops.iter().copied().chain(padding) {
+        query = query.bind(&op.serial).bind(&op.holder).bind(op.exclusive);
+    }
+    let mut touched = HashSet::with_capacity(ops.len());
+    for row in query.fetch_all(&mut *conn).await? {
+        touched.insert(row.try_get::<String, _>(0)?);
+    }
+    Ok(touched)
+}
+
+/// `UPDATE locks … FROM (VALUES (serial, holder, exclusive), …) … RETURNING serial`.
+fn touch_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(260 + rows * 8);
+    sql.push_str("UPDATE locks SET holder_device = t.column2, last_seen_at = ? FROM (VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?)");
+    }
+    sql.push_str(
+        ") AS t WHERE locks.serial = t.column1 AND (NOT t.column3 \
+         OR locks.holder_device IS NULL OR locks.holder_device = t.column2) \
+         RETURNING locks.serial",
+    );
+    sql
+}
+
+/// Writes joins as one multi-row upsert (one statement, one implicit transaction, one
 /// round trip to SQLite's worker thread) per auth mode present in the batch. A row that
 /// cannot be decoded fails only its own join; a statement failure fails the batch.
-async fn commit(pool: &SqlitePool, batch: &[Op]) -> Result<Vec<Answer>, sqlx::Error> {
+async fn commit<'a>(
+    conn: &mut SqliteConnection,
+    batch: impl Iterator<Item = &'a Op> + Clone,
+) -> Result<Vec<Answer>, sqlx::Error> {
     let now = now_rfc3339();
     // Returned rows by serial, for shared-mode [0] and exclusive [1] joins.
     let mut found: [HashMap<String, Result<LockRecord, String>>; 2] = Default::default();
     for exclusive in [false, true] {
         let ops: Vec<&Op> = batch
-            .iter()
+            .clone()
             .filter(|op| op.exclusive == exclusive)
             .collect();
         if ops.is_empty() {
@@ -124,14 +337,13 @@ async fn commit(pool: &SqlitePool, batch: &[Op]) -> Result<Vec<Answer>, sqlx::Er
                 .bind(&now)
                 .bind(&now);
         }
-        for row in query.fetch_all(pool).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let serial: String = row.try_get("serial")?;
             let record = lock_from_row(&row).map_err(|e| e.to_string());
             found[usize::from(exclusive)].insert(serial, record);
         }
     }
     Ok(batch
-        .iter()
         .map(
             |op| match found[usize::from(op.exclusive)].get(&op.serial) {
                 None => Ok(None),

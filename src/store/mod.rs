@@ -120,20 +120,34 @@ impl Store {
         } else {
             SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
         };
-        let pool = pool_options.connect_with(options).await?;
+        let pool = pool_options.connect_with(options.clone()).await?;
 
         if let Err(e) = MIGRATOR.run(&pool).await {
             pool.close().await;
             return Err(e.into());
         }
         tracing::debug!(database_url, "store opened, migrations applied");
-        let joins = joins::JoinWriter::spawn(pool.clone());
+        // A file database gives the join writer a connection of its own (see `joins`).
+        let own = (!in_memory).then_some(&options);
+        let joins = match joins::JoinWriter::spawn(pool.clone(), own).await {
+            Ok(joins) => joins,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
         Ok(Store { pool, joins })
     }
 
-    /// Closes the pool, flushing the WAL.
+    /// Finishes the queued lock joins and closes every connection, flushing the WAL.
     pub async fn close(&self) {
+        self.joins.close().await;
         self.pool.close().await;
+    }
+
+    /// Lock joins answered from the join writer's copy of known locks since start.
+    pub fn lock_join_known_hits(&self) -> u64 {
+        self.joins.known_hits()
     }
 
     /// A lock channel join: creates the lock on first sight (new random v4 UUID, name =

@@ -686,3 +686,186 @@ async fn a_batch_of_many_locks_is_written_and_answered_per_lock() {
         600
     );
 }
+
+/// A connection of its own to the store's file, as an administrator's `sqlite3` would be.
+async fn outside_connection(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
+    sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("outside connection")
+}
+
+async fn holder_in_table(store: &Store, serial: &str) -> (Option<String>, Option<String>) {
+    let row = sqlx::query("SELECT holder_device, last_seen_at FROM locks WHERE serial = ?1")
+        .bind(serial)
+        .fetch_one(&store.pool)
+        .await
+        .expect("lock row");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn known_lock_joins_come_from_the_copy_and_are_still_written() {
+    let (_dir, store) = temp_store().await;
+    let first = store
+        .join_lock(&serial("L-1"), &device("pi-a"))
+        .await
+        .unwrap();
+    assert_eq!(store.lock_join_known_hits(), 0, "first sight is not a hit");
+    tick().await;
+    let second = store
+        .join_lock(&serial("L-1"), &device("pi-b"))
+        .await
+        .unwrap();
+    assert_eq!(store.lock_join_known_hits(), 1);
+    assert_eq!(second.uuid, first.uuid);
+    assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
+    assert!(second.last_seen_at > first.last_seen_at);
+    // The reply went out after the row was written, not instead of writing it.
+    assert_eq!(
+        holder_in_table(&store, "L-1").await,
+        (second.holder_device.clone(), second.last_seen_at.clone())
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
+    let (_dir, store) = temp_store().await;
+    for i in 0..300 {
+        let s = format!("K-{i}");
+        store.join_lock(&serial(&s), &device("old")).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = format!("K-{i}");
+            let lock = store
+                .join_lock(&serial(&s), &device(&format!("new-{i}")))
+                .await
+                .expect("join");
+            (i, lock)
+        }));
+    }
+    for t in tasks {
+        let (i, lock) = t.await.expect("task");
+        assert_eq!(lock.serial, format!("K-{i}"));
+        let holder = format!("new-{i}");
+        assert_eq!(lock.holder_device.as_deref(), Some(holder.as_str()));
+    }
+    assert_eq!(store.lock_join_known_hits(), 300);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM locks WHERE holder_device = 'new-' || substr(serial, 3)"
+        )
+        .await,
+        300
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_change_by_another_connection_reaches_the_next_join() {
+    let (dir, store) = temp_store().await;
+    let first = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(store.lock_join_known_hits(), 1, "the lock is in the copy");
+
+    let mut admin = outside_connection(&dir).await;
+    sqlx::query(
+        "UPDATE locks SET name = 'Front door', mode = 2, config = '{\"beep\":true}' \
+         WHERE serial = 'L-1'",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let after = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(after.name, "Front door");
+    assert_eq!(after.config, json!({"beep": true}));
+    assert_eq!(after.uuid, first.uuid);
+    assert_eq!(
+        store.lock_join_known_hits(),
+        1,
+        "the stale copy was not used"
+    );
+    // The copy is refilled from that join.
+    let again = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(again.name, "Front door");
+    assert_eq!(store.lock_join_known_hits(), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn changes_through_the_store_reach_the_next_known_lock_join() {
+    let (_dir, store) = temp_store().await;
+    store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    store
+        .set_intended_state("L-1", &json!({"locked": false}))
+        .await
+        .unwrap();
+    let lock = store
+        .join_lock(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(lock.intended_state, json!({"locked": false}));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_known_lock_held_by_another_device_is_refused_in_token_mode() {
+    let (_dir, store) = temp_store().await;
+    let held = store
+        .join_lock_exclusive(&serial("T-1"), &device("dev-0"))
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    let refused = store
+        .join_lock_exclusive(&serial("T-1"), &device("dev-9"))
+        .await
+        .unwrap();
+    assert!(refused.is_none(), "held by dev-0: {refused:?}");
+    // Forty devices at once, the holder among them: one batch, one lock in the copy.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let lock = store
+                .join_lock_exclusive(&serial("T-1"), &device(&format!("dev-{i}")))
+                .await
+                .expect("join");
+            (i, lock.is_some())
+        }));
+    }
+    let mut granted = Vec::new();
+    for t in tasks {
+        let (i, ok) = t.await.expect("task");
+        if ok {
+            granted.push(i);
+        }
+    }
+    assert_eq!(granted, vec![0], "only the holder gets the lock");
+    assert_eq!(
+        holder_in_table(&store, "T-1").await.0.as_deref(),
+        Some("dev-0")
+    );
+    store.close().await;
+}

@@ -170,6 +170,9 @@ async fn metrics_are_exposed_behind_admin_auth() {
     let hub = TestHub::start().await;
     let mut c = hub.client("metered").await;
     c.join("lock:M1", "1", json!({})).await;
+    // A second join of the now known lock is answered from the store's copy.
+    let mut again = hub.client("metered-2").await;
+    again.join("lock:M1", "1", json!({})).await;
     let resp = reqwest::get(hub.http("/metrics")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let text = reqwest::Client::new()
@@ -181,7 +184,11 @@ async fn metrics_are_exposed_behind_admin_auth() {
         .text()
         .await
         .unwrap();
-    assert!(text.contains("homehub_connections 1\n"), "{text}");
-    assert!(text.contains("homehub_joins_total 1\n"), "{text}");
+    assert!(text.contains("homehub_connections 2\n"), "{text}");
+    assert!(text.contains("homehub_joins_total 2\n"), "{text}");
+    assert!(
+        text.contains("homehub_lock_joins_known_total 1\n"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE homehub_frames_in_total counter"));
 }
