@@ -196,10 +196,10 @@ async fn run(mut db: Db, mut rx: mpsc::Receiver<Request>, known_hits: Arc<Atomic
             answer(&mut batch, answers, &known_hits);
         }
         if let Some(done) = closing {
-            if let Db::Own(conn) = db {
-                if let Err(e) = conn.close().await {
-                    tracing::warn!(error = %e, "closing the lock join writer's connection failed");
-                }
+            if let Db::Own(conn) = db
+                && let Err(e) = conn.close().await
+            {
+                tracing::warn!(error = %e, "closing the lock join writer's connection failed");
             }
             let _ = done.send(());
             return;
