@@ -42,7 +42,7 @@ pub struct Hub {
     /// Browser origins allowed on the device doors.
     pub origins: crate::auth::OriginPolicy,
     /// Ordered queue of `devices` table writes (see [`DeviceWrite`]).
-    device_log: tokio::sync::mpsc::Sender<DeviceWrite>,
+    device_log: DeviceLog,
 }
 
 impl Hub {
@@ -67,7 +67,7 @@ impl Hub {
     }
 
     fn log_device(&self, write: DeviceWrite) {
-        if self.device_log.try_send(write).is_err() {
+        if self.device_log.tx.try_send(write).is_err() {
             tracing::warn!("device log queue full; a relay registration record was dropped");
         }
     }
@@ -88,11 +88,44 @@ enum DeviceWrite {
     },
 }
 
+/// The queue of `devices` writes and the task that writes them in order.
+struct DeviceLog {
+    tx: tokio::sync::mpsc::Sender<DeviceWrite>,
+    /// Cancelled at shutdown: the writer takes no more writes and ends once its queue is empty.
+    finish: CancellationToken,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DeviceLog {
+    /// Writes what is queued (the departures of the sockets that just closed), then stops.
+    async fn finish(&self) {
+        self.finish.cancel();
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer
+            && let Err(e) = writer.await
+        {
+            tracing::error!(error = %e, "relay device log writer failed");
+        }
+    }
+}
+
 /// Writes relay registrations and departures in the order they happened.
-fn spawn_device_log(store: Store) -> tokio::sync::mpsc::Sender<DeviceWrite> {
+fn spawn_device_log(store: Store) -> DeviceLog {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DeviceWrite>(4096);
-    tokio::spawn(async move {
-        while let Some(write) = rx.recv().await {
+    let finish = CancellationToken::new();
+    let finishing = finish.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let write = tokio::select! {
+                biased;
+                write = rx.recv() => write,
+                _ = finishing.cancelled(), if !rx.is_closed() => {
+                    // Refuse new writes; those already queued are still received below.
+                    rx.close();
+                    continue;
+                }
+            };
+            let Some(write) = write else { break };
             let (name, result) = match write {
                 DeviceWrite::Registered { name, door, info } => {
                     let r = store.record_device_registration(&name, door, &info).await;
@@ -112,7 +145,11 @@ fn spawn_device_log(store: Store) -> tokio::sync::mpsc::Sender<DeviceWrite> {
             }
         }
     });
-    tx
+    DeviceLog {
+        tx,
+        finish,
+        writer: std::sync::Mutex::new(Some(writer)),
+    }
 }
 
 /// A bound, not yet running hub.
@@ -232,6 +269,12 @@ impl Server {
                 remaining = hub.tracker.len(),
                 "shutdown deadline passed; dropping remaining sockets"
             );
+        }
+        if tokio::time::timeout(grace, hub.device_log.finish())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown deadline passed; relay device records still queued are lost");
         }
         hub.store.close().await;
         tracing::info!("stopped");

@@ -1323,3 +1323,30 @@ async fn silent_raw_devices_are_pinged_and_only_mute_ones_time_out() {
     }
     assert_eq!(code, Some((1001, "idle timeout".to_owned())));
 }
+
+#[tokio::test]
+async fn departures_at_shutdown_are_written_before_the_store_closes() {
+    let hub = TestHub::start().await;
+    let _sink = raw_device(&hub, "sink").await;
+    let mut senders = Vec::new();
+    for i in 0..30 {
+        let mut c = raw_device(&hub, &format!("sender-{i}")).await;
+        let r = c.request(json!({"target": "sink", "payload": i})).await;
+        assert_eq!(r, json!({"success": true}));
+        senders.push(c);
+    }
+    // Every device is still connected: shutdown closes them all, queueing their departures
+    // (which carry the packet counts) just before the store closes.
+    let dir = hub.dir.clone();
+    hub.stop().await;
+    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM device_overview WHERE name LIKE 'sender-%' AND packets_sent = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("query device_overview");
+    pool.close().await;
+    assert_eq!(recorded, 30, "every departure written at shutdown");
+}
