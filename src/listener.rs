@@ -164,7 +164,7 @@ pub async fn serve(
 /// data stays unacknowledged, for `timeout`. A reader that stopped reading shows up here
 /// long before its queue fills: the kernel send buffer (up to 4 MiB) absorbs its backlog
 /// first. The hub's next read of the socket then fails with `TimedOut`.
-fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+pub(crate) fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
         tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");

@@ -153,6 +153,12 @@ async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                // A client that stops reading is dropped like a WebSocket one (README,
+                // HOMEHUB_SEND_TIMEOUT_SECS); its queue would not fill for a long time.
+                let send_timeout = hub.config.send_timeout_secs;
+                if send_timeout > 0 {
+                    crate::listener::set_send_timeout(&stream, Duration::from_secs(send_timeout));
+                }
                 hub.tracker
                     .spawn(connection::serve(hub.clone(), stream, peer.to_string()));
             }

@@ -273,8 +273,13 @@ pub struct BesterClient {
 
 impl BesterClient {
     pub async fn connect(addr: SocketAddr) -> BesterClient {
+        Self::over(TcpStream::connect(addr).await.expect("connect to bester"))
+    }
+
+    /// A client on an already connected stream (e.g. one with socket options set).
+    pub fn over(stream: TcpStream) -> BesterClient {
         BesterClient {
-            stream: TcpStream::connect(addr).await.expect("connect to bester"),
+            stream,
             pending: VecDeque::new(),
             next_id: 0,
         }

@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::common::{HubBuilder, PASSWORD, TestHub, status};
+use crate::common::{BesterClient, HubBuilder, PASSWORD, TestHub, status};
 
 async fn with_users(hub: &TestHub, names: &[&str]) {
     for n in names {
@@ -352,4 +352,55 @@ async fn a_client_that_does_not_read_cannot_stall_the_others() {
         .await;
     assert_eq!(status(&r), "ok");
     assert_eq!(carol.recv_delivery().await["payload"]["data"]["text"], "HI");
+}
+
+/// A client that stops reading is dropped by the send timeout (`TCP_USER_TIMEOUT`), not
+/// kept while its backlog sits in kernel buffers; the sender is unharmed.
+#[tokio::test]
+async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
+    let hub = HubBuilder::new()
+        .example_handler("upper")
+        .config(|c| {
+            c.send_timeout_secs = 1;
+            // The queue policy must not be what drops it.
+            c.outbound_queue = 10_000;
+        })
+        .start()
+        .await;
+    with_users(&hub, &["alice", "bob"]).await;
+    let mut alice = hub.login("alice").await;
+    // A tiny receive buffer, so a few KiB close the stalled reader's window.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut bob = BesterClient::over(sock.connect(hub.bester()).await.unwrap());
+    let r = bob.authenticate("bob", PASSWORD).await;
+    assert_eq!(status(&r), "ok", "{r}");
+
+    // bob reads nothing from here on: 16 messages of 16 KiB.
+    let text = "w".repeat(16 * 1024);
+    for _ in 0..16 {
+        let r = alice
+            .call("upper", json!({"text": text, "to": ["bob"]}))
+            .await;
+        assert!(matches!(status(&r), "ok" | "undelivered"), "{r}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = alice
+            .call("upper", json!({"text": "still there?", "to": ["bob"]}))
+            .await;
+        if status(&r) == "undelivered" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled reader was never dropped: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = alice
+        .call("upper", json!({"text": "me", "to": ["alice"]}))
+        .await;
+    assert_eq!(status(&r), "ok", "{r}");
+    assert_eq!(alice.recv_delivery().await["payload"]["data"]["text"], "ME");
 }
