@@ -30,6 +30,14 @@ async fn count(store: &Store, sql: &str) -> i64 {
         .expect("count query")
 }
 
+/// A lock join in open mode that must succeed.
+async fn join(store: &Store, lock: &str, holder: &str) -> crate::domain::LockRecord {
+    store
+        .join_lock(&serial(lock), &device(holder))
+        .await
+        .expect("join")
+}
+
 /// Sleeps past the millisecond resolution of stored timestamps.
 async fn tick() {
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -60,10 +68,7 @@ async fn open_sets_pragmas_and_applies_migrations() {
 #[tokio::test]
 async fn join_creates_lock_with_defaults() {
     let (_dir, store) = temp_store().await;
-    let lock = store
-        .join_lock(&serial("L-1"), &device("pi-hall"))
-        .await
-        .unwrap();
+    let lock = join(&store, "L-1", "pi-hall").await;
     assert_eq!(lock.serial, "L-1");
     assert_eq!(lock.name, "L-1");
     assert_eq!(lock.mode, 1);
@@ -87,19 +92,13 @@ async fn join_creates_lock_with_defaults() {
 #[tokio::test]
 async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen() {
     let (_dir, store) = temp_store().await;
-    let first = store
-        .join_lock(&serial("L-1"), &device("pi-a"))
-        .await
-        .unwrap();
+    let first = join(&store, "L-1", "pi-a").await;
     store
         .set_intended_state("L-1", &json!({"locked": false}))
         .await
         .unwrap();
     tick().await;
-    let second = store
-        .join_lock(&serial("L-1"), &device("pi-b"))
-        .await
-        .unwrap();
+    let second = join(&store, "L-1", "pi-b").await;
     assert_eq!(second.uuid, first.uuid);
     assert_eq!(second.first_seen_at, first.first_seen_at);
     assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
@@ -117,11 +116,7 @@ async fn reopening_the_file_keeps_the_uuid() {
     let path = path.to_str().unwrap();
 
     let store = Store::open(&format!("sqlite://{path}")).await.unwrap();
-    let uuid = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap()
-        .uuid;
+    let uuid = join(&store, "L-1", "pi").await.uuid;
     store.close().await;
 
     // The same file through each accepted spelling; migrations are not re-applied.
@@ -136,10 +131,7 @@ async fn reopening_the_file_keeps_the_uuid() {
             uuid,
             "{url}"
         );
-        let again = store
-            .join_lock(&serial("L-1"), &device("pi"))
-            .await
-            .unwrap();
+        let again = join(&store, "L-1", "pi").await;
         assert_eq!(again.uuid, uuid, "{url}");
         store.close().await;
     }
@@ -148,8 +140,8 @@ async fn reopening_the_file_keeps_the_uuid() {
 #[tokio::test]
 async fn two_serials_get_different_uuids() {
     let (_dir, store) = temp_store().await;
-    let b = store.join_lock(&serial("B"), &device("pi")).await.unwrap();
-    let a = store.join_lock(&serial("A"), &device("pi")).await.unwrap();
+    let b = join(&store, "B", "pi").await;
+    let a = join(&store, "A", "pi").await;
     assert_ne!(a.uuid, b.uuid);
     let all = store.list_locks().await.unwrap();
     let serials: Vec<_> = all.iter().map(|l| l.serial.as_str()).collect();
@@ -184,10 +176,7 @@ async fn concurrent_joins_of_one_serial_agree_on_the_uuid() {
 #[tokio::test]
 async fn intended_and_reported_state() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
     let state = json!({"locked": false, "until": "2030-01-01T00:00:00Z"});
     let updated = store.set_intended_state("L-1", &state).await.unwrap();
     assert_eq!(updated.intended_state, state);
@@ -241,10 +230,7 @@ async fn unknown_locks() {
 #[tokio::test]
 async fn pairing_create_complete_list() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
 
     let req = store
         .create_pairing(
@@ -311,10 +297,7 @@ async fn pairing_create_complete_list() {
 #[tokio::test]
 async fn repairing_an_item_replaces_and_unrevokes_it() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
     let first = store
         .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
         .await
@@ -347,10 +330,7 @@ async fn repairing_an_item_replaces_and_unrevokes_it() {
 #[tokio::test]
 async fn absurd_ttl_does_not_panic() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
     let req = store
         .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::MAX)
         .await
@@ -364,10 +344,7 @@ async fn decide_access_grants_only_active_pairings_and_logs_everything() {
     let (_dir, store) = temp_store().await;
     let l1 = serial("L-1");
     store.join_lock(&l1, &device("pi")).await.unwrap();
-    store
-        .join_lock(&serial("L-2"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-2", "pi").await;
 
     // Not paired yet.
     let d = store.decide_access(&l1, "TAG-1", "pi").await.unwrap();
@@ -500,18 +477,9 @@ async fn record_event_appends() {
 #[tokio::test]
 async fn lock_overview_view_is_queryable() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
-    store
-        .join_lock(&serial("L-2"), &device("pi"))
-        .await
-        .unwrap();
-    store
-        .join_lock(&serial("L-1"), &device("pi-2"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
+    join(&store, "L-2", "pi").await;
+    join(&store, "L-1", "pi-2").await;
     store
         .set_reported_state(&serial("L-1"), &json!({"locked": true}))
         .await
@@ -549,10 +517,7 @@ async fn lock_overview_view_is_queryable() {
 #[tokio::test]
 async fn malformed_json_is_an_error_not_a_panic() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
 
     // The CHECK constraints refuse malformed JSON...
     let refused = sqlx::query("UPDATE locks SET config = '{oops'")
@@ -599,14 +564,8 @@ async fn malformed_json_is_an_error_not_a_panic() {
 #[tokio::test]
 async fn in_memory_database_works() {
     let store = Store::open("sqlite::memory:").await.unwrap();
-    let a = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
-    let b = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    let a = join(&store, "L-1", "pi").await;
+    let b = join(&store, "L-1", "pi").await;
     assert_eq!(a.uuid, b.uuid);
     store.close().await;
 }
@@ -660,25 +619,39 @@ async fn concurrent_exclusive_joins_give_a_new_lock_to_exactly_one_device() {
     );
 }
 
+/// Joins `n` locks concurrently (so the join writer batches them), lock `i` named
+/// `serial_of(i)` by device `holder_of(i)`; the records in `i` order.
+async fn join_all_at_once(
+    store: &Store,
+    n: usize,
+    serial_of: fn(usize) -> String,
+    holder_of: fn(usize) -> String,
+) -> Vec<crate::domain::LockRecord> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .join_lock(&serial(&serial_of(i)), &device(&holder_of(i)))
+                    .await
+                    .expect("join")
+            })
+        })
+        .collect();
+    let mut locks = Vec::with_capacity(n);
+    for t in tasks {
+        locks.push(t.await.expect("task"));
+    }
+    locks
+}
+
 #[tokio::test]
 async fn a_batch_of_many_locks_is_written_and_answered_per_lock() {
     let (_dir, store) = temp_store().await;
-    let mut tasks = Vec::new();
-    for i in 0..600 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let s = format!("BATCH-{i}");
-            let lock = store
-                .join_lock(&serial(&s), &device(&format!("h-{i}")))
-                .await
-                .expect("join");
-            (s, lock)
-        }));
-    }
-    for t in tasks {
-        let (s, lock) = t.await.expect("task");
-        assert_eq!(lock.serial, s);
-        assert_eq!(lock.name, s);
+    let locks = join_all_at_once(&store, 600, |i| format!("BATCH-{i}"), |i| format!("h-{i}")).await;
+    for (i, lock) in locks.iter().enumerate() {
+        assert_eq!(lock.serial, format!("BATCH-{i}"));
+        assert_eq!(lock.name, lock.serial);
     }
     assert_eq!(count(&store, "SELECT count(*) FROM locks").await, 600);
     assert_eq!(
@@ -708,16 +681,10 @@ async fn holder_in_table(store: &Store, serial: &str) -> (Option<String>, Option
 #[tokio::test]
 async fn known_lock_joins_come_from_the_copy_and_are_still_written() {
     let (_dir, store) = temp_store().await;
-    let first = store
-        .join_lock(&serial("L-1"), &device("pi-a"))
-        .await
-        .unwrap();
+    let first = join(&store, "L-1", "pi-a").await;
     assert_eq!(store.lock_join_known_hits(), 0, "first sight is not a hit");
     tick().await;
-    let second = store
-        .join_lock(&serial("L-1"), &device("pi-b"))
-        .await
-        .unwrap();
+    let second = join(&store, "L-1", "pi-b").await;
     assert_eq!(store.lock_join_known_hits(), 1);
     assert_eq!(second.uuid, first.uuid);
     assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
@@ -737,20 +704,8 @@ async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
         let s = format!("K-{i}");
         store.join_lock(&serial(&s), &device("old")).await.unwrap();
     }
-    let mut tasks = Vec::new();
-    for i in 0..300 {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            let s = format!("K-{i}");
-            let lock = store
-                .join_lock(&serial(&s), &device(&format!("new-{i}")))
-                .await
-                .expect("join");
-            (i, lock)
-        }));
-    }
-    for t in tasks {
-        let (i, lock) = t.await.expect("task");
+    let locks = join_all_at_once(&store, 300, |i| format!("K-{i}"), |i| format!("new-{i}")).await;
+    for (i, lock) in locks.iter().enumerate() {
         assert_eq!(lock.serial, format!("K-{i}"));
         let holder = format!("new-{i}");
         assert_eq!(lock.holder_device.as_deref(), Some(holder.as_str()));
@@ -770,14 +725,8 @@ async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
 #[tokio::test]
 async fn a_change_by_another_connection_reaches_the_next_join() {
     let (dir, store) = temp_store().await;
-    let first = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    let first = join(&store, "L-1", "pi").await;
+    join(&store, "L-1", "pi").await;
     assert_eq!(store.lock_join_known_hits(), 1, "the lock is in the copy");
 
     let mut admin = outside_connection(&dir).await;
@@ -789,10 +738,7 @@ async fn a_change_by_another_connection_reaches_the_next_join() {
     .await
     .unwrap();
 
-    let after = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    let after = join(&store, "L-1", "pi").await;
     assert_eq!(after.name, "Front door");
     assert_eq!(after.config, json!({"beep": true}));
     assert_eq!(after.uuid, first.uuid);
@@ -802,10 +748,7 @@ async fn a_change_by_another_connection_reaches_the_next_join() {
         "the stale copy was not used"
     );
     // The copy is refilled from that join.
-    let again = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    let again = join(&store, "L-1", "pi").await;
     assert_eq!(again.name, "Front door");
     assert_eq!(store.lock_join_known_hits(), 2);
     store.close().await;
@@ -814,18 +757,12 @@ async fn a_change_by_another_connection_reaches_the_next_join() {
 #[tokio::test]
 async fn changes_through_the_store_reach_the_next_known_lock_join() {
     let (_dir, store) = temp_store().await;
-    store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    join(&store, "L-1", "pi").await;
     store
         .set_intended_state("L-1", &json!({"locked": false}))
         .await
         .unwrap();
-    let lock = store
-        .join_lock(&serial("L-1"), &device("pi"))
-        .await
-        .unwrap();
+    let lock = join(&store, "L-1", "pi").await;
     assert_eq!(lock.intended_state, json!({"locked": false}));
     store.close().await;
 }
