@@ -99,6 +99,8 @@ pub struct Ctx {
     hubs_started: Cell<u32>,
     /// Highest CPU use by other processes seen in a measured window of this scenario.
     pub max_other: Rc<Cell<f64>>,
+    /// Highest hypervisor steal seen in a measured window of this scenario.
+    pub max_steal: Rc<Cell<f64>>,
     /// TCP retransmits and backlog drops summed over this scenario's measured windows.
     pub net_total: Rc<Cell<(u64, u64)>>,
 }
@@ -127,6 +129,8 @@ pub struct Usage {
     /// CPU used outside the hub and the generator (other processes, softirq), in percent
     /// of one core: a disturbed measurement shows here.
     pub other_cpu_pct: f64,
+    /// Of that, time the hypervisor gave to other VMs (steal), percent of one core.
+    pub steal_pct: f64,
     /// TCP retransmits and loopback backlog drops during the window (whole machine).
     pub net: sys::NetDrops,
 }
@@ -138,8 +142,10 @@ pub struct Meter {
     start_ns: u64,
     rss0: Option<u64>,
     busy0: Vec<u64>,
+    steal0: u64,
     net0: sys::NetDrops,
     max_other: Rc<Cell<f64>>,
+    max_steal: Rc<Cell<f64>>,
     net_total: Rc<Cell<(u64, u64)>>,
 }
 
@@ -168,8 +174,11 @@ impl Meter {
             .map(|(a, b)| a.pct_until(&b))
             .unwrap_or(0.0);
         let other = busy.first().copied().unwrap_or(0.0) - hub_cpu - gen_cpu;
+        let steal =
+            100.0 * sys::steal_ticks().saturating_sub(self.steal0) as f64 / tck / secs.max(1e-9);
         if secs >= 0.5 {
             self.max_other.set(self.max_other.get().max(other));
+            self.max_steal.set(self.max_steal.get().max(steal));
         }
         let net1 = sys::net_drops();
         let net = sys::NetDrops {
@@ -185,6 +194,7 @@ impl Meter {
             net,
             cpu_busy_pct: busy.iter().skip(1).map(|v| round1(*v)).collect(),
             other_cpu_pct: round1(other.max(0.0)),
+            steal_pct: round1(steal),
             secs,
             hub_cpu_pct: self.hub.zip(hub_end).map(|(a, b)| round1(a.pct_until(&b))),
             hub_cpu_secs: self
@@ -222,6 +232,7 @@ impl Ctx {
             tasks: RefCell::new(Vec::new()),
             hubs_started: Cell::new(0),
             max_other: Rc::default(),
+            max_steal: Rc::default(),
             net_total: Rc::default(),
         }
     }
@@ -275,8 +286,10 @@ impl Ctx {
             start_ns: now_ns(),
             rss0: hub_pid.and_then(sys::rss_kib),
             busy0: sys::busy_ticks(),
+            steal0: sys::steal_ticks(),
             net0: sys::net_drops(),
             max_other: self.max_other.clone(),
+            max_steal: self.max_steal.clone(),
             net_total: self.net_total.clone(),
         }
     }

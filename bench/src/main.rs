@@ -349,6 +349,7 @@ async fn run_scenario(
     }
     progress::say(format!("== {id}"));
     ctx.max_other.set(0.0);
+    ctx.max_steal.set(0.0);
     ctx.net_total.set((0, 0));
     let t0 = stats::now_ns();
     let res = match id {
@@ -369,7 +370,9 @@ async fn run_scenario(
     });
     res.secs = stats::round1((stats::now_ns() - t0) as f64 / 1e9);
     let other = ctx.max_other.get();
+    let steal = ctx.max_steal.get();
     res.put("max_other_cpu_pct", stats::round1(other));
+    res.put("max_steal_pct", stats::round1(steal));
     let (retrans, drops) = ctx.net_total.get();
     res.put("tcp_retransmits", retrans);
     res.put("loopback_backlog_drops", drops);
@@ -380,7 +383,7 @@ async fn run_scenario(
     }
     if other > DISTURBED_PCT {
         res.note(format!(
-            "the machine was busy: other processes used up to {other:.0} % of a core during a measured window (figures are pessimistic; see usage.other_cpu_pct in the JSON)"
+            "the machine was busy: other load used up to {other:.0} % of a core during a measured window, hypervisor steal up to {steal:.0} % (figures are pessimistic; see usage.other_cpu_pct and usage.steal_pct in the JSON)"
         ));
     }
     ctx.set_phase(format!("{id} teardown"));

@@ -173,6 +173,19 @@ pub fn busy_ticks() -> Vec<u64> {
         .collect()
 }
 
+/// Clock ticks the hypervisor took from this machine's CPUs (`steal` of `/proc/stat`'s
+/// `cpu` line): time the VM wanted to run and could not.
+pub fn steal_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    stat.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Kernel memory of all TCP sockets on the machine in KiB (`/proc/net/sockstat`, pages).
 pub fn tcp_mem_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
