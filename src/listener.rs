@@ -146,9 +146,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        if !opts.send_timeout.is_zero() {
-            set_send_timeout(&stream, opts.send_timeout);
-        }
+        set_send_timeout(&stream, opts.send_timeout);
         tracker.spawn(connection(
             stream,
             peer,
@@ -163,8 +161,12 @@ pub async fn serve(
 /// Makes the kernel drop the connection when the peer's receive window stays closed, or sent
 /// data stays unacknowledged, for `timeout`. A reader that stopped reading shows up here
 /// long before its queue fills: the kernel send buffer (up to 4 MiB) absorbs its backlog
-/// first. The hub's next read of the socket then fails with `TimedOut`.
+/// first. The hub's next read of the socket then fails with `TimedOut`. Zero leaves the
+/// kernel's default. Used by every TCP door (WebSocket listener, Bester).
 pub(crate) fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
         tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
