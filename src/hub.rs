@@ -251,14 +251,7 @@ impl Server {
             tracing::info!("shutting down: closing sockets");
             token.cancel();
         });
-        crate::listener::serve(
-            self.listener,
-            app,
-            hub.shutdown.clone(),
-            hub.tracker.clone(),
-            self.listen,
-        )
-        .await;
+        crate::listener::serve(self.listener, app, hub.clone(), self.listen).await;
         hub.tracker.close();
         let grace = Duration::from_secs(hub.config.shutdown_grace_secs);
         if tokio::time::timeout(grace, hub.tracker.wait())
@@ -304,17 +297,19 @@ fn spawn_idle_sweep(hub: &Arc<Hub>) {
 /// Every HTTP route of the hub.
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
+        // WebSocket upgrades are normally answered by the listener before this router
+        // sees them (transport::handshake); these routes answer everything else.
         .route(
             "/socket/websocket",
-            axum::routing::any(crate::transport::websocket::upgrade),
+            axum::routing::any(crate::transport::handshake::fallback),
         )
         .route(
             "/relay",
-            axum::routing::get(crate::transport::relay::upgrade),
+            axum::routing::get(crate::transport::handshake::fallback),
         )
         .route(
             "/compendium",
-            axum::routing::get(crate::transport::compendium::upgrade),
+            axum::routing::get(crate::transport::handshake::fallback),
         )
         .route(
             "/socket/longpoll",

@@ -1,5 +1,6 @@
 //! The HTTP listener: our own accept loop (instead of `axum::serve`) so the hub can put a
-//! deadline on handshakes, cap connections per remote address, and speak TLS.
+//! deadline on handshakes, cap connections per remote address, speak TLS, and take
+//! WebSocket upgrades without a detour through the HTTP stack.
 //!
 //! - A TCP connection that does not complete its TLS handshake or send a full request
 //!   head within `handshake_timeout` is dropped (real Phoenix keeps such connections
@@ -8,24 +9,37 @@
 //!   are closed at accept. (Live WebSockets are capped separately, at upgrade.)
 //! - With a certificate and key configured, every connection is TLS (`wss://`,
 //!   `https://`), through rustls.
+//! - The first request head of a connection is read here. A WebSocket upgrade to one of
+//!   the hub's socket paths is answered here ([`crate::transport::handshake`]) and the
+//!   socket handed to its door; anything else goes to hyper and the axum router with the
+//!   bytes already read put back in front ([`Rewind`]). A device's connection is almost
+//!   always exactly one upgrade, and the join-storm profile had hyper's request and
+//!   upgrade machinery at ≈ 15 % of the hub (bench/README.md).
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
+
+use crate::hub::Hub;
+use crate::transport::handshake::{self, Upgrade};
 
 /// How connections are accepted.
 #[derive(Clone)]
@@ -120,13 +134,8 @@ impl Drop for IpSlot {
 }
 
 /// Accepts connections until `shutdown` is cancelled; each is served on `tracker`.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    opts: ListenOptions,
-) {
+pub async fn serve(listener: TcpListener, app: Router, hub: Arc<Hub>, opts: ListenOptions) {
+    let shutdown = hub.shutdown.clone();
     let per_ip = Arc::new(PerIp::default());
     loop {
         let (stream, peer) = tokio::select! {
@@ -147,12 +156,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         set_send_timeout(&stream, opts.send_timeout);
-        tracker.spawn(connection(
+        hub.tracker.spawn(connection(
             stream,
             peer,
             app.clone(),
+            hub.clone(),
             opts.clone(),
-            shutdown.clone(),
             slot,
         ));
     }
@@ -179,19 +188,219 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
+    hub: Arc<Hub>,
     opts: ListenOptions,
-    shutdown: CancellationToken,
-    _slot: IpSlot,
+    slot: IpSlot,
 ) {
-    match &opts.tls {
-        None => http(TokioIo::new(stream), peer, app, &opts, shutdown).await,
+    let io = match &opts.tls {
+        None => Io::Plain(stream),
         Some(acceptor) => {
             match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => http(TokioIo::new(tls), peer, app, &opts, shutdown).await,
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                Ok(Err(e)) => return tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
             }
         }
+    };
+    let shutdown = hub.shutdown.clone();
+    let mut buf = Vec::new();
+    let mut io = io;
+    let head = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        read = tokio::time::timeout(opts.handshake_timeout, read_head(&mut io, &mut buf)) => match read {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "connection ended before its request"),
+            Err(_) => return tracing::debug!(%peer, "request head timed out"),
+        },
+    };
+    if let Some(upgrade) = head {
+        // The slot counts HTTP connections; a WebSocket is capped by the registry instead.
+        drop(slot);
+        let leftover = buf.split_off(upgrade.head_len);
+        return handshake::serve(io, leftover, upgrade, &hub, peer).await;
+    }
+    // Boxed: hyper's connection state is large, and this future is short-lived.
+    let http = http(
+        TokioIo::new(Rewind::new(buf, io)),
+        peer,
+        app,
+        &opts,
+        shutdown,
+    );
+    Box::pin(http).await;
+    drop(slot);
+}
+
+/// Largest request head read before the listener gives up on recognising an upgrade and
+/// lets hyper (with its own limits) read the rest.
+const MAX_HEAD: usize = 16 * 1024;
+/// First read of a request head: a device's upgrade request is a few hundred bytes.
+const HEAD_CHUNK: usize = 1024;
+
+/// Reads until `buf` holds a complete request head, or it is clear the request is not for
+/// this fast path: `Some` is a WebSocket upgrade to a door; `None` is anything else
+/// (another request, a head too long or malformed, a peer that closed): hyper's to answer.
+async fn read_head(io: &mut Io, buf: &mut Vec<u8>) -> io::Result<Option<Upgrade>> {
+    loop {
+        if buf.len() == buf.capacity() {
+            if buf.len() >= MAX_HEAD {
+                return Ok(None);
+            }
+            buf.reserve(HEAD_CHUNK.max(buf.len()));
+        }
+        if io.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+        match handshake::parse(buf) {
+            Ok(Some(upgrade)) => return Ok(Some(upgrade)),
+            Ok(None) => continue,
+            Err(handshake::NotUpgrade) => return Ok(None),
+        }
+    }
+}
+
+/// A connection's byte stream: plain TCP, TLS, or (for an upgrade that arrived on a
+/// connection hyper was already serving) hyper's upgraded stream.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+macro_rules! on_io {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+            Io::Upgraded($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_io!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        on_io!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+            Io::Upgraded(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_io!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+impl Io {
+    /// Writes a whole response (the handshake's 101 or refusal).
+    pub async fn write_response(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+}
+
+/// A stream with bytes already read from it put back in front: hyper reads the request
+/// head the listener looked at, then the stream itself.
+pub struct Rewind {
+    prefix: Vec<u8>,
+    at: usize,
+    io: Io,
+}
+
+impl Rewind {
+    fn new(prefix: Vec<u8>, io: Io) -> Rewind {
+        Rewind { prefix, at: 0, io }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let rest = &this.prefix[this.at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -5,10 +5,10 @@
 //! turns everything else into a [`DecodeError`] that says whether the frame can still be
 //! answered (topic and ref recovered) or the connection must close, and with which code.
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 use super::message::{Frame, Message, OutPayload, Payload, RawRef};
 

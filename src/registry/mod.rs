@@ -17,9 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
 
 use crate::domain::DeviceName;
 use crate::metrics::{self, Metrics};

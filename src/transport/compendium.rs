@@ -19,41 +19,28 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use futures_util::FutureExt as _;
 
-use super::ws::{self, Close, Handler};
+use super::ws::{self, Close, Handler, WsStream};
 use crate::auth::RateLimiter;
 use crate::hub::Hub;
 use crate::registry::relay::RelayError;
 use crate::registry::{Conn, Door, Outbound};
 
-pub async fn upgrade(
-    State(hub): State<Arc<Hub>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if let Err(status) = super::admit(&hub, peer, &headers, query.as_deref()) {
-        return status.into_response();
-    }
-    let tracker = hub.tracker.clone();
-    // Messages up to the hub's frame limit reach the handler, which answers ERR 413 past
-    // the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is the socket closed (1009).
-    let max_frame = hub
-        .config
-        .max_frame_bytes
-        .max(hub.config.compendium_max_bytes);
-    super::configure(ws, max_frame)
-        .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "compendium upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer)))
+/// Admission to `/compendium` (origin, per-address cap, the token in token mode); `Err` is
+/// the status to refuse with.
+pub fn admit(
+    hub: &Hub,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), StatusCode> {
+    super::admit(hub, peer, headers, query).map(drop)
 }
 
 /// A decoded client message.
@@ -191,7 +178,7 @@ impl Handler for Compendium {
 }
 
 /// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
-fn run(socket: WebSocket, hub: Arc<Hub>, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+pub fn run(socket: WsStream, hub: Arc<Hub>, peer: SocketAddr) -> impl Future<Output = ()> + Send {
     let (conn, rx) = hub.registry.connect(None, Door::Compendium, peer);
     tracing::info!(conn = conn.id, %peer, "compendium connected");
     let handler = Compendium {

@@ -1,10 +1,12 @@
 //! Transports: the edges where bytes become typed messages.
 //!
 //! `websocket` serves the Phoenix socket at `/socket/websocket`, `relay` the raw device
-//! relay at `/relay`, `compendium` the Compendium relay at `/compendium`. All three run on
-//! the shared driver in `ws`; each decodes its own protocol once, at the edge.
+//! relay at `/relay`, `compendium` the Compendium relay at `/compendium`. `handshake`
+//! decides and answers their upgrades; all three run on the shared driver in `ws`; each
+//! decodes its own protocol once, at the edge. `longpoll` is Phoenix's HTTP transport.
 
 pub mod compendium;
+pub mod handshake;
 pub mod longpoll;
 pub mod relay;
 pub mod websocket;
@@ -12,23 +14,12 @@ pub mod ws;
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, header};
 
 use crate::config::AuthMode;
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::protocol::Vsn;
-
-/// Applies the hub's WebSocket limits: small read chunks, a write buffer flushed per batch,
-/// and the maximum message size (1009 past it).
-pub fn configure(ws: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
-    ws.read_buffer_size(ws::READ_BUFFER)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_frame_bytes.saturating_mul(2).max(64 * 1024))
-        .max_message_size(max_frame_bytes)
-        .max_frame_size(max_frame_bytes)
-}
 
 use std::collections::HashMap;
 

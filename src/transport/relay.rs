@@ -9,17 +9,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use futures_util::FutureExt as _;
 
-use super::ws::{self, Close, Handler};
+use super::ws::{self, Close, Handler, WsStream};
 use crate::auth::RateLimiter;
 use crate::channels::presence;
 use crate::channels::relay::{Meta, info_json};
@@ -29,22 +27,25 @@ use crate::protocol::serializer::close_code;
 use crate::registry::relay::{self, Packet, RelayError};
 use crate::registry::{Conn, Door, Outbound};
 
-pub async fn upgrade(
-    State(hub): State<Arc<Hub>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
-) -> Response {
+/// A raw relay connection that passed [`admit`]: in token mode, the only device name it
+/// may register as.
+pub struct Admitted {
+    only_name: Option<String>,
+}
+
+/// Admission to `/relay` (origin, per-address cap, the token in token mode); `Err` is the
+/// status to refuse with.
+pub fn admit(
+    hub: &Hub,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Admitted, StatusCode> {
     // In token mode the token names the only device this connection may register as.
-    let only_name = match super::admit(&hub, peer, &headers, query.as_deref()) {
-        Ok(subject) => subject.map(|s| relay::normalize(&s)),
-        Err(status) => return status.into_response(),
-    };
-    let tracker = hub.tracker.clone();
-    super::configure(ws, hub.config.max_frame_bytes)
-        .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "relay upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, peer, only_name)))
+    let subject = super::admit(hub, peer, headers, query)?;
+    Ok(Admitted {
+        only_name: subject.map(|s| relay::normalize(&s)),
+    })
 }
 
 /// One packet, decoded once.
@@ -274,12 +275,13 @@ impl Handler for RawRelay {
 }
 
 /// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
-fn run(
-    socket: WebSocket,
+pub fn run(
+    socket: WsStream,
     hub: Arc<Hub>,
+    admitted: Admitted,
     peer: SocketAddr,
-    only_name: Option<String>,
 ) -> impl Future<Output = ()> + Send {
+    let Admitted { only_name } = admitted;
     let (conn, rx) = hub.registry.connect(None, Door::Relay, peer);
     tracing::info!(conn = conn.id, %peer, "relay connected");
     let handler = RawRelay {

@@ -1,22 +1,21 @@
 //! `GET /socket/websocket`: the Phoenix WebSocket transport (§1, §4, §10).
 //!
-//! The upgrade handler is the last point that sees HTTP: it picks the serializer from
-//! `vsn`, validates the `name` connect param and the offered subprotocols, and refuses with
-//! HTTP 403 exactly where Phoenix does. After the upgrade the shared driver
-//! ([`super::ws::drive`]) runs the socket with a [`PhoenixHandler`].
+//! [`admit`] is the last point that sees HTTP: it picks the serializer from `vsn`,
+//! validates the `name` connect param and the offered subprotocols, and refuses with HTTP
+//! 403 exactly where Phoenix does (the upgrade itself is [`super::handshake`]'s). After the
+//! upgrade the shared driver ([`super::ws::drive`]) runs the socket with a
+//! [`PhoenixHandler`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use tungstenite::Message as WsMessage;
 
 use futures_util::FutureExt as _;
 
-use super::ws::{self, Close, Handler};
+use super::ws::{self, Close, Handler, WsStream};
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::metrics;
@@ -27,65 +26,67 @@ use crate::socket::Session;
 /// Subprotocol entries that carry an auth token rather than name a protocol (§1.5).
 const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 
-pub async fn upgrade(
-    State(hub): State<Arc<Hub>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
-    if method != Method::GET {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
-    let params = super::Params::parse(query.as_deref());
-    if !super::origin_allowed(&hub, &headers) {
+/// A Phoenix connect that passed [`admit`].
+pub struct Admitted {
+    name: DeviceName,
+    vsn: Vsn,
+}
+
+/// Phoenix's `connect` for an upgrade request: origin, offered subprotocols, serializer,
+/// name, token and the per-address cap. `Ok` carries the subprotocol to confirm
+/// (`phoenix`, when offered); `Err` is the status to refuse with (403, as Phoenix does).
+pub fn admit(
+    hub: &Hub,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Admitted, Option<&'static str>), StatusCode> {
+    let params = super::Params::parse(query);
+    if !super::origin_allowed(hub, headers) {
         metrics::inc(&hub.metrics.connections_refused);
         tracing::info!(%peer, "connect refused: origin not allowed");
-        return StatusCode::FORBIDDEN.into_response();
+        return Err(StatusCode::FORBIDDEN);
     }
-    if !subprotocols_acceptable(&headers) {
+    if !subprotocols_acceptable(headers) {
         metrics::inc(&hub.metrics.connections_refused);
         tracing::info!(%peer, "connect refused: no acceptable subprotocol");
-        return StatusCode::FORBIDDEN.into_response();
+        return Err(StatusCode::FORBIDDEN);
     }
-    let auth_token = subprotocol_token(&headers);
-    let Ok((name, vsn)) = super::authorize_connect(&hub, peer, &params, auth_token.as_deref())
-    else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
-    let Ok(ws) = ws else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let tracker = hub.tracker.clone();
-    super::configure(ws, hub.config.max_frame_bytes)
-        .protocols(["phoenix"])
-        .on_failed_upgrade(move |e| tracing::info!(%peer, error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(run(socket, hub, name, vsn, peer)))
+    let auth_token = subprotocol_token(headers);
+    let (name, vsn) = super::authorize_connect(hub, peer, &params, auth_token.as_deref())
+        .map_err(|_| StatusCode::FORBIDDEN)?;
+    let protocol = offers_phoenix(headers).then_some(PROTOCOL);
+    Ok((Admitted { name, vsn }, protocol))
 }
 
-/// A client that offers subprotocols must offer `phoenix` (token entries aside), or the
-/// handshake would complete without a selected protocol, which browsers reject (§1.5).
-fn subprotocols_acceptable(headers: &HeaderMap) -> bool {
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !p.starts_with(AUTH_TOKEN_PREFIX))
-        .collect();
-    offered.is_empty() || offered.contains(&"phoenix")
-}
+/// The subprotocol this door speaks.
+const PROTOCOL: &str = "phoenix";
 
-/// The token of a `base64url.bearer.phx.<b64>` subprotocol entry (Phoenix `authToken`).
-fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+fn offered(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| crate::auth::token_from_subprotocol(p.trim()))
+        .map(str::trim)
+}
+
+fn offers_phoenix(headers: &HeaderMap) -> bool {
+    offered(headers).any(|p| p == PROTOCOL)
+}
+
+/// A client that offers subprotocols must offer `phoenix` (token entries aside), or the
+/// handshake would complete without a selected protocol, which browsers reject (§1.5).
+fn subprotocols_acceptable(headers: &HeaderMap) -> bool {
+    let mut protocols = offered(headers)
+        .filter(|p| !p.is_empty() && !p.starts_with(AUTH_TOKEN_PREFIX))
+        .peekable();
+    protocols.peek().is_none() || protocols.any(|p| p == PROTOCOL)
+}
+
+/// The token of a `base64url.bearer.phx.<b64>` subprotocol entry (Phoenix `authToken`).
+fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    offered(headers).find_map(crate::auth::token_from_subprotocol)
 }
 
 fn to_ws(w: WireFrame) -> WsMessage {
@@ -145,13 +146,13 @@ impl Handler for PhoenixHandler {
 /// The socket's task: registers the connection and drives it. A plain function that builds
 /// the driver future before the task's state machine exists (an `async fn` would keep its
 /// own copy of the socket beside the driver's), so an idle socket costs less memory.
-fn run(
-    socket: WebSocket,
+pub fn run(
+    socket: WsStream,
     hub: Arc<Hub>,
-    name: DeviceName,
-    vsn: Vsn,
+    admitted: Admitted,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
+    let Admitted { name, vsn } = admitted;
     let (conn, rx) = hub.registry.connect(Some(name), Door::Phoenix, peer);
     tracing::info!(conn = conn.id, device = %conn.name, %peer, ?vsn, "connected");
     if vsn == Vsn::V2 {

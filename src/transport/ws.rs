@@ -8,13 +8,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::Message as WsMessage;
+use tungstenite::protocol::CloseFrame;
 
+use crate::listener::Io;
 use crate::metrics::{self, Metrics};
 use crate::protocol::serializer::close_code;
 use crate::registry::outbox::Receiver;
 use crate::registry::{Conn, Outbound};
+
+/// A WebSocket on one of the hub's connections.
+pub type WsStream = WebSocketStream<Io>;
 
 /// Read chunk size of a socket: small, since device traffic is tiny and memory per idle
 /// connection matters more than the syscall count of rare large frames.
@@ -48,18 +54,17 @@ pub trait Handler: Send {
 }
 
 /// Close code for a read error: 1009 too big, 1007 bad UTF-8, 1002 protocol violation.
-fn classify(err: axum::Error) -> Option<Close> {
-    let inner = err.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(Close {
+fn classify(err: tungstenite::Error) -> Option<Close> {
+    match err {
+        tungstenite::Error::Capacity(_) => Some(Close {
             code: close_code::TOO_BIG,
             reason: "frame too big",
         }),
-        Some(tungstenite::Error::Utf8(_)) => Some(Close {
+        tungstenite::Error::Utf8(_) => Some(Close {
             code: close_code::INVALID_DATA,
             reason: "invalid utf-8",
         }),
-        Some(tungstenite::Error::Protocol(_)) => Some(Close {
+        tungstenite::Error::Protocol(_) => Some(Close {
             code: 1002,
             reason: "protocol error",
         }),
@@ -70,21 +75,16 @@ fn classify(err: axum::Error) -> Option<Close> {
 /// Counts and logs a connection the kernel dropped because its peer took no data for
 /// `HOMEHUB_SEND_TIMEOUT_SECS` (`TCP_USER_TIMEOUT`, set by the listener): a slow consumer
 /// whose backlog sat in kernel buffers, or a peer that vanished.
-fn note_send_timeout(err: &axum::Error, conn: &Conn, metrics: &Metrics) {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                metrics::inc(&metrics.slow_consumers_closed);
-                tracing::warn!(
-                    conn = conn.id,
-                    device = %conn.name,
-                    "peer took no data within the send timeout; connection dropped"
-                );
-            }
-            return;
-        }
-        cur = e.source();
+fn note_send_timeout(err: &tungstenite::Error, conn: &Conn, metrics: &Metrics) {
+    if let tungstenite::Error::Io(io) = err
+        && io.kind() == std::io::ErrorKind::TimedOut
+    {
+        metrics::inc(&metrics.slow_consumers_closed);
+        tracing::warn!(
+            conn = conn.id,
+            device = %conn.name,
+            "peer took no data within the send timeout; connection dropped"
+        );
     }
 }
 
@@ -92,10 +92,10 @@ fn note_send_timeout(err: &axum::Error, conn: &Conn, metrics: &Metrics) {
 /// not read must not hold its task hostage). `Err(None)`: killed; `Err(Some(e))`: the
 /// socket failed.
 async fn write_all(
-    socket: &mut WebSocket,
+    socket: &mut WsStream,
     conn: &Conn,
     msgs: &mut Vec<WsMessage>,
-) -> Result<(), Option<axum::Error>> {
+) -> Result<(), Option<tungstenite::Error>> {
     if msgs.is_empty() {
         return Ok(());
     }
@@ -122,7 +122,7 @@ async fn write_all(
 /// a heartbeat of their own; clients answer pings automatically).
 #[allow(clippy::manual_async_fn)] // on purpose, see the comment in the body
 pub fn drive<H: Handler>(
-    mut socket: WebSocket,
+    mut socket: WsStream,
     conn: Arc<Conn>,
     mut rx: Receiver,
     mut handler: H,
@@ -144,7 +144,7 @@ pub fn drive<H: Handler>(
             tokio::select! {
                 biased;
                 _ = conn.killed() => break Some(killed),
-                inbound = socket.recv() => {
+                inbound = socket.next() => {
                     let msg = match inbound {
                         None => break None,
                         Some(Err(e)) => {
@@ -161,7 +161,7 @@ pub fn drive<H: Handler>(
                         WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
                         WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
                         WsMessage::Close(_) => break None,
-                        WsMessage::Ping(_) | WsMessage::Pong(_) => Ok(()),
+                        WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
                     };
                     if let Err(close) = handled {
                         // Whatever was produced before the fatal frame still goes out first.
@@ -209,7 +209,7 @@ pub fn drive<H: Handler>(
             };
         }
         let frame = CloseFrame {
-            code: close.code,
+            code: close.code.into(),
             reason: close.reason.into(),
         };
         let _ =

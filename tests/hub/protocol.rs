@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -566,4 +568,69 @@ async fn slow_reader_is_dropped_and_others_keep_receiving() {
         }
     }
     assert!(matches!(code, Some(1008) | None), "got {code:?}");
+}
+
+/// Upgrades are normally answered by the listener on a fresh connection; one that arrives on
+/// a connection already used for an HTTP request (a kept-alive client) goes through hyper
+/// and must work the same way.
+#[tokio::test]
+async fn an_upgrade_on_a_kept_alive_connection_works() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = TestHub::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    // A plain GET first: answered 400 and the connection kept open.
+    tcp.write_all(b"GET /socket/websocket?vsn=2.0.0&name=kept HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert_eq!(n, 1, "connection kept open after the 400");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 0"),
+        "{head}"
+    );
+
+    let url = hub.ws_url("vsn=2.0.0&name=kept");
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "phoenix".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("upgrade on the same connection");
+    assert_eq!(resp.status().as_u16(), 101);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "phoenix");
+    let mut c = TestClient { ws };
+    c.send(json!([null, "1", "phoenix", "heartbeat", {}])).await;
+    assert_eq!(
+        c.recv().await,
+        json!([null, "1", "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    let joined = c.join("lock:kept-1", "2", json!({})).await;
+    assert_eq!(reply_of(&joined).0, "ok", "{joined}");
+
+    // The same refusals apply on that path.
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tcp.write_all(b"GET /relay HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 400"));
+    let bad = hub.ws_url("vsn=9.9.9&name=kept2");
+    let (status, _) =
+        match tokio_tungstenite::client_async(bad.as_str(), MaybeTlsStream::Plain(tcp)).await {
+            Ok(_) => panic!("a bad vsn must be refused"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (resp.status().as_u16(), ()),
+            Err(e) => panic!("{e}"),
+        };
+    assert_eq!(status, 403);
 }
