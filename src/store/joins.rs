@@ -14,10 +14,11 @@
 //! and answered from the copy once the update committed: no new UUID, no upsert and no
 //! decoding of the whole row. A lock the update does not find (deleted meanwhile) or may not
 //! take (held by another device) goes the first-sight way, which decides from the table.
-//! The copy stays true because the writer has a connection of its own and asks SQLite,
-//! before every batch, whether any other connection committed since the last one
-//! (`PRAGMA data_version`: the hub's other connections and an administrator's `sqlite3`
-//! alike); if one did, the copy is dropped and refilled by the following joins. An
+//! The copy stays true because the writer has a connection of its own and asks SQLite, in
+//! the update itself, whether any other connection committed since it last asked
+//! (`PRAGMA data_version`, read in the update's `RETURNING`: the hub's other connections
+//! and an administrator's `sqlite3` alike); if one did, the copy is dropped, those joins
+//! go the first-sight way, and the copy is refilled by the following joins. An
 //! in-memory database has a single shared connection, so it runs without the copy.
 
 use std::collections::{HashMap, HashSet};
@@ -239,17 +240,8 @@ async fn write_batch(
     batch: &[Op],
 ) -> Result<(Vec<Answer>, u64), sqlx::Error> {
     let Some(known) = known else {
-        return Ok((commit(conn, batch.iter()).await?, 0));
+        return Ok((commit(conn, batch.iter()).await?.0, 0));
     };
-    // Anything another connection committed may have changed a row we keep.
-    let version: i64 = sqlx::query_scalar("PRAGMA data_version")
-        .fetch_one(&mut *conn)
-        .await?;
-    if known.data_version != Some(version) {
-        known.locks.clear();
-        known.data_version = Some(version);
-    }
-
     // One candidate per serial: a second join of the same lock in this batch must see the
     // first one's write, so it goes the first-sight way, after it.
     let mut seen = HashSet::new();
@@ -257,11 +249,23 @@ async fn write_batch(
         .filter(|&i| known.locks.contains_key(&batch[i].serial) && seen.insert(&batch[i].serial))
         .collect();
     let now = now_rfc3339();
-    let touched = if candidates.is_empty() {
-        HashSet::new()
-    } else {
-        touch_known(conn, candidates.iter().map(|&i| &batch[i]), &now).await?
-    };
+    let mut touched = HashSet::new();
+    if !candidates.is_empty() {
+        let (updated, version) =
+            touch_known(conn, candidates.iter().map(|&i| &batch[i]), &now).await?;
+        // Anything another connection committed since the copy was last checked may have
+        // changed a row we keep: then the copy goes, and these joins take the first-sight
+        // way (their update is already written; the upsert writes the same values again and
+        // returns the rows as they are now).
+        match version {
+            Some(v) if known.data_version == Some(v) => touched = updated,
+            Some(v) => {
+                known.locks.clear();
+                known.data_version = Some(v);
+            }
+            None => {}
+        }
+    }
 
     let mut answers: Vec<Option<Answer>> = (0..batch.len()).map(|_| None).collect();
     let mut hits = 0;
@@ -283,12 +287,32 @@ async fn write_batch(
 
     let rest: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
     if !rest.is_empty() {
-        let written = commit(conn, rest.iter().map(|&i| &batch[i])).await?;
+        let (written, versions) = commit(conn, rest.iter().map(|&i| &batch[i])).await?;
+        // The rows returned are true as of the version their statement read: the copy is
+        // kept if that is the version it was last found true at, and started over if not.
+        // Two statements (shared and exclusive joins) that read different versions had
+        // another connection's commit between them: nothing is kept.
+        let version = versions.first().copied();
+        let agreed = version.filter(|v| versions.iter().all(|w| w == v));
+        match (version, agreed) {
+            (None, _) => {}
+            (Some(_), None) => {
+                known.locks.clear();
+                known.data_version = None;
+            }
+            (Some(v), Some(_)) => {
+                if known.data_version != Some(v) {
+                    known.locks.clear();
+                    known.data_version = Some(v);
+                }
+            }
+        }
         if known.locks.len() + rest.len() > MAX_KNOWN {
             known.locks.clear();
         }
+        let cache = agreed.is_some();
         for (&i, answer) in rest.iter().zip(written) {
-            if let Ok(Some(lock)) = &answer {
+            if cache && let Ok(Some(lock)) = &answer {
                 known
                     .locks
                     .insert(lock.serial.clone(), Box::new(KnownLock::new(lock.clone())));
@@ -304,13 +328,15 @@ async fn write_batch(
 }
 
 /// Records holder and last-seen time of known locks with one `UPDATE … FROM (VALUES …)`
-/// and returns the serials it updated. In token mode (`exclusive`) a lock held by another
+/// and returns the serials it updated, with the connection's `PRAGMA data_version` read in
+/// the same statement (`None` when no row was updated): the check that the copy is still
+/// true costs no round trip of its own. In token mode (`exclusive`) a lock held by another
 /// device is not updated.
 async fn touch_known<'a>(
     conn: &mut SqliteConnection,
     ops: impl Iterator<Item = &'a Op>,
     now: &str,
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<(HashSet<String>, Option<i64>), sqlx::Error> {
     let ops: Vec<&Op> = ops.collect();
     // Padded to a power of two like the upsert; a repeated row updates the same lock again
     // with the same values.
@@ -322,10 +348,12 @@ async fn touch_known<'a>(
         query = query.bind(&op.serial).bind(&op.holder).bind(op.exclusive);
     }
     let mut touched = HashSet::with_capacity(ops.len());
+    let mut version = None;
     for row in query.fetch_all(&mut *conn).await? {
         touched.insert(row.try_get::<String, _>(0)?);
+        version = Some(row.try_get::<i64, _>(1)?);
     }
-    Ok(touched)
+    Ok((touched, version))
 }
 
 /// `UPDATE locks … FROM (VALUES (serial, holder, exclusive), …) … RETURNING serial`.
@@ -341,7 +369,7 @@ fn touch_sql(rows: usize) -> String {
     sql.push_str(
         ") AS t WHERE locks.serial = t.column1 AND (NOT t.column3 \
          OR locks.holder_device IS NULL OR locks.holder_device = t.column2) \
-         RETURNING locks.serial",
+         RETURNING locks.serial, (SELECT data_version FROM pragma_data_version)",
     );
     sql
 }
@@ -349,13 +377,17 @@ fn touch_sql(rows: usize) -> String {
 /// Writes joins as one multi-row upsert (one statement, one implicit transaction, one
 /// round trip to SQLite's worker thread) per auth mode present in the batch. A row that
 /// cannot be decoded fails only its own join; a statement failure fails the batch.
+///
+/// Also returns the `PRAGMA data_version` each statement that returned rows read in its
+/// own transaction (see [`touch_known`]).
 async fn commit<'a>(
     conn: &mut SqliteConnection,
     batch: impl Iterator<Item = &'a Op> + Clone,
-) -> Result<Vec<Answer>, sqlx::Error> {
+) -> Result<(Vec<Answer>, Vec<i64>), sqlx::Error> {
     let now = now_rfc3339();
     // Returned rows by serial, for shared-mode [0] and exclusive [1] joins.
     let mut found: [HashMap<String, Result<LockRecord, String>>; 2] = Default::default();
+    let mut versions = Vec::new();
     for exclusive in [false, true] {
         let ops: Vec<&Op> = batch
             .clone()
@@ -381,13 +413,17 @@ async fn commit<'a>(
                 .bind(&now)
                 .bind(&now);
         }
-        for row in query.fetch_all(&mut *conn).await? {
+        let rows = query.fetch_all(&mut *conn).await?;
+        if let Some(row) = rows.first() {
+            versions.push(row.try_get::<i64, _>("data_version")?);
+        }
+        for row in rows {
             let serial: String = row.try_get("serial")?;
             let record = lock_from_row(&row).map_err(|e| e.to_string());
             found[usize::from(exclusive)].insert(serial, record);
         }
     }
-    Ok(batch
+    let answers = batch
         .map(
             |op| match found[usize::from(op.exclusive)].get(&op.serial) {
                 None => Ok(None),
@@ -401,7 +437,8 @@ async fn commit<'a>(
                 Some(Err(e)) => Err(StoreError::Database(sqlx::Error::Decode(e.clone().into()))),
             },
         )
-        .collect())
+        .collect();
+    Ok((answers, versions))
 }
 
 /// `INSERT … VALUES (…), (…) … ON CONFLICT DO UPDATE … RETURNING …` for `rows` joins. In
@@ -432,5 +469,6 @@ fn upsert_sql(rows: usize, exclusive: bool) -> String {
     }
     sql.push_str(" RETURNING ");
     sql.push_str(LOCK_COLUMNS);
+    sql.push_str(", (SELECT data_version FROM pragma_data_version) AS data_version");
     sql
 }
