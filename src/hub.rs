@@ -188,7 +188,7 @@ impl Server {
         let store = Store::open(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", config.database_url))?;
-        let listener = crate::listener::bind(config.bind)
+        let listener = crate::listener::bind(config.bind, listen.send_timeout)
             .with_context(|| format!("binding {}", config.bind))?;
         let bester = crate::bester::Bester::load(&config)?;
         let bester_listeners = crate::bester::Listeners::bind(&config).await?;

@@ -56,14 +56,24 @@ pub struct ListenOptions {
 /// (1024) overflows in reconnect storms, and an overflow costs the client a 1 s SYN retry.
 const BACKLOG: u32 = 4096;
 
-/// Binds the HTTP listener with a long accept queue.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Whether accepted sockets inherit the listening socket's `TCP_NODELAY` and
+/// `TCP_USER_TIMEOUT` (Linux: an accepted socket is a copy of the listener's; tested below).
+/// Where they do, [`bind`] sets both once instead of two syscalls per connection.
+const INHERITS_OPTIONS: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Binds the HTTP listener with a long accept queue; accepted sockets get `TCP_NODELAY`
+/// and the send timeout (see [`set_send_timeout`]).
+pub fn bind(addr: SocketAddr, send_timeout: Duration) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if INHERITS_OPTIONS {
+        socket.set_nodelay(true)?;
+        set_send_timeout(&socket, send_timeout);
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -154,8 +164,10 @@ pub async fn serve(listener: TcpListener, app: Router, hub: Arc<Hub>, opts: List
             tracing::warn!(%peer, "connection refused: too many connections from this address");
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        set_send_timeout(&stream, opts.send_timeout);
+        if !INHERITS_OPTIONS {
+            let _ = stream.set_nodelay(true);
+            set_send_timeout(&stream, opts.send_timeout);
+        }
         hub.tracker.spawn(connection(
             stream,
             peer,
@@ -171,8 +183,12 @@ pub async fn serve(listener: TcpListener, app: Router, hub: Arc<Hub>, opts: List
 /// data stays unacknowledged, for `timeout`. A reader that stopped reading shows up here
 /// long before its queue fills: the kernel send buffer (up to 4 MiB) absorbs its backlog
 /// first. The hub's next read of the socket then fails with `TimedOut`. Zero leaves the
-/// kernel's default. Used by every TCP door (WebSocket listener, Bester).
-pub(crate) fn set_send_timeout(stream: &TcpStream, timeout: Duration) {
+/// kernel's default. Used by every TCP door (on the HTTP listener's listening socket where
+/// accepted sockets inherit it, on each Bester connection).
+pub(crate) fn set_send_timeout<S>(stream: &S, timeout: Duration)
+where
+    for<'a> socket2::SockRef<'a>: From<&'a S>,
+{
     if timeout.is_zero() {
         return;
     }
@@ -435,5 +451,26 @@ async fn http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bind` relies on accepted sockets inheriting these options on Linux.
+    #[tokio::test]
+    async fn accepted_sockets_get_nodelay_and_the_send_timeout() {
+        let timeout = Duration::from_secs(7);
+        let listener = bind("127.0.0.1:0".parse().unwrap(), timeout).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if INHERITS_OPTIONS {
+            assert!(accepted.nodelay().unwrap(), "TCP_NODELAY inherited");
+            let sock = socket2::SockRef::from(&accepted);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), Some(timeout));
+        }
+        drop(client);
     }
 }
