@@ -208,7 +208,7 @@ async fn connection(
     opts: ListenOptions,
     slot: IpSlot,
 ) {
-    let io = match &opts.tls {
+    let mut io = match &opts.tls {
         None => Io::Plain(stream),
         Some(acceptor) => {
             match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)).await {
@@ -220,7 +220,6 @@ async fn connection(
     };
     let shutdown = hub.shutdown.clone();
     let mut buf = Vec::new();
-    let mut io = io;
     let head = tokio::select! {
         _ = shutdown.cancelled() => return,
         read = tokio::time::timeout(opts.handshake_timeout, read_head(&mut io, &mut buf)) => match read {
@@ -256,7 +255,11 @@ const HEAD_CHUNK: usize = 1024;
 /// Reads until `buf` holds a complete request head, or it is clear the request is not for
 /// this fast path: `Some` is a WebSocket upgrade to a door; `None` is anything else
 /// (another request, a head too long or malformed, a peer that closed): hyper's to answer.
+///
+/// The head is parsed once its blank line has arrived, so a client that sends it a byte
+/// at a time costs a scan of each new byte, not a parse of the whole buffer per read.
 async fn read_head(io: &mut Io, buf: &mut Vec<u8>) -> io::Result<Option<Upgrade>> {
+    let mut scanned: usize = 0;
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_HEAD {
@@ -267,12 +270,24 @@ async fn read_head(io: &mut Io, buf: &mut Vec<u8>) -> io::Result<Option<Upgrade>
         if io.read_buf(buf).await? == 0 {
             return Ok(None);
         }
+        // The blank line may straddle two reads.
+        let from = scanned.saturating_sub(2);
+        scanned = buf.len();
+        if !ends_head(&buf[from..]) {
+            continue;
+        }
         match handshake::parse(buf) {
             Ok(Some(upgrade)) => return Ok(Some(upgrade)),
             Ok(None) => continue,
             Err(handshake::NotUpgrade) => return Ok(None),
         }
     }
+}
+
+/// Whether `bytes` hold the blank line that ends a request head (CRLF, or bare LF as
+/// `httparse` also accepts).
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// A connection's byte stream: plain TCP, TLS, or (for an upgrade that arrived on a
@@ -457,6 +472,52 @@ async fn http<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_with_either_line_ending() {
+        assert!(ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(ends_head(b"\n\r\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    }
+
+    /// A head sent a byte at a time, and with bare LFs, still reaches the door or hyper.
+    #[tokio::test]
+    async fn a_head_in_single_bytes_is_read_whole() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), Duration::ZERO).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let head = "GET /socket/websocket?vsn=2.0.0&name=a HTTP/1.1\nHost: x\n\
+            Connection: Upgrade\nUpgrade: websocket\nSec-WebSocket-Version: 13\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n";
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            for b in head.as_bytes() {
+                tcp.write_all(std::slice::from_ref(b)).await.unwrap();
+                tcp.flush().await.unwrap();
+            }
+            tcp
+        });
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut io = Io::Plain(accepted);
+        let mut buf = Vec::new();
+        let upgrade = read_head(&mut io, &mut buf).await.unwrap();
+        assert_eq!(upgrade.map(|u| u.head_len), Some(head.len()));
+        drop(client.await.unwrap());
+        // Not an upgrade: handed over (to hyper) as soon as the head is complete.
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            tcp
+        });
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut io = Io::Plain(accepted);
+        let mut buf = Vec::new();
+        assert!(read_head(&mut io, &mut buf).await.unwrap().is_none());
+        assert!(buf.starts_with(b"GET /api/health"));
+        drop(client.await.unwrap());
+    }
 
     /// `bind` relies on accepted sockets inheriting these options on Linux.
     #[tokio::test]
