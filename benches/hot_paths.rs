@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the hub's hot paths: frame decode/encode, relay directory lookup and
-//! delivery, and the serialize-once broadcast. Run with `cargo bench --bench hot_paths`.
+//! Micro-benchmarks of the hub's hot paths: the WebSocket upgrade head, frame
+//! decode/encode, relay directory lookup and delivery, and the serialize-once broadcast. Run with `cargo bench --bench hot_paths`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -39,6 +39,17 @@ fn frames(c: &mut Criterion) {
     });
     c.bench_function("encode v1 join reply", |b| {
         b.iter(|| Vsn::V1.encode(black_box(&reply)))
+    });
+}
+
+fn handshake(c: &mut Criterion) {
+    // What the phoenix JS client in Node sends (browsers add a few more headers).
+    let head = b"GET /socket/websocket?name=lock-000123&vsn=2.0.0 HTTP/1.1\r\n\
+        Host: 127.0.0.1:4000\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+    c.bench_function("parse upgrade head", |b| {
+        b.iter(|| homehub::transport::handshake::parse(black_box(head)))
     });
 }
 
@@ -108,5 +119,5 @@ fn broadcast(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, frames, relay, broadcast);
+criterion_group!(benches, handshake, frames, relay, broadcast);
 criterion_main!(benches);
