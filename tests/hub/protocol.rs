@@ -634,3 +634,40 @@ async fn an_upgrade_on_a_kept_alive_connection_works() {
         };
     assert_eq!(status, 403);
 }
+
+/// A client may send its first frame right behind the upgrade request, in the same packet;
+/// the listener read both and the frame must not be lost.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = TestHub::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let payload = br#"[null,"1","phoenix","heartbeat",{}]"#;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut bytes = b"GET /socket/websocket?vsn=2.0.0&name=eager HTTP/1.1\r\nHost: x\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // A masked text frame, as clients must send.
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&bytes).await.unwrap();
+
+    let mut got = Vec::new();
+    let want = br#"[null,"1","phoenix","phx_reply",{"status":"ok","response":{}}]"#;
+    while !got.windows(want.len()).any(|w| w == want) {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("the heartbeat's reply")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before the reply: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
+}
