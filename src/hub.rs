@@ -275,24 +275,32 @@ impl Server {
     }
 }
 
-/// The shared idle clock of every WebSocket: one task sweeping the registry a few times per
-/// idle period, instead of a timer per socket that would wake every idle socket's task.
-/// A silent socket is closed between `idle` and `idle` + one tick.
+/// The shared idle clock of every WebSocket: one task sweeping the registry when the
+/// earliest socket deadline is due, instead of a timer per socket that would wake every
+/// idle socket's task. A silent socket is closed at `idle` (+ up to 25 ms); a fleet that
+/// heartbeats is swept about twice per idle period, not once a second.
 fn spawn_idle_sweep(hub: &Arc<Hub>) {
     let idle = Duration::from_secs(hub.config.idle_timeout_secs).max(Duration::from_millis(100));
-    let tick = (idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
     let hub = hub.clone();
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Until the earliest deadline of any socket, but at most half the idle time (a
+            // socket that connects meanwhile is due no sooner than that); not more often
+            // than every 25 ms.
+            let wait = hub
+                .registry
+                .sweep_idle(idle)
+                .clamp(SWEEP_AT_MOST_EVERY, idle / 2);
             tokio::select! {
                 _ = hub.shutdown.cancelled() => break,
-                _ = every.tick() => hub.registry.sweep_idle(idle),
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     });
 }
+
+/// Shortest pause of the idle sweep.
+const SWEEP_AT_MOST_EVERY: Duration = Duration::from_millis(25);
 
 /// Every HTTP route of the hub.
 pub fn router(hub: Arc<Hub>) -> Router {

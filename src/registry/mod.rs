@@ -368,12 +368,20 @@ impl Registry {
 
     /// One pass of the shared idle clock (instead of a timer per socket): closes (1001)
     /// every watched connection silent for `idle`, and queues a ping for watched ones that
-    /// asked for pings and have been silent for half of it.
-    pub fn sweep_idle(&self, idle: std::time::Duration) {
+    /// asked for pings and have been silent for half of it. Returns how long until the
+    /// earliest deadline of a connection it left alone (`Duration::MAX` if none): activity
+    /// only moves deadlines later, so nothing can time out before then, except connections
+    /// watched from now on, whose first deadline is at least half the idle time away.
+    pub fn sweep_idle(&self, idle: std::time::Duration) -> std::time::Duration {
+        self.sweep_idle_at(idle, now_ms())
+    }
+
+    /// [`Registry::sweep_idle`] as if the hub's clock read `now`.
+    fn sweep_idle_at(&self, idle: std::time::Duration, now: u64) -> std::time::Duration {
         let idle_ms = idle.as_millis() as u64;
-        let now = now_ms();
         let mut stale = Vec::new();
         let mut ping = Vec::new();
+        let mut next_ms = u64::MAX;
         {
             let inner = self.lock();
             for c in inner.conns.values() {
@@ -386,11 +394,17 @@ impl Registry {
                     if !c.is_killed() {
                         stale.push(c.clone());
                     }
-                } else if watch == WATCH_IDLE_AND_PING
-                    && silent >= idle_ms / 2
-                    && !c.pinged.swap(true, Ordering::Relaxed)
-                {
-                    ping.push(c.clone());
+                    continue;
+                }
+                next_ms = next_ms.min(idle_ms - silent);
+                if watch == WATCH_IDLE_AND_PING {
+                    if silent >= idle_ms / 2 {
+                        if !c.pinged.swap(true, Ordering::Relaxed) {
+                            ping.push(c.clone());
+                        }
+                    } else if !c.pinged.load(Ordering::Relaxed) {
+                        next_ms = next_ms.min(idle_ms / 2 - silent);
+                    }
                 }
             }
         }
@@ -400,6 +414,11 @@ impl Registry {
         }
         for c in ping {
             let _ = c.send(Outbound::Ping);
+        }
+        if next_ms == u64::MAX {
+            std::time::Duration::MAX
+        } else {
+            std::time::Duration::from_millis(next_ms)
         }
     }
 
@@ -564,8 +583,54 @@ fn remove_sub(inner: &mut Inner, topic: &str, conn_id: u64) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::time::Duration;
+
     #[test]
     fn queued_items_stay_small() {
         assert_eq!(std::mem::size_of::<super::Outbound>(), 16);
+    }
+
+    fn registry() -> Registry {
+        Registry::new(CancellationToken::new(), 16, Arc::new(Metrics::default()))
+    }
+
+    fn conn(r: &Registry) -> Arc<Conn> {
+        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap());
+        c
+    }
+
+    #[test]
+    fn the_sweep_says_when_the_earliest_deadline_is() {
+        let idle = Duration::from_secs(60);
+        let r = registry();
+        assert_eq!(r.sweep_idle(idle), Duration::MAX, "nothing watched");
+        let quiet = conn(&r);
+        quiet.watch_idle(false);
+        let pinged = conn(&r);
+        pinged.watch_idle(true);
+        // Both last heard from at t0.
+        let t0 = now_ms();
+        quiet.last_in.store(t0, Ordering::Relaxed);
+        pinged.last_in.store(t0, Ordering::Relaxed);
+        let at = |secs: u64| t0 + secs * 1000;
+        // At 25 s: the ping (due at 30 s of silence) comes first.
+        assert_eq!(r.sweep_idle_at(idle, at(25)), Duration::from_secs(5));
+        assert!(!pinged.pinged.load(Ordering::Relaxed));
+        // At 35 s it is pinged, once; then only the idle deadlines (60 s) count.
+        assert_eq!(r.sweep_idle_at(idle, at(35)), Duration::from_secs(25));
+        assert!(pinged.pinged.load(Ordering::Relaxed));
+        assert_eq!(r.sweep_idle_at(idle, at(36)), Duration::from_secs(24));
+        // A frame moves a deadline later.
+        pinged.last_in.store(at(40), Ordering::Relaxed);
+        pinged.pinged.store(false, Ordering::Relaxed);
+        assert_eq!(r.sweep_idle_at(idle, at(50)), Duration::from_secs(10));
+        // At 61 s the quiet one is closed and no longer anyone's deadline; the other is
+        // due its ping at 70 s.
+        assert_eq!(r.sweep_idle_at(idle, at(61)), Duration::from_secs(9));
+        assert!(quiet.is_killed() && quiet.idled_out());
+        assert!(!pinged.is_killed());
+        assert_eq!(r.sweep_idle_at(idle, at(101)), Duration::MAX);
+        assert!(pinged.is_killed());
     }
 }
