@@ -295,7 +295,8 @@ fn ends_head(bytes: &[u8]) -> bool {
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-    Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+    /// Boxed: rare, and larger than the other two (every socket pays for the largest).
+    Upgraded(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 macro_rules! on_io {
@@ -310,7 +311,7 @@ macro_rules! on_io {
                 $e
             }
             Io::Upgraded($io) => {
-                let $io = Pin::new($io);
+                let $io = Pin::new(&mut **$io);
                 $e
             }
         }
@@ -472,6 +473,12 @@ async fn http<I>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_stream_is_no_larger_than_a_tcp_stream_and_a_tag() {
+        // Every idle socket holds one.
+        assert!(std::mem::size_of::<Io>() <= std::mem::size_of::<TcpStream>() + 8);
+    }
 
     #[test]
     fn the_end_of_a_head_is_found_with_either_line_ending() {

@@ -290,7 +290,7 @@ pub async fn fallback(
     hub.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = Io::Upgraded(TokioIo::new(upgraded));
+                let io = Io::Upgraded(Box::new(TokioIo::new(upgraded)));
                 accepted.start(io, Vec::new(), &hub2, peer).await;
             }
             Err(e) => tracing::info!(%peer, error = %e, "websocket upgrade failed"),
