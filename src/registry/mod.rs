@@ -94,9 +94,10 @@ pub struct Conn {
     /// The Phoenix socket's `name`; for doors without one, `<door>-<id>` (logs only).
     pub name: DeviceName,
     pub door: Door,
-    pub remote: String,
-    pub ip: IpAddr,
-    pub connected_at: String,
+    /// Kept as values and rendered only for `/api/devices`: two strings per socket would
+    /// cost every idle connection two allocations.
+    pub remote: SocketAddr,
+    pub connected_at: time::OffsetDateTime,
     /// Bounded queue drained by the connection's own task.
     outbox: outbox::Outbox,
     /// Cancelled to make the connection's task close the socket with `close_code`.
@@ -308,9 +309,8 @@ impl Registry {
             id,
             name: name.clone(),
             door,
-            ip: remote.ip(),
-            remote: remote.to_string(),
-            connected_at: crate::domain::now_rfc3339(),
+            remote,
+            connected_at: time::OffsetDateTime::now_utc(),
             outbox: outbox::Outbox::new(self.queue_capacity),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
@@ -327,7 +327,7 @@ impl Registry {
         let old = {
             let mut inner = self.lock();
             inner.conns.insert(id, conn.clone());
-            *inner.per_ip.entry(conn.ip).or_insert(0) += 1;
+            *inner.per_ip.entry(conn.remote.ip()).or_insert(0) += 1;
             if named {
                 inner.devices.insert(name, conn.clone())
             } else {
@@ -347,11 +347,11 @@ impl Registry {
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
         if inner.conns.remove(&conn.id).is_some()
-            && let Some(n) = inner.per_ip.get_mut(&conn.ip)
+            && let Some(n) = inner.per_ip.get_mut(&conn.remote.ip())
         {
             *n -= 1;
             if *n == 0 {
-                inner.per_ip.remove(&conn.ip);
+                inner.per_ip.remove(&conn.remote.ip());
             }
         }
         if inner
@@ -521,8 +521,8 @@ impl Registry {
                         Door::Compendium => self.compendium.address_of(c.id),
                         _ => None,
                     },
-                    remote: c.remote.clone(),
-                    connected_at: c.connected_at.clone(),
+                    remote: c.remote.to_string(),
+                    connected_at: crate::domain::format_ts(c.connected_at),
                     topics,
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
