@@ -94,6 +94,19 @@ struct KnownLock {
     reported_state: Option<Box<str>>,
 }
 
+impl Known {
+    /// Records the `data_version` a statement of the writer read. `false` (and the copy
+    /// dropped) when another connection committed since the copy was last found true.
+    fn still_true_at(&mut self, version: i64) -> bool {
+        if self.data_version == Some(version) {
+            return true;
+        }
+        self.locks.clear();
+        self.data_version = Some(version);
+        false
+    }
+}
+
 impl KnownLock {
     fn new(mut record: LockRecord) -> KnownLock {
         use serde_json::Value;
@@ -257,13 +270,10 @@ async fn write_batch(
         // changed a row we keep: then the copy goes, and these joins take the first-sight
         // way (their update is already written; the upsert writes the same values again and
         // returns the rows as they are now).
-        match version {
-            Some(v) if known.data_version == Some(v) => touched = updated,
-            Some(v) => {
-                known.locks.clear();
-                known.data_version = Some(v);
-            }
-            None => {}
+        if let Some(v) = version
+            && known.still_true_at(v)
+        {
+            touched = updated;
         }
     }
 
@@ -292,27 +302,27 @@ async fn write_batch(
         // kept if that is the version it was last found true at, and started over if not.
         // Two statements (shared and exclusive joins) that read different versions had
         // another connection's commit between them: nothing is kept.
-        let version = versions.first().copied();
-        let agreed = version.filter(|v| versions.iter().all(|w| w == v));
-        match (version, agreed) {
-            (None, _) => {}
-            (Some(_), None) => {
+        let agreed = versions
+            .first()
+            .copied()
+            .filter(|v| versions.iter().all(|w| w == v));
+        match agreed {
+            Some(v) => {
+                known.still_true_at(v);
+            }
+            None if !versions.is_empty() => {
                 known.locks.clear();
                 known.data_version = None;
             }
-            (Some(v), Some(_)) => {
-                if known.data_version != Some(v) {
-                    known.locks.clear();
-                    known.data_version = Some(v);
-                }
-            }
+            None => {}
         }
         if known.locks.len() + rest.len() > MAX_KNOWN {
             known.locks.clear();
         }
-        let cache = agreed.is_some();
         for (&i, answer) in rest.iter().zip(written) {
-            if cache && let Ok(Some(lock)) = &answer {
+            if agreed.is_some()
+                && let Ok(Some(lock)) = &answer
+            {
                 known
                     .locks
                     .insert(lock.serial.clone(), Box::new(KnownLock::new(lock.clone())));

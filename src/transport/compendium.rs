@@ -19,7 +19,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -31,17 +30,6 @@ use crate::auth::RateLimiter;
 use crate::hub::Hub;
 use crate::registry::relay::RelayError;
 use crate::registry::{Conn, Door, Outbound};
-
-/// Admission to `/compendium` (origin, per-address cap, the token in token mode); `Err` is
-/// the status to refuse with.
-pub fn admit(
-    hub: &Hub,
-    peer: SocketAddr,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(), StatusCode> {
-    super::admit(hub, peer, headers, query).map(drop)
-}
 
 /// A decoded client message.
 #[derive(Debug)]

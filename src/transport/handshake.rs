@@ -57,6 +57,8 @@ pub struct Upgrade {
     path: SocketPath,
     query: Option<String>,
     headers: HeaderMap,
+    /// Its `Sec-WebSocket-Accept`, from the key.
+    accept: String,
 }
 
 /// The head is complete but not a WebSocket upgrade to a socket path (or not parseable
@@ -88,14 +90,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, NotUpgrade> {
         let value = HeaderValue::from_bytes(h.value).map_err(|_| NotUpgrade)?;
         headers.append(name, value);
     }
-    if upgrade_key(&headers).is_none() {
-        return Err(NotUpgrade);
-    }
+    let accept = upgrade_key(&headers).map(accept_value).ok_or(NotUpgrade)?;
     Ok(Some(Upgrade {
         head_len,
         path,
         query,
         headers,
+        accept,
     }))
 }
 
@@ -160,7 +161,7 @@ fn decide(
             max_frame,
         },
         SocketPath::Compendium => {
-            compendium::admit(hub, peer, query, headers)?;
+            super::admit(hub, peer, headers, query)?;
             Accepted {
                 start: Start::Compendium,
                 protocol: None,
@@ -213,12 +214,22 @@ fn accept_value(key: &HeaderValue) -> String {
     tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
 
+/// The headers of a 101 answer (both paths send the same).
+fn switching_headers<'a>(accept: &'a str, protocol: Option<&'a str>) -> Vec<(HeaderName, &'a str)> {
+    let mut headers = vec![
+        (header::CONNECTION, "upgrade"),
+        (header::UPGRADE, "websocket"),
+        (header::SEC_WEBSOCKET_ACCEPT, accept),
+    ];
+    if let Some(protocol) = protocol {
+        headers.push((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    headers
+}
+
 /// Answers an upgrade the listener read: refused with a bare status and closed, or
 /// switched and handed to its door.
 pub async fn serve(mut io: Io, leftover: Vec<u8>, up: Upgrade, hub: &Arc<Hub>, peer: SocketAddr) {
-    let Some(key) = upgrade_key(&up.headers) else {
-        return;
-    };
     let decided = decide(hub, up.path, peer, up.query.as_deref(), &up.headers);
     let accepted = match decided {
         Ok(accepted) => accepted,
@@ -234,14 +245,11 @@ pub async fn serve(mut io: Io, leftover: Vec<u8>, up: Upgrade, hub: &Arc<Hub>, p
             return;
         }
     };
-    let mut response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
-         sec-websocket-accept: {}\r\n",
-        accept_value(key)
-    );
-    if let Some(protocol) = accepted.protocol {
-        response.push_str("sec-websocket-protocol: ");
-        response.push_str(protocol);
+    let mut response = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in switching_headers(&up.accept, accepted.protocol) {
+        response.push_str(name.as_str());
+        response.push_str(": ");
+        response.push_str(value);
         response.push_str("\r\n");
     }
     response.push_str("\r\n");
@@ -296,13 +304,10 @@ pub async fn fallback(
             Err(e) => tracing::info!(%peer, error = %e, "websocket upgrade failed"),
         }
     });
-    let mut response = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept_value(&key));
-    if let Some(protocol) = protocol {
-        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    let accept = accept_value(&key);
+    let mut response = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (name, value) in switching_headers(&accept, protocol) {
+        response = response.header(name, value);
     }
     response
         .body(axum::body::Body::empty())
@@ -326,10 +331,7 @@ mod tests {
         assert_eq!(up.path, SocketPath::Phoenix);
         assert_eq!(up.query.as_deref(), Some("name=a&vsn=2.0.0"));
         // RFC 6455's own example key and answer.
-        assert_eq!(
-            accept_value(upgrade_key(&up.headers).unwrap()),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
