@@ -40,9 +40,14 @@ pub enum Command {
         #[command(subcommand)]
         action: LockAction,
     },
-    /// Start pairing an item with a lock (pushes `mode:pair` to it).
+    /// Start pairing an item with a lock (pushes `mode:pair` to it now, or right after its
+    /// next join if it is offline), or cancel a pending request with `--cancel PAIR_ID`.
     Pair {
-        serial: String,
+        #[arg(required_unless_present = "cancel")]
+        serial: Option<String>,
+        /// Cancel this pending pairing request instead of starting one.
+        #[arg(long, value_name = "PAIR_ID", conflicts_with_all = ["serial", "name", "kind", "ttl"])]
+        cancel: Option<String>,
         /// Label of the item being paired.
         #[arg(long)]
         name: Option<String>,
@@ -78,8 +83,26 @@ pub enum Command {
 pub enum LockAction {
     /// Show a lock: uuid, record, intended and reported state, holder, online.
     Show { serial: String },
-    /// Set the intended state (a JSON object) and push it to the lock.
+    /// Set the intended state (a JSON object); pushed as `state` to a lock that joined with
+    /// `{"accepts": ["state"]}`, given to any other lock in its next join or `reset` reply.
     SetState { serial: String, state: String },
+    /// Change the lock's record (name, mode, feature flags, config); the lock gets it in its
+    /// next join or `reset` reply.
+    Set {
+        serial: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// 1 internal, 2 external, 3 pairing.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=3))]
+        mode: Option<i64>,
+        /// Feature flags, comma-separated (`--flags lock,nfc`; `--flags ''` for none).
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        flags: Option<Vec<String>>,
+        /// Configuration, a JSON object (replaces the old one).
+        #[arg(long)]
+        config: Option<String>,
+    },
     /// Reassign the lock to another device (token mode), or free it with `--clear`.
     SetHolder {
         serial: String,
@@ -172,6 +195,39 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
                     Some(state),
                 )
             }
+            LockAction::Set {
+                serial,
+                name,
+                mode,
+                flags,
+                config,
+            } => {
+                let mut body = serde_json::Map::new();
+                if let Some(n) = name {
+                    body.insert("name".into(), n.clone().into());
+                }
+                if let Some(m) = mode {
+                    body.insert("mode".into(), (*m).into());
+                }
+                if let Some(f) = flags {
+                    let flags: Vec<Value> = f
+                        .iter()
+                        .filter(|f| !f.is_empty())
+                        .map(|f| f.clone().into())
+                        .collect();
+                    body.insert("feature_flags".into(), flags.into());
+                }
+                if let Some(c) = config {
+                    let c: Value = serde_json::from_str(c)
+                        .map_err(|e| anyhow::anyhow!("config is not valid JSON: {e}"))?;
+                    body.insert("config".into(), c);
+                }
+                (
+                    reqwest::Method::PATCH,
+                    format!("/api/locks/{}", seg(serial)),
+                    Some(Value::Object(body)),
+                )
+            }
             LockAction::SetHolder {
                 serial,
                 device,
@@ -188,11 +244,23 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
             }
         },
         Command::Pair {
+            cancel: Some(pair_id),
+            ..
+        } => (
+            reqwest::Method::DELETE,
+            format!("/api/pairings/{}", seg(pair_id)),
+            None,
+        ),
+        Command::Pair {
             serial,
             name,
             kind,
             ttl,
+            cancel: None,
         } => {
+            let serial = serial
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("give the lock's serial"))?;
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), n.clone().into());

@@ -17,6 +17,15 @@ pub enum AuthMode {
     Token,
 }
 
+/// Whether server-initiated closes of Phoenix sockets carry a WebSocket close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CloseFrames {
+    /// A close frame, except to clients that send JSON in binary frames (lock firmware).
+    Auto,
+    /// A close frame to every client.
+    Always,
+}
+
 /// Settings of the running hub. Each field's doc comment is its `--help` text.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -123,6 +132,32 @@ pub struct Config {
         global = true
     )]
     pub pair_ttl_secs: u64,
+
+    /// Feature flags a lock gets when it first joins (comma-separated). Lock firmware
+    /// starts its lock feature only when the flags contain `lock`; an administrator changes
+    /// a lock's flags with `homehub lock set SERIAL --flags …`. An empty value: `[]`.
+    #[arg(
+        long,
+        env = "HOMEHUB_LOCK_FEATURE_FLAGS",
+        default_value = "lock",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub lock_feature_flags: Vec<String>,
+
+    /// How the hub ends a Phoenix socket it closes (admin disconnect, idle timeout,
+    /// replacement, shutdown): `auto` sends a WebSocket close frame, except to clients
+    /// that send their JSON in binary frames (the lock firmware's Erlang client, which
+    /// never notices a close frame and would stay offline), whose TCP connection is ended
+    /// without one; `always` sends close frames to every client.
+    #[arg(
+        long,
+        env = "HOMEHUB_CLOSE_FRAMES",
+        value_enum,
+        default_value_t = CloseFrames::Auto,
+        global = true
+    )]
+    pub close_frames: CloseFrames,
 
     /// Seconds a graceful shutdown waits for connections to close before giving up.
     #[arg(
@@ -315,6 +350,8 @@ impl Config {
             relay_max_packet: 1024,
             compendium_max_bytes: 65_536,
             pair_ttl_secs: 300,
+            lock_feature_flags: vec!["lock".to_owned()],
+            close_frames: CloseFrames::Auto,
             shutdown_grace_secs: 5,
             // Disabled, so tests that run many hubs at once never bind port 2222.
             bester_bind: None,

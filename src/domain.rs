@@ -120,6 +120,12 @@ pub struct PairingRequest {
     pub created_at: String,
     /// Set when the lock completed the pairing.
     pub completed_at: Option<String>,
+    /// When `mode:pair` last went out to the lock (at the request or after a join).
+    pub delivered_at: Option<String>,
+    /// How many times `mode:pair` went out.
+    pub deliveries: i64,
+    /// Set when an administrator cancelled the request.
+    pub cancelled_at: Option<String>,
 }
 
 impl PairingRequest {

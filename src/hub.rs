@@ -185,7 +185,16 @@ impl Server {
             max_per_ip: config.max_conns_per_ip,
             send_timeout: Duration::from_secs(config.send_timeout_secs),
         };
-        let store = Store::open(&config.database_url)
+        let store_options = crate::store::StoreOptions {
+            // `HOMEHUB_LOCK_FEATURE_FLAGS=` (empty) means no flags.
+            new_lock_flags: config
+                .lock_feature_flags
+                .iter()
+                .map(|f| f.trim().to_owned())
+                .filter(|f| !f.is_empty())
+                .collect(),
+        };
+        let store = Store::open_with(&config.database_url, &store_options)
             .await
             .with_context(|| format!("opening database {}", config.database_url))?;
         let listener = crate::listener::bind(config.bind, listen.send_timeout)

@@ -252,7 +252,11 @@ impl Session {
             Err(ChannelError::refused("join crashed"))
         });
         match joined {
-            Ok(router::Joined { state, reply, push }) => {
+            Ok(router::Joined {
+                state,
+                reply,
+                pushes,
+            }) => {
                 let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
                 // Subscribe before replying: a broadcast queued meanwhile is written after
                 // the reply, because the reply goes out first from this task (§3.7).
@@ -264,7 +268,7 @@ impl Session {
                     "ok",
                     reply,
                 ));
-                if let Some((event, payload)) = push {
+                for (event, payload) in pushes {
                     out.push(Frame {
                         join_ref: push_ref.clone(),
                         ref_: None,
@@ -387,15 +391,20 @@ impl Session {
     pub fn outbound(&mut self, item: Outbound) -> Option<WireFrame> {
         match item {
             Outbound::Broadcast(shared) => {
-                if shared.except == Some(self.conn.id)
-                    || !self.channels.contains_key(&shared.frame.topic)
-                {
+                if shared.except == Some(self.conn.id) {
+                    return None;
+                }
+                let joined = self.channels.get(&shared.frame.topic)?;
+                if !joined.state.accepts_push(&shared.frame.event) {
                     return None;
                 }
                 shared.encoded(self.vsn)
             }
             Outbound::Push(mut frame) => {
                 let joined = self.channels.get(&frame.topic)?;
+                if !joined.state.accepts_push(&frame.event) {
+                    return None;
+                }
                 frame.join_ref = joined.push_ref.clone();
                 self.vsn.encode(&frame)
             }

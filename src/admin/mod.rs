@@ -47,6 +47,12 @@ pub enum AdminError {
     /// 400: the request body or parameters are invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// 409: the request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// 422: well-formed JSON with unknown fields, wrong types or values out of range.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 500: logged; the client sees a generic message.
     #[error("internal error")]
     Internal(#[from] StoreError),
@@ -59,6 +65,8 @@ impl IntoResponse for AdminError {
             AdminError::Forbidden => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::Internal(e) => {
                 tracing::error!(error = %e, "admin request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -93,10 +101,11 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
 pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
     Router::new()
         .route("/locks", get(list_locks))
-        .route("/locks/{serial}", get(show_lock))
+        .route("/locks/{serial}", get(show_lock).patch(update_lock))
         .route("/locks/{serial}/state", put(set_state))
         .route("/locks/{serial}/pair", post(start_pairing))
         .route("/pairings", get(list_pairings))
+        .route("/pairings/{pair_id}", axum::routing::delete(cancel_pairing))
         .route("/devices", get(list_devices))
         .route("/devices/{name}/disconnect", post(disconnect_device))
         .route("/locks/{serial}/holder", put(set_holder))
@@ -207,11 +216,17 @@ async fn set_state(
         Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
         Err(e) => return Err(e.into()),
     };
+    // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
+    // lock gets its intended state in its next join or `reset` reply.
     let delivered = hub.registry.push_topic(
         &lock_topic(&serial),
-        "state",
+        crate::channels::lock::STATE,
         OutPayload::Json(state.to_string()),
     );
+    if let Some(serial) = crate::domain::Serial::parse(&serial) {
+        let body = json!({ "serial": serial, "state": state });
+        crate::channels::events::announce(&hub.registry, &serial, "state", body.to_string());
+    }
     tracing::info!(%serial, delivered, "intended state changed");
     Ok(Json(view(&hub, lock)))
 }
@@ -267,11 +282,127 @@ async fn start_pairing(
         OutPayload::Json(request.mode_pair_payload().to_string()),
     );
     tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
+    let mut request = request;
+    if delivered > 0 {
+        // Best effort: the push is out whether or not this record is written.
+        match hub.store.record_pairing_delivered(&request.pair_id).await {
+            Ok(()) => {
+                request.delivered_at = Some(crate::domain::now_rfc3339());
+                request.deliveries += 1;
+            }
+            Err(e) => {
+                tracing::error!(pair_id = %request.pair_id, error = %e, "cannot record pairing delivery")
+            }
+        }
+    }
     let mut out = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("delivered".into(), json!(delivered > 0));
     }
     Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// `DELETE /api/pairings/{pair_id}`: cancels a pending pairing request; it is not pushed
+/// again and the lock's `pair:complete` for it is refused. 409 if already completed or
+/// cancelled.
+async fn cancel_pairing(
+    State(hub): State<Arc<Hub>>,
+    Path(pair_id): Path<String>,
+) -> Result<Json<crate::domain::PairingRequest>, AdminError> {
+    match hub.store.cancel_pairing(&pair_id).await {
+        Ok(request) => {
+            tracing::info!(%pair_id, serial = %request.lock, "pairing request cancelled");
+            Ok(Json(request))
+        }
+        Err(StoreError::PairingNotFound) => Err(AdminError::NotFound("pairing request not found")),
+        Err(StoreError::PairingClosed) => Err(AdminError::Conflict(
+            "pairing request already completed or cancelled",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `PATCH /api/locks/{serial}` body: every field optional, nothing else allowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockPatchBody {
+    name: Option<String>,
+    mode: Option<i64>,
+    feature_flags: Option<Vec<String>>,
+    config: Option<serde_json::Map<String, Value>>,
+}
+
+/// Most feature flags of one lock, and the longest flag.
+const MAX_FLAGS: usize = 32;
+const MAX_FLAG_LEN: usize = 64;
+/// Longest lock name.
+const MAX_LOCK_NAME: usize = 128;
+
+/// Parses a PATCH body: invalid JSON is 400; unknown fields and wrong types are 422.
+fn patch_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => AdminError::Unprocessable(e.to_string()),
+        _ => AdminError::BadRequest(format!("invalid JSON body: {e}")),
+    })
+}
+
+impl LockPatchBody {
+    fn validate(self) -> Result<crate::store::LockPatch, AdminError> {
+        let bad = |m: String| Err(AdminError::Unprocessable(m));
+        if let Some(name) = &self.name
+            && (name.trim().is_empty() || name.len() > MAX_LOCK_NAME)
+        {
+            return bad(format!("name must be 1-{MAX_LOCK_NAME} bytes"));
+        }
+        if let Some(mode) = self.mode
+            && !(1..=3).contains(&mode)
+        {
+            return bad("mode must be 1 (internal), 2 (external) or 3 (pairing)".into());
+        }
+        if let Some(flags) = &self.feature_flags
+            && (flags.len() > MAX_FLAGS
+                || flags.iter().any(|f| f.is_empty() || f.len() > MAX_FLAG_LEN))
+        {
+            return bad(format!(
+                "feature_flags must be at most {MAX_FLAGS} strings of 1-{MAX_FLAG_LEN} bytes"
+            ));
+        }
+        if self.name.is_none()
+            && self.mode.is_none()
+            && self.feature_flags.is_none()
+            && self.config.is_none()
+        {
+            return bad("nothing to change: give name, mode, feature_flags or config".into());
+        }
+        Ok(crate::store::LockPatch {
+            name: self.name,
+            mode: self.mode,
+            feature_flags: self.feature_flags,
+            config: self.config,
+        })
+    }
+}
+
+/// `PATCH /api/locks/{serial}` `{"name"?, "mode"?, "feature_flags"?, "config"?}`: changes the
+/// lock's record. The lock firmware reads its record only in the join and `reset` replies,
+/// so the answer says the change `takes_effect` at the lock's next join or reset.
+async fn update_lock(
+    State(hub): State<Arc<Hub>>,
+    Path(serial): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
+    let patch = patch_body::<LockPatchBody>(&body)?.validate()?;
+    let lock = match hub.store.update_lock(&serial, &patch).await {
+        Ok(lock) => lock,
+        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(%serial, name = %lock.name, mode = lock.mode, flags = ?lock.feature_flags, "lock record changed");
+    let mut out = serde_json::to_value(view(&hub, lock)).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = out.as_object_mut() {
+        obj.insert("takes_effect".into(), json!("next join or reset"));
+    }
+    Ok(Json(out))
 }
 
 /// `GET /api/pairings`

@@ -4,8 +4,12 @@
 //! `reset` repeats that; `pair:complete` finishes a pairing the hub started with
 //! `mode:pair`; `access:request` asks whether a presented item may open the lock; `event`
 //! reports an access event; `report` tells the lock's actual state. The hub pushes
-//! `mode:pair` and `state` to every instance joined to the topic, each with its join_ref
-//! (see `admin` and `Registry::push_topic`).
+//! `mode:pair` to every instance joined to the topic, each with its join_ref (see `admin`
+//! and `Registry::push_topic`). Anything else the hub pushes on a lock's topic (`state`)
+//! is an extension the shipped firmware has no handler for (an unknown push crashes its
+//! client), so it reaches only an instance that asked for it with the join param
+//! `{"accepts": ["state"]}` ([`LockChannel::accepts_push`]). Watchers learn of pairings and
+//! state changes on `events` and `events:<serial>`, never on the lock's own topic.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -14,15 +18,67 @@ use serde_json::{Map, Value, json};
 use super::{ChannelError, Ctx, decode_json};
 use crate::config::AuthMode;
 use crate::domain::{LockRecord, Serial, parse_ts};
-use crate::protocol::{OutPayload, Payload};
+use crate::protocol::Payload;
 
 /// Longest item serial accepted in `pair:complete` and `access:request`.
 const MAX_ITEM_SERIAL: usize = 256;
+/// Most entries of the `accepts` join param, and the longest entry.
+const MAX_ACCEPTS: usize = 16;
+const MAX_ACCEPT_LEN: usize = 64;
+
+/// The push every lock handles, whatever it accepts.
+pub const MODE_PAIR: &str = "mode:pair";
+/// The extension push of intended state (only to locks that accept it).
+pub const STATE: &str = "state";
 
 /// State of one joined `lock:<serial>` channel.
 #[derive(Debug)]
 pub struct LockChannel {
     pub serial: Serial,
+    /// The lock's UUID, as the join reply gave it: `access:request` must name it.
+    pub uuid: String,
+    /// Extension pushes this instance asked for (`{"accepts": [...]}` in the join).
+    accepts: Vec<String>,
+}
+
+impl LockChannel {
+    /// Whether a push of `event` may go to this instance: `mode:pair` always, any other
+    /// event only when the lock listed it in `accepts`.
+    pub fn accepts_push(&self, event: &str) -> bool {
+        event == MODE_PAIR || self.accepts.iter().any(|a| a == event)
+    }
+}
+
+/// The lock join's params: `{"accepts": ["state", ...]}`, everything else ignored (the
+/// firmware's own join params are not ours to judge).
+#[derive(Debug, Default, Deserialize)]
+struct JoinParams {
+    #[serde(default)]
+    accepts: Option<Value>,
+}
+
+fn parse_accepts(payload: &Payload) -> Result<Vec<String>, ChannelError> {
+    const BAD: &str = "accepts must be a list of event names";
+    let params: JoinParams = match payload.json() {
+        // A non-object join payload (`null`, a list) carries no accepts.
+        Some(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+        None => JoinParams::default(),
+    };
+    let Some(accepts) = params.accepts else {
+        return Ok(Vec::new());
+    };
+    let list = accepts
+        .as_array()
+        .ok_or_else(|| ChannelError::refused(BAD))?;
+    if list.len() > MAX_ACCEPTS {
+        return Err(ChannelError::refused(BAD));
+    }
+    list.iter()
+        .map(|v| match v.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= MAX_ACCEPT_LEN => Ok(s.to_owned()),
+            _ => Err(ChannelError::refused(BAD)),
+        })
+        .collect()
 }
 
 /// The topic of a lock.
@@ -54,8 +110,23 @@ pub fn lock_reply(lock: &LockRecord) -> String {
     serde_json::to_string(&reply).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// Join: create-or-load the lock, record the holder device, reply with the lock.
-pub async fn join(serial: Serial, ctx: &Ctx<'_>) -> Result<(LockChannel, String), ChannelError> {
+/// A successful lock join: the channel, the reply, and the pushes that follow the reply
+/// (`mode:pair` of every pending pairing request, so a lock that was offline when the
+/// administrator started pairing receives it now).
+pub struct LockJoined {
+    pub channel: LockChannel,
+    pub reply: String,
+    pub pushes: Vec<(&'static str, String)>,
+}
+
+/// Join: create-or-load the lock, record the holder device, reply with the lock, then push
+/// its pending pairing requests.
+pub async fn join(
+    serial: Serial,
+    payload: &Payload,
+    ctx: &Ctx<'_>,
+) -> Result<LockJoined, ChannelError> {
+    let accepts = parse_accepts(payload)?;
     let store = &ctx.hub.store;
     let lock = match ctx.hub.config.auth {
         AuthMode::Open => store.join_lock(&serial, &ctx.conn.name).await?,
@@ -66,7 +137,32 @@ pub async fn join(serial: Serial, ctx: &Ctx<'_>) -> Result<(LockChannel, String)
             .await?
             .ok_or_else(|| ChannelError::refused("lock held by another device"))?,
     };
-    Ok((LockChannel { serial }, lock_reply(&lock)))
+    let reply = lock_reply(&lock);
+    // The join already succeeded: a failure here costs the pushes, not the join.
+    let pending = match store.deliver_pending_pairings(serial.as_str()).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(%serial, error = %e, "cannot load pending pairing requests");
+            Vec::new()
+        }
+    };
+    let pushes = pending
+        .iter()
+        .map(|request| {
+            tracing::info!(%serial, pair_id = %request.pair_id, "pending pairing request sent after join");
+            (MODE_PAIR, request.mode_pair_payload().to_string())
+        })
+        .collect();
+    let channel = LockChannel {
+        serial,
+        uuid: lock.uuid,
+        accepts,
+    };
+    Ok(LockJoined {
+        channel,
+        reply,
+        pushes,
+    })
 }
 
 /// Events a lock may push, decoded from the wire once.
@@ -86,12 +182,13 @@ pub struct PairComplete {
     pub fields: Map<String, Value>,
 }
 
-/// `access:request` `{"uuid": <presented item>, "device": <reader, optional>}`.
+/// `access:request` `{"uuid": <this lock's UUID>, "device": <presented item's serial>}`,
+/// as the lock firmware sends it (the original hub loads the door by `uuid` and looks up
+/// the owner of the item whose serial is `device`).
 #[derive(Debug, Deserialize)]
 pub struct AccessRequest {
     pub uuid: String,
-    #[serde(default)]
-    pub device: Option<String>,
+    pub device: String,
 }
 
 impl LockIn {
@@ -101,10 +198,12 @@ impl LockIn {
             "pair:complete" => decode_json(payload, "pair:complete needs an object payload")
                 .map(LockIn::PairComplete),
             "access:request" => {
-                let req: AccessRequest =
-                    decode_json(payload, "access:request needs {\"uuid\": string}")?;
-                if req.uuid.is_empty() || req.uuid.len() > MAX_ITEM_SERIAL {
-                    return Err(ChannelError::refused("invalid uuid"));
+                let req: AccessRequest = decode_json(
+                    payload,
+                    "access:request needs {\"uuid\": string, \"device\": string}",
+                )?;
+                if req.device.is_empty() || req.device.len() > MAX_ITEM_SERIAL {
+                    return Err(ChannelError::refused("invalid device"));
                 }
                 Ok(LockIn::AccessRequest(req))
             }
@@ -134,9 +233,15 @@ pub async fn handle_in(
         }
         LockIn::PairComplete(body) => pair_complete(ch, body, ctx).await,
         LockIn::AccessRequest(req) => {
-            let device = req.device.as_deref().unwrap_or("");
-            let decision = store.decide_access(&ch.serial, &req.uuid, device).await?;
-            tracing::info!(serial = %ch.serial, item = %req.uuid, granted = decision.access, "access decision");
+            // Never decide for another lock: the uuid must be the one this channel joined.
+            if req.uuid != ch.uuid {
+                tracing::warn!(serial = %ch.serial, uuid = %req.uuid, item = %req.device, "access request refused: wrong lock");
+                return Err(ChannelError::refused("wrong lock"));
+            }
+            let decision = store
+                .decide_access(&ch.serial, &req.device, ctx.conn.name.as_str())
+                .await?;
+            tracing::info!(serial = %ch.serial, item = %req.device, granted = decision.access, "access decision");
             Ok(json!({ "access": decision.access, "user": decision.user }).to_string())
         }
         LockIn::Event(message) => {
@@ -150,14 +255,7 @@ pub async fn handle_in(
                 Value::String(ctx.conn.name.to_string()),
                 message.get()
             );
-            let reg = &ctx.hub.registry;
-            reg.broadcast("events", "event", OutPayload::Json(body.clone()), None);
-            reg.broadcast(
-                &format!("events:{}", ch.serial),
-                "event",
-                OutPayload::Json(body),
-                None,
-            );
+            super::events::announce(&ctx.hub.registry, &ch.serial, "event", body);
             Ok(json!({}).to_string())
         }
         LockIn::Report(state) => {
@@ -196,6 +294,9 @@ async fn pair_complete(
     if request.completed_at.is_some() {
         return Err(ChannelError::refused("pairing request already completed"));
     }
+    if request.cancelled_at.is_some() {
+        return Err(ChannelError::refused("pairing request cancelled"));
+    }
     let expired =
         parse_ts(&request.expires_at).is_none_or(|t| t <= time::OffsetDateTime::now_utc());
     if expired {
@@ -213,7 +314,9 @@ async fn pair_complete(
     let item = match store.complete_pairing(pair_id, item_serial).await {
         Ok(item) => item,
         Err(crate::store::StoreError::PairingNotFound) => {
-            return Err(ChannelError::refused("pairing request already completed"));
+            return Err(ChannelError::refused(
+                "pairing request already completed or cancelled",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -225,10 +328,12 @@ async fn pair_complete(
         "type": item.kind,
         "serial": item.serial,
     });
-    ctx.hub.registry.push_topic(
-        &topic(ch.serial.as_str()),
+    // For watchers, not for the lock (its firmware has no handler for this push).
+    super::events::announce(
+        &ctx.hub.registry,
+        &ch.serial,
         "pair:complete",
-        OutPayload::Json(announce.to_string()),
+        announce.to_string(),
     );
     Ok(json!({}).to_string())
 }

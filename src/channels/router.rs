@@ -46,37 +46,57 @@ pub enum ChannelState {
     Presence,
 }
 
-/// A successful join: the channel's state, the reply's response, and an optional push
-/// (event, JSON payload) to send right after the reply.
+impl ChannelState {
+    /// Whether a hub push of `event` may reach this channel instance: a lock instance takes
+    /// only what its firmware handles (see [`lock::LockChannel::accepts_push`]).
+    pub fn accepts_push(&self, event: &str) -> bool {
+        match self {
+            ChannelState::Lock(ch) => ch.accepts_push(event),
+            _ => true,
+        }
+    }
+}
+
+/// A successful join: the channel's state, the reply's response, and the pushes to send
+/// right after the reply.
 pub struct Joined {
     pub state: ChannelState,
     /// JSON text.
     pub reply: String,
-    pub push: Option<(&'static str, String)>,
+    /// (event, JSON payload) pushes to send right after the reply, in order.
+    pub pushes: Vec<(&'static str, String)>,
 }
 
 /// Runs the join of `topic`.
 pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Joined, ChannelError> {
-    let (state, reply, push) = match topic {
+    let (state, reply, pushes) = match topic {
         Topic::Lock(Some(serial)) => {
-            let (ch, reply) = lock::join(serial, ctx).await?;
-            (ChannelState::Lock(ch), reply, None)
+            let joined = lock::join(serial, payload, ctx).await?;
+            (
+                ChannelState::Lock(joined.channel),
+                joined.reply,
+                joined.pushes,
+            )
         }
         Topic::Lock(None) | Topic::Events(Some(None)) => {
             return Err(ChannelError::refused("invalid serial"));
         }
-        Topic::Events(_) => (ChannelState::Events, events::join(), None),
+        Topic::Events(_) => (ChannelState::Events, events::join(), Vec::new()),
         Topic::Relay => {
             let (ch, reply) = relay::join(payload, ctx)?;
-            (ChannelState::Relay(ch), reply, None)
+            (ChannelState::Relay(ch), reply, Vec::new())
         }
         Topic::Presence => (
             ChannelState::Presence,
             "{}".to_owned(),
-            Some(("presence_state", presence::state(ctx))),
+            vec![("presence_state", presence::state(ctx))],
         ),
     };
-    Ok(Joined { state, reply, push })
+    Ok(Joined {
+        state,
+        reply,
+        pushes,
+    })
 }
 
 /// Handles a non-reserved event on a joined channel; `Ok` is the `ok` reply's response.

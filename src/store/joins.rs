@@ -139,9 +139,11 @@ impl JoinWriter {
     /// Starts the writer task. With `own` (a file database) it opens a connection of its
     /// own and keeps the known-lock copy; otherwise it borrows `pool`'s connection per
     /// batch. It ends when every handle is dropped or [`JoinWriter::close`] is called.
+    /// `new_lock_flags` is the `feature_flags` JSON a lock gets on first sight.
     pub(super) async fn spawn(
         pool: SqlitePool,
         own: Option<&SqliteConnectOptions>,
+        new_lock_flags: String,
     ) -> Result<JoinWriter, StoreError> {
         let db = match own {
             Some(options) => Db::Own(SqliteConnection::connect_with(options).await?),
@@ -149,7 +151,7 @@ impl JoinWriter {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let known_hits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(db, rx, Arc::clone(&known_hits)));
+        tokio::spawn(run(db, rx, Arc::clone(&known_hits), new_lock_flags));
         Ok(JoinWriter { tx, known_hits })
     }
 
@@ -183,7 +185,12 @@ impl JoinWriter {
     }
 }
 
-async fn run(mut db: Db, mut rx: mpsc::Receiver<Request>, known_hits: Arc<AtomicU64>) {
+async fn run(
+    mut db: Db,
+    mut rx: mpsc::Receiver<Request>,
+    known_hits: Arc<AtomicU64>,
+    new_lock_flags: String,
+) {
     let mut known = Known::default();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
@@ -201,9 +208,9 @@ async fn run(mut db: Db, mut rx: mpsc::Receiver<Request>, known_hits: Arc<Atomic
         }
         if !batch.is_empty() {
             let answers = match &mut db {
-                Db::Own(conn) => write_batch(conn, Some(&mut known), &batch).await,
+                Db::Own(conn) => write_batch(conn, Some(&mut known), &batch, &new_lock_flags).await,
                 Db::Shared(pool) => match pool.acquire().await {
-                    Ok(mut conn) => write_batch(&mut conn, None, &batch).await,
+                    Ok(mut conn) => write_batch(&mut conn, None, &batch, &new_lock_flags).await,
                     Err(e) => Err(e),
                 },
             };
@@ -251,9 +258,10 @@ async fn write_batch(
     conn: &mut SqliteConnection,
     known: Option<&mut Known>,
     batch: &[Op],
+    new_lock_flags: &str,
 ) -> Result<(Vec<Answer>, u64), sqlx::Error> {
     let Some(known) = known else {
-        return Ok((commit(conn, batch.iter()).await?.0, 0));
+        return Ok((commit(conn, batch.iter(), new_lock_flags).await?.0, 0));
     };
     // One candidate per serial: a second join of the same lock in this batch must see the
     // first one's write, so it goes the first-sight way, after it.
@@ -297,7 +305,8 @@ async fn write_batch(
 
     let rest: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
     if !rest.is_empty() {
-        let (written, versions) = commit(conn, rest.iter().map(|&i| &batch[i])).await?;
+        let (written, versions) =
+            commit(conn, rest.iter().map(|&i| &batch[i]), new_lock_flags).await?;
         // The rows returned are true as of the version their statement read: the copy is
         // kept if that is the version it was last found true at, and started over if not.
         // Two statements (shared and exclusive joins) that read different versions had
@@ -393,6 +402,7 @@ fn touch_sql(rows: usize) -> String {
 async fn commit<'a>(
     conn: &mut SqliteConnection,
     batch: impl Iterator<Item = &'a Op> + Clone,
+    new_lock_flags: &str,
 ) -> Result<(Vec<Answer>, Vec<i64>), sqlx::Error> {
     let now = now_rfc3339();
     // Returned rows by serial, for shared-mode [0] and exclusive [1] joins.
@@ -414,11 +424,13 @@ async fn commit<'a>(
         let mut query = sqlx::query(&sql);
         let padding = std::iter::repeat_n(ops[ops.len() - 1], rows - ops.len());
         for op in ops.iter().copied().chain(padding) {
-            // serial, uuid, name (the serial until renamed), holder, first and last seen.
+            // serial, uuid, name (the serial until renamed), feature flags of a new lock,
+            // holder, first and last seen.
             query = query
                 .bind(&op.serial)
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(&op.serial)
+                .bind(new_lock_flags)
                 .bind(&op.holder)
                 .bind(&now)
                 .bind(&now);
@@ -456,7 +468,8 @@ async fn commit<'a>(
 fn upsert_sql(rows: usize, exclusive: bool) -> String {
     let mut sql = String::with_capacity(300 + rows * 36);
     sql.push_str(
-        "INSERT INTO locks (serial, uuid, name, holder_device, first_seen_at, last_seen_at) VALUES ",
+        "INSERT INTO locks (serial, uuid, name, feature_flags, holder_device, first_seen_at, \
+         last_seen_at) VALUES ",
     );
     // Anonymous `?` placeholders, each bound once: sqlx maps every placeholder through
     // sqlite3_bind_parameter_name, a linear search of the statement's named parameters, so
@@ -466,7 +479,7 @@ fn upsert_sql(rows: usize, exclusive: bool) -> String {
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?)");
+        sql.push_str("(?,?,?,?,?,?,?)");
     }
     sql.push_str(
         " ON CONFLICT (serial) DO UPDATE SET holder_device = excluded.holder_device, \

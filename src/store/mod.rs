@@ -6,6 +6,8 @@
 //! Timestamps are stored as RFC 3339 UTC text (`domain::now_rfc3339`), JSON as text.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -16,8 +18,8 @@ use sqlx::sqlite::{
 };
 
 use crate::domain::{
-    AccessDecision, DeviceName, ItemKind, LockRecord, PairedItem, PairingRequest, Serial,
-    format_ts, now_rfc3339,
+    AccessDecision, DeviceName, ItemKind, LockMode, LockRecord, PairedItem, PairingRequest, Serial,
+    format_ts, now_rfc3339, parse_ts,
 };
 use crate::registry::Door;
 use crate::registry::relay::DeviceInfo;
@@ -49,7 +51,8 @@ macro_rules! lock_columns {
 /// Columns of `pairing_requests`, as [`pairing_from_row`] reads them.
 macro_rules! pairing_columns {
     () => {
-        "pair_id, lock_serial, name, item_type, created_at, expires_at, completed_at"
+        "pair_id, lock_serial, name, item_type, created_at, expires_at, completed_at, \
+         delivered_at, deliveries, cancelled_at"
     };
 }
 
@@ -68,6 +71,9 @@ pub enum StoreError {
     LockNotFound,
     #[error("pairing request not found")]
     PairingNotFound,
+    /// The pairing request is already completed or cancelled.
+    #[error("pairing request already completed or cancelled")]
+    PairingClosed,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]
@@ -83,11 +89,39 @@ pub use tokens::TokenRecord;
 /// Columns of `locks` as a constant, for SQL built at run time ([`joins`]).
 const LOCK_COLUMNS: &str = lock_columns!();
 
+/// A change to a lock's record (validated by the caller): `None` keeps the column.
+#[derive(Clone, Debug, Default)]
+pub struct LockPatch {
+    pub name: Option<String>,
+    pub mode: Option<LockMode>,
+    pub feature_flags: Option<Vec<String>>,
+    pub config: Option<serde_json::Map<String, Value>>,
+}
+
+/// What the store writes into rows it creates on its own.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// `feature_flags` of a lock created by its first join (`HOMEHUB_LOCK_FEATURE_FLAGS`).
+    pub new_lock_flags: Vec<String>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            new_lock_flags: vec!["lock".to_owned()],
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: sqlx::SqlitePool,
     /// Group-commit writer for lock joins (the hot write path).
     joins: joins::JoinWriter,
+    /// Unix time (seconds) until which some pairing request may still be pending: a lock
+    /// join asks for pending requests only before it, so joins cost no query when no
+    /// pairing is under way (requests are created only through this store).
+    pairings_pending_until: Arc<AtomicI64>,
 }
 
 impl Store {
@@ -95,6 +129,11 @@ impl Store {
     /// `sqlite:path` or a bare path), sets WAL, `synchronous=NORMAL`, foreign keys on and a
     /// busy timeout, and applies pending migrations.
     pub async fn open(database_url: &str) -> Result<Store, StoreError> {
+        Store::open_with(database_url, &StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with the hub's settings for new rows.
+    pub async fn open_with(database_url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
         let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
         let base = if database_url.starts_with("sqlite:") || in_memory {
             SqliteConnectOptions::from_str(database_url)?
@@ -129,14 +168,39 @@ impl Store {
         tracing::debug!(database_url, "store opened, migrations applied");
         // A file database gives the join writer a connection of its own (see `joins`).
         let own = (!in_memory).then_some(&options);
-        let joins = match joins::JoinWriter::spawn(pool.clone(), own).await {
+        let new_lock_flags = Value::from(opts.new_lock_flags.clone()).to_string();
+        let joins = match joins::JoinWriter::spawn(pool.clone(), own, new_lock_flags).await {
             Ok(joins) => joins,
             Err(e) => {
                 pool.close().await;
                 return Err(e);
             }
         };
-        Ok(Store { pool, joins })
+        let pending_until: Option<String> = match sqlx::query_scalar(
+            "SELECT MAX(expires_at) FROM pairing_requests \
+             WHERE completed_at IS NULL AND cancelled_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                pool.close().await;
+                return Err(e.into());
+            }
+        };
+        // Unreadable times count as "maybe pending, for a day".
+        let pending_until = pending_until.map_or(0, |t| {
+            parse_ts(&t).map_or(
+                time::OffsetDateTime::now_utc().unix_timestamp() + 86_400,
+                |t| t.unix_timestamp(),
+            )
+        });
+        Ok(Store {
+            pool,
+            joins,
+            pairings_pending_until: Arc::new(AtomicI64::new(pending_until)),
+        })
     }
 
     /// Finishes the queued lock joins and closes every connection, flushing the WAL.
@@ -223,6 +287,42 @@ impl Store {
         }
     }
 
+    /// Changes a lock's record (each `Some` field; `None` keeps the column). The lock gets
+    /// the new record in its next join or `reset` reply. `LockNotFound` if never seen.
+    pub async fn update_lock(
+        &self,
+        serial: &str,
+        patch: &LockPatch,
+    ) -> Result<LockRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE locks SET name = COALESCE(?1, name), mode = COALESCE(?2, mode), \
+                 feature_flags = COALESCE(?3, feature_flags), config = COALESCE(?4, config) \
+             WHERE serial = ?5 RETURNING ",
+            lock_columns!()
+        ))
+        .bind(patch.name.as_deref())
+        .bind(patch.mode)
+        .bind(
+            patch
+                .feature_flags
+                .as_ref()
+                .map(|f| Value::from(f.clone()).to_string()),
+        )
+        .bind(
+            patch
+                .config
+                .as_ref()
+                .map(|c| Value::Object(c.clone()).to_string()),
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(lock_from_row(&row)?),
+            None => Err(StoreError::LockNotFound),
+        }
+    }
+
     /// Stores what the lock reports as its actual state, with reported_at = now.
     /// `LockNotFound` if the lock was never seen.
     pub async fn set_reported_state(
@@ -276,8 +376,76 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(pairing_from_row(&row)?),
+            Some(row) => {
+                self.pairings_pending_until
+                    .fetch_max(expires.unix_timestamp() + 1, Ordering::Relaxed);
+                Ok(pairing_from_row(&row)?)
+            }
             None => Err(StoreError::LockNotFound),
+        }
+    }
+
+    /// The pending (not completed, not cancelled, unexpired) pairing requests of `serial`,
+    /// oldest first, each recorded as delivered now (`delivered_at`, `deliveries`): the
+    /// caller pushes them as `mode:pair` right after the lock's join reply.
+    pub async fn deliver_pending_pairings(
+        &self,
+        serial: &str,
+    ) -> Result<Vec<PairingRequest>, StoreError> {
+        let now = time::OffsetDateTime::now_utc();
+        if now.unix_timestamp() > self.pairings_pending_until.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let now = format_ts(now);
+        let rows = sqlx::query(concat!(
+            "UPDATE pairing_requests SET delivered_at = ?1, deliveries = deliveries + 1 \
+             WHERE lock_serial = ?2 AND completed_at IS NULL AND cancelled_at IS NULL \
+               AND expires_at > ?1 \
+             RETURNING ",
+            pairing_columns!()
+        ))
+        .bind(&now)
+        .bind(serial)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut requests = rows
+            .iter()
+            .map(pairing_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        requests.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(requests)
+    }
+
+    /// Records that `mode:pair` of `pair_id` went out now.
+    pub async fn record_pairing_delivered(&self, pair_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pairing_requests SET delivered_at = ?1, deliveries = deliveries + 1 \
+             WHERE pair_id = ?2",
+        )
+        .bind(now_rfc3339())
+        .bind(pair_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Cancels a pending request: `PairingNotFound` if there is none with this id,
+    /// `PairingClosed` if it is already completed or cancelled.
+    pub async fn cancel_pairing(&self, pair_id: &str) -> Result<PairingRequest, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE pairing_requests SET cancelled_at = ?1 \
+             WHERE pair_id = ?2 AND completed_at IS NULL AND cancelled_at IS NULL \
+             RETURNING ",
+            pairing_columns!()
+        ))
+        .bind(now_rfc3339())
+        .bind(pair_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(pairing_from_row(&row)?),
+            None if self.get_pairing(pair_id).await?.is_some() => Err(StoreError::PairingClosed),
+            None => Err(StoreError::PairingNotFound),
         }
     }
 
@@ -311,7 +479,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let request = sqlx::query(
             "UPDATE pairing_requests SET completed_at = ?1 \
-             WHERE pair_id = ?2 AND completed_at IS NULL \
+             WHERE pair_id = ?2 AND completed_at IS NULL AND cancelled_at IS NULL \
              RETURNING lock_serial, name, item_type",
         )
         .bind(&now)
@@ -561,6 +729,9 @@ fn pairing_from_row(row: &SqliteRow) -> Result<PairingRequest, sqlx::Error> {
         expires_at: row.try_get("expires_at")?,
         created_at: row.try_get("created_at")?,
         completed_at: row.try_get("completed_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        deliveries: row.try_get("deliveries")?,
+        cancelled_at: row.try_get("cancelled_at")?,
     })
 }
 

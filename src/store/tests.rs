@@ -72,7 +72,8 @@ async fn join_creates_lock_with_defaults() {
     assert_eq!(lock.serial, "L-1");
     assert_eq!(lock.name, "L-1");
     assert_eq!(lock.mode, 1);
-    assert!(lock.feature_flags.is_empty());
+    // The firmware starts its lock feature only with "lock" (HOMEHUB_LOCK_FEATURE_FLAGS).
+    assert_eq!(lock.feature_flags, vec!["lock".to_owned()]);
     assert_eq!(lock.config, json!({}));
     assert_eq!(lock.intended_state, json!({"locked": true}));
     assert_eq!(lock.reported_state, None);
@@ -803,6 +804,148 @@ async fn a_known_lock_held_by_another_device_is_refused_in_token_mode() {
     assert_eq!(
         holder_in_table(&store, "T-1").await.0.as_deref(),
         Some("dev-0")
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn new_locks_get_the_configured_feature_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
+    let opts = super::StoreOptions {
+        new_lock_flags: vec!["lock".into(), "nfc".into()],
+    };
+    let store = Store::open_with(&url, &opts).await.expect("open store");
+    let lock = join(&store, "L-1", "pi").await;
+    assert_eq!(
+        lock.feature_flags,
+        vec!["lock".to_owned(), "nfc".to_owned()]
+    );
+    // A later join does not reset flags an administrator changed.
+    let patch = super::LockPatch {
+        feature_flags: Some(vec![]),
+        ..Default::default()
+    };
+    store.update_lock("L-1", &patch).await.expect("update");
+    let again = join(&store, "L-1", "pi").await;
+    assert!(again.feature_flags.is_empty(), "{:?}", again.feature_flags);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn update_lock_changes_only_given_fields() {
+    let (_dir, store) = temp_store().await;
+    let before = join(&store, "L-1", "pi").await;
+    let patch = super::LockPatch {
+        name: Some("Front door".into()),
+        mode: Some(2),
+        config: Some(
+            json!({"volume": 3})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        ..Default::default()
+    };
+    let after = store.update_lock("L-1", &patch).await.expect("update");
+    assert_eq!(after.name, "Front door");
+    assert_eq!(after.mode, 2);
+    assert_eq!(after.config, json!({"volume": 3}));
+    assert_eq!(after.feature_flags, before.feature_flags);
+    assert_eq!(after.uuid, before.uuid);
+    // The join writer's known-lock copy must not answer the next join with the old record.
+    let joined = join(&store, "L-1", "pi").await;
+    assert_eq!(joined.name, "Front door");
+    assert_eq!(joined.mode, 2);
+    assert!(matches!(
+        store.update_lock("nope", &patch).await,
+        Err(StoreError::LockNotFound)
+    ));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn pending_pairings_are_delivered_until_completed_or_cancelled() {
+    let (_dir, store) = temp_store().await;
+    join(&store, "L-1", "pi").await;
+    join(&store, "L-2", "pi").await;
+    let a = store
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .expect("pairing a");
+    let b = store
+        .create_pairing("L-1", "Bob", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .expect("pairing b");
+    assert!(
+        store
+            .deliver_pending_pairings("L-2")
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let first = store
+        .deliver_pending_pairings("L-1")
+        .await
+        .expect("pending");
+    let ids: Vec<&str> = first.iter().map(|r| r.pair_id.as_str()).collect();
+    assert_eq!(ids, [a.pair_id.as_str(), b.pair_id.as_str()]);
+    assert!(
+        first
+            .iter()
+            .all(|r| r.deliveries == 1 && r.delivered_at.is_some())
+    );
+
+    store
+        .complete_pairing(&a.pair_id, "TAG-1")
+        .await
+        .expect("complete");
+    let cancelled = store.cancel_pairing(&b.pair_id).await.expect("cancel");
+    assert!(cancelled.cancelled_at.is_some());
+    assert!(matches!(
+        store.cancel_pairing(&b.pair_id).await,
+        Err(StoreError::PairingClosed)
+    ));
+    assert!(matches!(
+        store.cancel_pairing("no-such-id").await,
+        Err(StoreError::PairingNotFound)
+    ));
+    // A cancelled request cannot be completed.
+    assert!(matches!(
+        store.complete_pairing(&b.pair_id, "TAG-2").await,
+        Err(StoreError::PairingNotFound)
+    ));
+    assert!(
+        store
+            .deliver_pending_pairings("L-1")
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM pairing_overview ORDER BY name")
+            .fetch_all(&store.pool)
+            .await
+            .expect("pairing_overview");
+    assert_eq!(states, ["completed", "cancelled"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn expired_pairings_are_not_delivered() {
+    let (_dir, store) = temp_store().await;
+    join(&store, "L-1", "pi").await;
+    store
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(1))
+        .await
+        .expect("pairing");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        store
+            .deliver_pending_pairings("L-1")
+            .await
+            .expect("none")
+            .is_empty()
     );
     store.close().await;
 }

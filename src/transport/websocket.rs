@@ -16,6 +16,7 @@ use tungstenite::Message as WsMessage;
 use futures_util::FutureExt as _;
 
 use super::ws::{self, Close, Handler, WsStream};
+use crate::config::CloseFrames;
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::metrics;
@@ -99,6 +100,23 @@ fn to_ws(w: WireFrame) -> WsMessage {
 /// The Phoenix protocol on the WebSocket driver: decode, hand to the [`Session`], encode.
 struct PhoenixHandler {
     session: Session,
+    /// `HOMEHUB_CLOSE_FRAMES`.
+    close_frames: CloseFrames,
+    /// The client sends its JSON in binary frames: the lock firmware's Erlang client
+    /// (`phoenix_gen_socket_client` on `websocket_client` 1.5), which never reports a
+    /// server's close frame and would stay disconnected after one; it notices a TCP
+    /// connection that ends without one and reconnects. Browsers and the `phoenix` JS
+    /// client send JSON as text.
+    json_in_binary: bool,
+}
+
+/// Whether a binary frame carries JSON (a V1 object or a V2 array) rather than a V2
+/// binary push (whose first byte is its kind, 0).
+fn is_json(data: &[u8]) -> bool {
+    matches!(
+        data.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'[' | b'{')
+    )
 }
 
 impl Handler for PhoenixHandler {
@@ -109,6 +127,13 @@ impl Handler for PhoenixHandler {
         out: &mut Vec<WsMessage>,
     ) -> Result<(), Close> {
         let vsn = self.session.vsn();
+        if binary && !self.json_in_binary && is_json(data) {
+            self.json_in_binary = true;
+            tracing::debug!(
+                conn = self.session.conn().id,
+                "client sends JSON in binary frames: hub closes end its TCP connection without a close frame"
+            );
+        }
         // Not kept between frames: an idle socket should not hold reply buffers.
         let mut frames: Vec<Frame> = Vec::new();
         let hub_metrics = &self.session.hub().metrics;
@@ -141,6 +166,10 @@ impl Handler for PhoenixHandler {
         out.extend(self.session.outbound(item).map(to_ws));
         Ok(())
     }
+
+    fn wants_close_frame(&self) -> bool {
+        self.close_frames == CloseFrames::Always || !self.json_in_binary
+    }
 }
 
 /// The socket's task: registers the connection and drives it. A plain function that builds
@@ -160,6 +189,8 @@ pub fn run(
     }
     let handler = PhoenixHandler {
         session: Session::new(hub.clone(), conn.clone(), vsn),
+        close_frames: hub.config.close_frames,
+        json_in_binary: false,
     };
     ws::drive(
         socket,

@@ -51,24 +51,50 @@ pub trait Handler: Send {
     /// Renders an item from the connection's queue into `out` (or drops it); `Err` closes
     /// the connection after `out` is written.
     fn on_outbound(&mut self, item: Outbound, out: &mut Vec<WsMessage>) -> Result<(), Close>;
+
+    /// Whether a close the hub initiates is announced with a close frame. `false` ends the
+    /// TCP connection without one, for a client known to miss close frames (its close is
+    /// then noticed as a dropped connection, which it recovers from).
+    fn wants_close_frame(&self) -> bool {
+        true
+    }
 }
 
-/// Close code for a read error: 1009 too big, 1007 bad UTF-8, 1002 protocol violation.
-fn classify(err: tungstenite::Error) -> Option<Close> {
+/// How a connection ended, as the log shows it.
+enum End {
+    /// The hub closes: send this close frame (if the handler wants one).
+    Close(Close),
+    /// The client sent a close frame with this code (1005: none given).
+    ByClient(u16),
+    /// The connection dropped without a close frame (1006, never sent on the wire).
+    Dropped,
+}
+
+/// Close code of a connection that ended without a close frame (RFC 6455 §7.1.5).
+pub const ABNORMAL: u16 = 1006;
+/// Close code logged for a client close frame without a code.
+const NO_STATUS: u16 = 1005;
+
+/// What a read error means: 1009 too big, 1007 bad UTF-8, 1002 protocol violation (each
+/// answered with a close frame), or a connection that is simply gone (TCP closed or reset
+/// without a close frame: 1006).
+fn classify(err: tungstenite::Error) -> End {
+    use tungstenite::error::ProtocolError;
     match err {
-        tungstenite::Error::Capacity(_) => Some(Close {
+        tungstenite::Error::Capacity(_) => End::Close(Close {
             code: close_code::TOO_BIG,
             reason: "frame too big",
         }),
-        tungstenite::Error::Utf8(_) => Some(Close {
+        tungstenite::Error::Utf8(_) => End::Close(Close {
             code: close_code::INVALID_DATA,
             reason: "invalid utf-8",
         }),
-        tungstenite::Error::Protocol(_) => Some(Close {
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Dropped,
+        tungstenite::Error::Protocol(_) => End::Close(Close {
             code: 1002,
             reason: "protocol error",
         }),
-        _ => None,
+        _ => End::Dropped,
     }
 }
 
@@ -111,7 +137,9 @@ async fn write_all(
     }
 }
 
-/// Runs a connection until it ends; returns the close code sent, if any, and the handler
+/// Runs a connection until it ends; returns the close code of the end (the hub's, even when
+/// [`Handler::wants_close_frame`] kept it off the wire; the client's; or 1006 for a
+/// connection that dropped without a close frame) and the handler
 /// (for the door's cleanup).
 ///
 /// Takes everything by value so a door can build this future before its task's own state
@@ -140,13 +168,13 @@ pub fn drive<H: Handler>(
             reason: "closed by the hub",
         };
 
-        let end: Option<Close> = loop {
+        let end: End = loop {
             tokio::select! {
                 biased;
-                _ = conn.killed() => break Some(killed),
+                _ = conn.killed() => break End::Close(killed),
                 inbound = socket.next() => {
                     let msg = match inbound {
-                        None => break None,
+                        None => break End::Dropped,
                         Some(Err(e)) => {
                             note_send_timeout(&e, &conn, &metrics);
                             break classify(e);
@@ -160,13 +188,15 @@ pub fn drive<H: Handler>(
                     let handled = match &msg {
                         WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
                         WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
-                        WsMessage::Close(_) => break None,
+                        WsMessage::Close(frame) => {
+                            break End::ByClient(frame.as_ref().map_or(NO_STATUS, |f| f.code.into()))
+                        }
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
                     };
                     if let Err(close) = handled {
                         // Whatever was produced before the fatal frame still goes out first.
                         let _ = write_all(&mut socket, &conn, &mut out).await;
-                        break Some(close);
+                        break End::Close(close);
                     }
                 }
                 item = rx.recv() => {
@@ -179,7 +209,7 @@ pub fn drive<H: Handler>(
                     }
                     if let Err(close) = handled {
                         let _ = write_all(&mut socket, &conn, &mut out).await;
-                        break Some(close);
+                        break End::Close(close);
                     }
                 }
             }
@@ -188,12 +218,18 @@ pub fn drive<H: Handler>(
                 if let Some(e) = failed {
                     note_send_timeout(&e, &conn, &metrics);
                 }
-                break conn.is_killed().then_some(killed);
+                break if conn.is_killed() {
+                    End::Close(killed)
+                } else {
+                    End::Dropped
+                };
             }
         };
 
-        let Some(mut close) = end else {
-            return (None, handler);
+        let mut close = match end {
+            End::Close(close) => close,
+            End::ByClient(code) => return (Some(code), handler),
+            End::Dropped => return (Some(ABNORMAL), handler),
         };
         if close.code == 0 {
             close = if conn.idled_out() {
@@ -207,6 +243,10 @@ pub fn drive<H: Handler>(
                     ..close
                 }
             };
+        }
+        if !handler.wants_close_frame() {
+            // Dropping the socket ends the TCP connection (FIN) without a close frame.
+            return (Some(close.code), handler);
         }
         let frame = CloseFrame {
             code: close.code.into(),

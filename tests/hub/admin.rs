@@ -123,7 +123,7 @@ async fn lists_locks_pairings_and_devices() {
 async fn cli_wraps_the_api() {
     let hub = TestHub::start().await;
     let mut c = hub.client("cli-lock").await;
-    c.join("lock:C1", "1", json!({})).await;
+    c.join("lock:C1", "1", json!({"accepts": ["state"]})).await;
     let bin = env!("CARGO_BIN_EXE_homehub");
     let url = format!("http://{}", hub.addr);
     let run = move |args: &[&str]| {

@@ -25,7 +25,7 @@ async fn first_join_creates_the_lock_with_defaults() {
     assert_eq!(
         resp,
         json!({"uuid": uuid, "serial": "SN-1", "name": "SN-1", "mode": 1,
-               "feature_flags": [], "config": {}, "state": {"locked": true}})
+               "feature_flags": ["lock"], "config": {}, "state": {"locked": true}})
     );
     let (status, lock) = hub.admin(Method::GET, "/api/locks/SN-1", None).await;
     assert_eq!(status, 200);
@@ -64,7 +64,9 @@ async fn uuid_is_stable_across_restart_and_distinct_per_serial() {
 #[tokio::test]
 async fn reset_replies_with_fresh_state_and_unknown_event_keeps_channel() {
     let hub = TestHub::start().await;
-    let (mut c, joined_resp) = joined(&hub, "r1", "RST").await;
+    let mut c = hub.client("r1").await;
+    let r = c.join("lock:RST", "1", json!({"accepts": ["state"]})).await;
+    let joined_resp = reply_of(&r).1.clone();
     let r = c.push("1", "2", "lock:RST", "reset", json!({})).await;
     assert_eq!(reply_of(&r), ("ok", &joined_resp));
     let r = c.push("1", "3", "lock:RST", "bogus", json!({})).await;
@@ -116,9 +118,9 @@ async fn start_pairing(hub: &TestHub, serial: &str, body: Value) -> Value {
 #[tokio::test]
 async fn pairing_round_trip_then_access() {
     let hub = TestHub::start().await;
-    let (mut lock, _) = joined(&hub, "lockpi", "PR1").await;
+    let (mut lock, pr1) = joined(&hub, "lockpi", "PR1").await;
     let mut watcher = hub.client("admin-view").await;
-    watcher.join("lock:PR1", "1", json!({})).await;
+    watcher.join("events:PR1", "1", json!({})).await;
 
     let req = start_pairing(
         &hub,
@@ -171,7 +173,7 @@ async fn pairing_round_trip_then_access() {
             "7",
             "lock:PR1",
             "access:request",
-            json!({"uuid": "TAG-0042", "device": "nfc"}),
+            json!({"uuid": pr1["uuid"], "device": "TAG-0042"}),
         )
         .await;
     assert_eq!(
@@ -184,7 +186,7 @@ async fn pairing_round_trip_then_access() {
             "8",
             "lock:PR1",
             "access:request",
-            json!({"uuid": "TAG-9999", "device": "nfc"}),
+            json!({"uuid": pr1["uuid"], "device": "TAG-9999"}),
         )
         .await;
     assert_eq!(
@@ -192,17 +194,31 @@ async fn pairing_round_trip_then_access() {
         ("ok", &json!({"access": false, "user": null}))
     );
     // Paired with PR1 only: another lock refuses it.
-    let (mut other, _) = joined(&hub, "otherpi", "PR2").await;
+    let (mut other, pr2) = joined(&hub, "otherpi", "PR2").await;
     let r = other
         .push(
             "1",
             "2",
             "lock:PR2",
             "access:request",
-            json!({"uuid": "TAG-0042"}),
+            json!({"uuid": pr2["uuid"], "device": "TAG-0042"}),
         )
         .await;
-    assert_eq!(reply_of(&r).1["access"], false);
+    assert_eq!(
+        reply_of(&r),
+        ("ok", &json!({"access": false, "user": null}))
+    );
+    // And it can never ask on PR1's behalf.
+    let r = other
+        .push(
+            "1",
+            "2b",
+            "lock:PR2",
+            "access:request",
+            json!({"uuid": pr1["uuid"], "device": "TAG-0042"}),
+        )
+        .await;
+    assert_eq!(reply_of(&r), ("error", &json!({"reason": "wrong lock"})));
     let r = other
         .push(
             "1",

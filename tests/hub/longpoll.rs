@@ -97,7 +97,12 @@ async fn session_lifecycle_join_push_reply_and_server_push() {
     assert!(p.token.is_some());
 
     // Replies never come in the POST answer, only through GETs.
-    let r = p.post(r#"["1","1","lock:LP1","phx_join",{}]"#, false).await;
+    let r = p
+        .post(
+            r#"["1","1","lock:LP1","phx_join",{"accepts":["state"]}]"#,
+            false,
+        )
+        .await;
     assert_eq!(r, json!({"status": 200}));
     let frames = p.frames(1).await;
     assert_eq!(

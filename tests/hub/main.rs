@@ -4,6 +4,7 @@
 mod admin;
 mod common;
 mod compendium;
+mod firmware;
 mod lock_channel;
 mod longpoll;
 mod presence;
