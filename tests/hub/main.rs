@@ -5,6 +5,7 @@ mod admin;
 mod common;
 mod compendium;
 mod firmware;
+mod lock_admin;
 mod lock_channel;
 mod longpoll;
 mod presence;
