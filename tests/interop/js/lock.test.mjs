@@ -42,7 +42,7 @@ function assertFreshLock(resp, serial) {
   assert.equal(resp.serial, serial);
   assert.equal(resp.name, serial, "a new lock is named after its serial");
   assert.equal(resp.mode, 1, "a new lock is in mode 1 (integer)");
-  assert.deepEqual(resp.feature_flags, []);
+  assert.deepEqual(resp.feature_flags, ["lock"], "a new lock has the lock feature (HOMEHUB_LOCK_FEATURE_FLAGS)");
   assert.deepEqual(resp.config, {});
   assert.deepEqual(resp.state, { locked: true }, "default intended state is fail-secure");
 }
@@ -118,7 +118,7 @@ hub.test("unknown event: error {reason: 'unknown event'} and the channel stays j
 hub.test("PUT /api/locks/{serial}/state pushes `state` with the new state; reset reads it back", async () => {
   const socket = await connect(uniq("js-state"));
   const serial = uniq("SN");
-  const ch = socket.channel(`lock:${serial}`);
+  const ch = socket.channel(`lock:${serial}`, { accepts: ["state"] });
   const j = await join(ch);
   assert.equal(j.status, "ok", JSON.stringify(j));
 

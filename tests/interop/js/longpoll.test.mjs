@@ -76,7 +76,7 @@ function assertFreshLock(resp, serial) {
   assert.equal(resp.serial, serial);
   assert.equal(resp.name, serial);
   assert.equal(resp.mode, 1);
-  assert.deepEqual(resp.feature_flags, []);
+  assert.deepEqual(resp.feature_flags, ["lock"], "a new lock has the lock feature (HOMEHUB_LOCK_FEATURE_FLAGS)");
   assert.deepEqual(resp.config, {});
   assert.deepEqual(resp.state, { locked: true });
 }
@@ -158,7 +158,7 @@ hub.test("long-poll: pushes made in one tick go as one ndjson POST and every one
 hub.test("long-poll: PUT /api/locks/{serial}/state reaches the device as a `state` push", async () => {
   const socket = await lpConnect(uniq("lp-state"));
   const serial = uniq("SN");
-  const ch = socket.channel(`lock:${serial}`);
+  const ch = socket.channel(`lock:${serial}`, { accepts: ["state"] });
   const j = await join(ch);
   assert.equal(j.status, "ok", JSON.stringify(j));
 
@@ -256,7 +256,7 @@ hub.test("long-poll: a session nobody polls any more is dropped (device leaves /
 hub.test("long-poll: after a hub restart the client reconnects, rejoins and gets the same uuid", async () => {
   const socket = await lpConnect(uniq("lp-restart"));
   const serial = uniq("SN");
-  const ch = socket.channel(`lock:${serial}`);
+  const ch = socket.channel(`lock:${serial}`, { accepts: ["state"] });
   const joins = await joinRecordingRejoins(ch);
   const first = joins[0];
   const put = await hub.api("PUT", `/api/locks/${encodeURIComponent(serial)}/state`, { locked: false });
@@ -349,7 +349,7 @@ async function assertWorksOverFallback(socket) {
   assert.equal(socket.transport, LongPoll, "the socket switched its transport to LongPoll");
   assert.ok(socket.connection.transport instanceof LongPoll);
   const serial = uniq("SN");
-  const ch = socket.channel(`lock:${serial}`);
+  const ch = socket.channel(`lock:${serial}`, { accepts: ["state"] });
   const j = await join(ch);
   assert.equal(j.status, "ok", JSON.stringify(j));
   assertFreshLock(j.response, serial);

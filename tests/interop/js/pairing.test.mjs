@@ -53,13 +53,20 @@ function refersTo(value, lock) {
 hub.test("pairing round trip: mode:pair -> pair:complete ok {} -> listed in /api/pairings", async () => {
   const { socket, ch, serial, lock } = await lockDevice("js-pair-lock");
 
-  // An admin view on the same topic sees the broadcasts too.
+  // A second instance of the lock's topic gets mode:pair too; an admin watcher of
+  // events:<serial> gets the completed pairing (never the lock's own topic: the shipped
+  // firmware has no handler for a pair:complete push).
   const admin = await hub.connect(uniq("js-pair-admin"));
   sockets.push(admin);
   const view = admin.channel(`lock:${serial}`);
   const vj = await join(view);
   assert.equal(vj.status, "ok", JSON.stringify(vj));
   const viewModePair = nextEvent(view, "mode:pair");
+  const events = admin.channel(`events:${serial}`);
+  const ej = await join(events);
+  assert.equal(ej.status, "ok", JSON.stringify(ej));
+  let lockGotPairComplete = false;
+  ch.on("pair:complete", () => { lockGotPairComplete = true; });
 
   const { request, modePair } = await startPairing(ch, serial, { name: "front tag", type: "tag", ttl_secs: 60 });
   assert.equal(modePair.name, "front tag");
@@ -72,7 +79,7 @@ hub.test("pairing round trip: mode:pair -> pair:complete ok {} -> listed in /api
   assert.deepEqual(await viewModePair, modePair, "mode:pair is a broadcast on the topic");
 
   const itemSerial = uniq("TAG");
-  const viewComplete = nextEvent(view, "pair:complete");
+  const viewComplete = nextEvent(events, "pair:complete");
   const r = await push(ch, "pair:complete", { ...modePair, serial: itemSerial });
   assert.equal(r.status, "ok", `pair:complete reply: ${JSON.stringify(r)}`);
   assert.deepEqual(r.response, {});
@@ -94,6 +101,62 @@ hub.test("pairing round trip: mode:pair -> pair:complete ok {} -> listed in /api
   const reset = await push(ch, "reset", {});
   assert.equal(reset.status, "ok", JSON.stringify(reset));
   assert.equal(socket.isConnected(), true);
+  assert.equal(lockGotPairComplete, false, "pair:complete is not pushed on the lock's topic");
+
+  // The firmware's access:request: {uuid: the lock's own UUID, device: the item's serial}.
+  const granted = await push(ch, "access:request", { uuid: lock.uuid, device: itemSerial });
+  assert.deepEqual(granted, { status: "ok", response: { access: true, user: "front tag" } });
+  const refused = await push(ch, "access:request", { uuid: lock.uuid, device: uniq("TAG") });
+  assert.deepEqual(refused, { status: "ok", response: { access: false, user: null } });
+  const wrong = await push(ch, "access:request", { uuid: "00000000-0000-4000-8000-000000000000", device: itemSerial });
+  assert.deepEqual(wrong, { status: "error", response: { reason: "wrong lock" } });
+});
+
+hub.test("a pairing started while the lock is offline is pushed right after its next join", async () => {
+  const serial = uniq("SN");
+  const name = uniq("js-pair-offline");
+  const first = await hub.connect(name);
+  const j = await join(first.channel(`lock:${serial}`));
+  assert.equal(j.status, "ok", JSON.stringify(j));
+  await disconnect(first);
+
+  const started = await hub.api("POST", `/api/locks/${encodeURIComponent(serial)}/pair`, { name: "late tag" });
+  assert.equal(started.status, 201, JSON.stringify(started));
+  assert.equal(started.body.delivered, false);
+
+  const socket = await hub.connect(name);
+  sockets.push(socket);
+  const ch = socket.channel(`lock:${serial}`);
+  const modePair = nextEvent(ch, "mode:pair");
+  const rejoined = await join(ch);
+  assert.equal(rejoined.status, "ok", JSON.stringify(rejoined));
+  const pushed = await modePair;
+  assert.equal(pushed.pair_id, started.body.pair_id);
+  const r = await push(ch, "pair:complete", { ...pushed, serial: uniq("TAG") });
+  assert.equal(r.status, "ok", JSON.stringify(r));
+  const list = await hub.api("GET", "/api/pairings");
+  const req = list.body.requests.find((x) => x.pair_id === started.body.pair_id);
+  assert.ok(req.delivered_at && req.completed_at, JSON.stringify(req));
+  assert.equal(req.deliveries, 1);
+});
+
+hub.test("a lock that does not accept `state` is not pushed it; watchers and its reset reply see the change", async () => {
+  const socket = await hub.connect(uniq("js-no-state"));
+  sockets.push(socket);
+  const serial = uniq("SN");
+  const ch = socket.channel(`lock:${serial}`);
+  assert.equal((await join(ch)).status, "ok");
+  let pushed = false;
+  ch.on("state", () => { pushed = true; });
+  const watcher = socket.channel(`events:${serial}`);
+  assert.equal((await join(watcher)).status, "ok");
+  const seen = nextEvent(watcher, "state");
+  const put = await hub.api("PUT", `/api/locks/${encodeURIComponent(serial)}/state`, { locked: false });
+  assert.equal(put.status, 200, JSON.stringify(put));
+  assert.deepEqual(await seen, { serial, state: { locked: false } });
+  const reset = await push(ch, "reset", {});
+  assert.deepEqual(reset.response.state, { locked: false });
+  assert.equal(pushed, false, "no state push reached a lock that did not ask for it");
 });
 
 hub.test("pairing with defaults (empty POST body) still round-trips", async () => {

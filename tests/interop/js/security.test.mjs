@@ -454,7 +454,7 @@ tlsHub.test("TLS: phoenix.js over wss:// (self-signed certificate via the `ca` o
   const socket = await connectOk(tlsHub, { name: uniq("sec-tls") });
   assert.match(socket.endPointURL(), /^wss:\/\//);
   const serial = uniq("SN");
-  const ch = socket.channel(`lock:${serial}`);
+  const ch = socket.channel(`lock:${serial}`, { accepts: ["state"] });
   const j = await join(ch);
   assert.equal(j.status, "ok", JSON.stringify(j));
   assert.match(j.response.uuid, UUID_RE);

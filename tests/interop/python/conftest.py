@@ -194,6 +194,6 @@ def assert_fresh_lock(resp: object, serial: str) -> None:
     assert resp["serial"] == serial
     assert resp["name"] == serial
     assert resp["mode"] == 1 and isinstance(resp["mode"], int)
-    assert resp["feature_flags"] == []
+    assert resp["feature_flags"] == ["lock"]
     assert resp["config"] == {}
     assert resp["state"] == {"locked": True}

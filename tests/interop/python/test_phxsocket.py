@@ -64,10 +64,10 @@ def client(hub):
             pass
 
 
-def joined(client_factory):
+def joined(client_factory, params=None):
     c = client_factory()
     serial = uniq("SN")
-    ch = c.channel(f"lock:{serial}", {})
+    ch = c.channel(f"lock:{serial}", params or {})
     resp = call(ch.join)
     return c, ch, serial, resp
 
@@ -102,7 +102,8 @@ def test_unknown_event_error_and_channel_survives(client):
 
 
 def test_state_push_after_put(client, hub):
-    _, ch, serial, _ = joined(client)
+    # `state` is pushed only to a lock that asked for it in its join params.
+    _, ch, serial, _ = joined(client, {"accepts": ["state"]})
     states: queue.Queue = queue.Queue()
     ch.on("state", states.put)
     status, body = hub.api("PUT", f"/api/locks/{serial}/state", {"locked": False})
