@@ -433,3 +433,109 @@ async fn a_new_lock_has_the_lock_feature_flag() {
     let (_, joined) = lock.request("j", "lock:FW-9", "phx_join", json!({})).await;
     assert_eq!(joined["feature_flags"], json!(["lock", "nfc"]));
 }
+
+/// The hub as a process, for what only its log shows.
+struct HubProcess {
+    child: std::process::Child,
+    addr: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl HubProcess {
+    fn start() -> HubProcess {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = format!("sqlite://{}", dir.path().join("homehub.db").display());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", &db])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the hub");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("listening line");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .expect("address")
+            .to_owned();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        HubProcess {
+            child,
+            addr,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_tcp_connection_is_logged_as_1006() {
+    let hub = tokio::task::spawn_blocking(HubProcess::start)
+        .await
+        .expect("hub process");
+    let url = format!(
+        "ws://{}/socket/websocket?vsn=2.0.0&name=fw-unplugged",
+        hub.addr
+    );
+    let (mut ws, _) = connect_async(url).await.expect("connects");
+    ws.send(Message::Binary(
+        json!(["1", "1", "lock:FW-10", "phx_join", {}])
+            .to_string()
+            .into_bytes()
+            .into(),
+    ))
+    .await
+    .expect("join");
+    let reply = ws.next().await.expect("reply").expect("frame");
+    assert!(
+        reply.to_text().expect("text").contains("\"ok\""),
+        "{reply:?}"
+    );
+    // Pull the plug: the TCP connection goes away without a close frame.
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let log = hub.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("disconnected") && l.contains("fw-unplugged"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no disconnect line in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("close_code=Some(1006)"), "{line}");
+}
