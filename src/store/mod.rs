@@ -281,10 +281,7 @@ impl Store {
         .bind(serial)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(lock_from_row(&row)?),
-            None => Err(StoreError::LockNotFound),
-        }
+        found_lock(row)
     }
 
     /// Changes a lock's record (each `Some` field; `None` keeps the column). The lock gets
@@ -317,10 +314,7 @@ impl Store {
         .bind(serial)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(lock_from_row(&row)?),
-            None => Err(StoreError::LockNotFound),
-        }
+        found_lock(row)
     }
 
     /// Stores what the lock reports as its actual state, with reported_at = now.
@@ -718,6 +712,14 @@ fn lock_from_row(row: &SqliteRow) -> Result<LockRecord, sqlx::Error> {
         last_seen_at: row.try_get("last_seen_at")?,
         serial,
     })
+}
+
+/// The lock row an `UPDATE … RETURNING` found, or `LockNotFound`.
+fn found_lock(row: Option<SqliteRow>) -> Result<LockRecord, StoreError> {
+    match row {
+        Some(row) => Ok(lock_from_row(&row)?),
+        None => Err(StoreError::LockNotFound),
+    }
 }
 
 fn pairing_from_row(row: &SqliteRow) -> Result<PairingRequest, sqlx::Error> {

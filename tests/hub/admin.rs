@@ -124,20 +124,7 @@ async fn cli_wraps_the_api() {
     let hub = TestHub::start().await;
     let mut c = hub.client("cli-lock").await;
     c.join("lock:C1", "1", json!({"accepts": ["state"]})).await;
-    let bin = env!("CARGO_BIN_EXE_homehub");
-    let url = format!("http://{}", hub.addr);
-    let run = move |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .env("HOMEHUB_URL", &url)
-            .env("HOMEHUB_ADMIN_TOKEN", crate::common::TOKEN)
-            .output()
-            .expect("run homehub");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = hub.cli_runner();
     let (code, out) = tokio::task::spawn_blocking(move || {
         let a = run(&["locks"]);
         let b = run(&["lock", "set-state", "C1", r#"{"locked":false}"#]);

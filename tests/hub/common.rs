@@ -97,6 +97,25 @@ impl TestHub {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Runs the `homehub` admin CLI against this hub (blocking: call it from
+    /// `spawn_blocking`); returns its exit code and stdout.
+    pub fn cli_runner(&self) -> impl Fn(&[&str]) -> (Option<i32>, String) + Clone + Send + 'static {
+        let url = format!("http://{}", self.addr);
+        move |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
+                .args(args)
+                .env("HOMEHUB_URL", &url)
+                .env("HOMEHUB_ADMIN_TOKEN", TOKEN)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run the homehub CLI");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("homehub.db")
     }

@@ -230,19 +230,7 @@ async fn the_cli_sets_a_lock_and_cancels_a_pairing() {
     let hub = TestHub::start().await;
     let (lock, _) = join_lock(&hub, "pi-cli", "PL-3").await;
     lock.hang_up().await;
-    let url = hub.http("");
-    let run = move |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
-            .args(args)
-            .env("HOMEHUB_URL", &url)
-            .env("HOMEHUB_ADMIN_TOKEN", crate::common::TOKEN)
-            .output()
-            .expect("run the CLI");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let run = hub.cli_runner();
     let (code, out) = tokio::task::spawn_blocking({
         let run = run.clone();
         move || {
