@@ -193,9 +193,7 @@ fn bridge(
         .deliver(target, packet)
         .map_err(|e| match e {
             RelayError::TargetBusy => "busy",
-            RelayError::UnknownTarget | RelayError::NameTaken | RelayError::BinaryUnsupported => {
-                "not connected"
-            }
+            RelayError::UnknownTarget | RelayError::BinaryUnsupported => "not connected",
         })
 }
 
