@@ -1864,3 +1864,46 @@ async fn presence_shows_relay_membership_the_same_way_whichever_door_holds_the_n
     assert_eq!(reply_of(&f).0, "ok");
     view.until("porch", &[("phoenix", false)]).await;
 }
+
+#[tokio::test]
+async fn the_bester_bridge_resolves_relay_names_by_the_same_rule() {
+    use crate::bester_common::{HubBuilder, PASSWORD, status};
+    let hub = HubBuilder::new().example_handler("upper").start().await;
+    hub.add_user("alice", PASSWORD).await;
+    let mut alice = hub.login("alice").await;
+    // A Phoenix socket named `server` cannot be on the relay, so the bridge cannot reach
+    // it under that name either; a raw device is found in any case.
+    let mut srv = TestClient::connect(&format!(
+        "ws://{}/socket/websocket?vsn=2.0.0&name=server",
+        hub.addr
+    ))
+    .await;
+    let r = srv.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "invalid device_name"));
+    let mut lamp = TestClient::connect(&format!("ws://{}/relay", hub.addr)).await;
+    let r = lamp
+        .request(server(
+            json!({"command": "register", "device_name": "Lamp"}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+
+    let r = alice
+        .call(
+            "upper",
+            json!({"text": "on", "to": ["SERVER", "LAMP", "bester:alice"]}),
+        )
+        .await;
+    assert_eq!(status(&r), "undelivered", "{r}");
+    assert_eq!(r["payload"]["data"]["delivered"], json!(["LAMP"]), "{r}");
+    assert_eq!(
+        r["payload"]["data"]["undelivered"],
+        json!({"SERVER": "not connected", "bester:alice": "not connected"}),
+        "{r}"
+    );
+    assert_eq!(
+        lamp.recv().await,
+        json!({"sender": "bester:alice", "payload": {"type": "upper", "data": {"text": "ON"}}})
+    );
+    srv.expect_silence(200).await;
+}
