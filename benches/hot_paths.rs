@@ -66,6 +66,7 @@ fn relay(c: &mut Criterion) {
             DeviceName::parse(&name),
             Door::Phoenix,
             ([127, 0, 0, 1], 9).into(),
+            None,
         );
         let claim = Claim {
             name: &name,
@@ -101,6 +102,7 @@ fn broadcast(c: &mut Criterion) {
             DeviceName::parse(&name),
             Door::Phoenix,
             ([127, 0, 0, 1], 9).into(),
+            None,
         );
         reg.subscribe("events", &conn);
         receivers.push((conn, rx));

@@ -5,7 +5,8 @@
 //! padding) of `{"sub": <device name>, "exp": <unix seconds>, "jti": <token id>}`, the
 //! signature URL-safe base64 of HMAC-SHA256(key, "hh1." + payload). The key is the hub's
 //! secret (`HOMEHUB_SECRET_KEY`, or one generated on first start and kept in the database).
-//! Revocation is by token id (`jti`), checked on every connect.
+//! Revocation is by token id (`jti`), checked on every connect. Every connection keeps the
+//! id of the token it was admitted with ([`TokenId`], on its registry entry).
 
 use std::collections::HashSet;
 use std::sync::RwLock;
@@ -20,6 +21,10 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "hh1.";
+
+/// The id (`jti`) of the token a connection was admitted with (token mode). Kept on the
+/// connection's registry entry.
+pub type TokenId = Box<str>;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -98,6 +98,8 @@ pub struct Conn {
     /// cost every idle connection two allocations.
     pub remote: SocketAddr,
     pub connected_at: time::OffsetDateTime,
+    /// Token mode: the id of the device token this connection was admitted with.
+    token_id: Option<crate::auth::TokenId>,
     /// Bounded queue drained by the connection's own task.
     outbox: outbox::Outbox,
     /// Cancelled to make the connection's task close the socket with `close_code`.
@@ -121,6 +123,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The id of the token this connection was admitted with (token mode).
+    pub fn token_id(&self) -> Option<&str> {
+        self.token_id.as_deref()
+    }
+
     /// Marks the connection as able to receive binary frames.
     pub fn set_binary_capable(&self) {
         self.binary_capable.store(true, Ordering::Relaxed);
@@ -233,6 +240,9 @@ pub struct DeviceView {
     pub topics: Vec<String>,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// The id of the device token the connection was admitted with (token mode), the id
+    /// `DELETE /api/tokens/{id}` takes.
+    pub token_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -287,13 +297,15 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection. With a `name` (Phoenix sockets), an older connection of
-    /// the same name is closed (going away), as devices reconnect after losing the network.
+    /// Registers a new connection, admitted with the token `token_id` (token mode). With a
+    /// `name` (Phoenix sockets), an older connection of the same name is closed (going
+    /// away), as devices reconnect after losing the network.
     pub fn connect(
         &self,
         name: Option<DeviceName>,
         door: Door,
         remote: SocketAddr,
+        token_id: Option<crate::auth::TokenId>,
     ) -> (Arc<Conn>, outbox::Receiver) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
@@ -311,6 +323,7 @@ impl Registry {
             door,
             remote,
             connected_at: time::OffsetDateTime::now_utc(),
+            token_id,
             outbox: outbox::Outbox::new(self.queue_capacity),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
@@ -526,6 +539,7 @@ impl Registry {
                     topics,
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
+                    token_id: c.token_id().map(str::to_owned),
                 }
             })
             .collect();
@@ -596,7 +610,7 @@ mod tests {
     }
 
     fn conn(r: &Registry) -> Arc<Conn> {
-        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap());
+        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap(), None);
         c
     }
 

@@ -27,9 +27,10 @@ use crate::registry::relay::{self, Claim, Packet};
 use crate::registry::{Conn, Door, Outbound};
 
 /// A raw relay connection that passed [`admit`]: in token mode, the only device name it
-/// may register as.
+/// may register as, and the id of its token.
 pub struct Admitted {
     only_name: Option<String>,
+    token_id: Option<crate::auth::TokenId>,
 }
 
 /// Admission to `/relay` (origin, per-address cap, the token in token mode); `Err` is the
@@ -41,9 +42,16 @@ pub fn admit(
     headers: &HeaderMap,
 ) -> Result<Admitted, StatusCode> {
     // In token mode the token names the only device this connection may register as.
-    let subject = super::admit(hub, peer, headers, query)?;
-    Ok(Admitted {
-        only_name: subject.map(|s| relay::normalize(&s)),
+    let claims = super::admit(hub, peer, headers, query)?;
+    Ok(match claims {
+        Some(c) => Admitted {
+            only_name: Some(c.sub),
+            token_id: Some(c.jti.into_boxed_str()),
+        },
+        None => Admitted {
+            only_name: None,
+            token_id: None,
+        },
     })
 }
 
@@ -263,8 +271,11 @@ pub fn run(
     admitted: Admitted,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let Admitted { only_name } = admitted;
-    let (conn, rx) = hub.registry.connect(None, Door::Relay, peer);
+    let Admitted {
+        only_name,
+        token_id,
+    } = admitted;
+    let (conn, rx) = super::connect(&hub, None, Door::Relay, peer, token_id);
     tracing::info!(conn = conn.id, %peer, "relay connected");
     let handler = RawRelay {
         hub: hub.clone(),
