@@ -98,7 +98,8 @@ pub struct Conn {
     /// cost every idle connection two allocations.
     pub remote: SocketAddr,
     pub connected_at: time::OffsetDateTime,
-    /// Token mode: the id of the device token this connection was admitted with.
+    /// Token mode: the id of the device token this connection was admitted with, so that
+    /// revoking the token closes it ([`Registry::kill_token`]).
     token_id: Option<crate::auth::TokenId>,
     /// Bounded queue drained by the connection's own task.
     outbox: outbox::Outbox,
@@ -504,6 +505,24 @@ impl Registry {
         }
     }
 
+    /// Closes (1001) every live connection admitted with the token `token_id`, whatever
+    /// its door or device name: the token was revoked. Connections of the same device
+    /// admitted with another token stay. Returns how many were closed.
+    pub fn kill_token(&self, token_id: &str) -> usize {
+        let admitted: Vec<Arc<Conn>> = self
+            .lock()
+            .conns
+            .values()
+            .filter(|c| c.token_id() == Some(token_id))
+            .cloned()
+            .collect();
+        for conn in &admitted {
+            tracing::info!(conn = conn.id, device = %conn.name, door = ?conn.door, token = token_id, "token revoked; closing its connection");
+            conn.kill(close_code::GOING_AWAY);
+        }
+        admitted.len()
+    }
+
     /// Every live connection with the topics it has joined, ordered by name.
     pub fn devices(&self) -> Vec<DeviceView> {
         let conns: Vec<Arc<Conn>>;
@@ -612,6 +631,27 @@ mod tests {
     fn conn(r: &Registry) -> Arc<Conn> {
         let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap(), None);
         c
+    }
+
+    #[test]
+    fn kill_token_closes_only_the_connections_of_that_token() {
+        let r = registry();
+        let at: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (raw, _r1) = r.connect(None, Door::Relay, at, Some("t1".into()));
+        let (phx, _r2) = r.connect(
+            DeviceName::parse("lamp"),
+            Door::Phoenix,
+            at,
+            Some("t1".into()),
+        );
+        let (other, _r3) = r.connect(None, Door::Compendium, at, Some("t2".into()));
+        let (open, _r4) = r.connect(None, Door::Compendium, at, None);
+        assert_eq!(r.kill_token("t1"), 2);
+        assert!(raw.is_killed() && phx.is_killed());
+        assert_eq!((raw.close_code(), phx.close_code()), (1001, 1001));
+        assert!(!other.is_killed() && !open.is_killed());
+        assert_eq!(r.kill_token("t3"), 0);
+        assert_eq!(other.token_id(), Some("t2"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::config::AuthMode;
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::protocol::Vsn;
+use crate::protocol::serializer::close_code;
 use crate::registry::outbox::Receiver;
 use crate::registry::{Conn, Door};
 
@@ -178,7 +179,9 @@ pub fn authorize_connect(
 }
 
 /// Registers an admitted connection (any door) in the registry together with the id of
-/// the token it was admitted with.
+/// the token it was admitted with. A token revoked after admission but before this is
+/// caught here: revocation marks the keyring first and then closes the registry's
+/// connections of that token, so a connection registered meanwhile sees the mark.
 pub fn connect(
     hub: &Hub,
     name: Option<DeviceName>,
@@ -186,7 +189,14 @@ pub fn connect(
     peer: SocketAddr,
     token_id: Option<TokenId>,
 ) -> (Arc<Conn>, Receiver) {
-    hub.registry.connect(name, door, peer, token_id)
+    let (conn, rx) = hub.registry.connect(name, door, peer, token_id);
+    if let Some(id) = conn.token_id()
+        && hub.keyring.is_revoked(id)
+    {
+        tracing::info!(conn = conn.id, %peer, token = id, "token revoked during admission; closing");
+        conn.kill(close_code::GOING_AWAY);
+    }
+    (conn, rx)
 }
 
 #[cfg(test)]

@@ -13,4 +13,5 @@ mod longpoll;
 mod presence;
 mod protocol;
 mod relay;
+mod revocation;
 mod security;
