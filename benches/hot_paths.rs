@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use homehub::domain::DeviceName;
 use homehub::metrics::Metrics;
 use homehub::protocol::{Frame, OutPayload, RawRef, SharedFrame, Vsn};
-use homehub::registry::relay::{DeviceInfo, Packet};
+use homehub::registry::relay::{Claim, DeviceInfo, Packet};
 use homehub::registry::{Door, Registry};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -66,10 +66,15 @@ fn relay(c: &mut Criterion) {
             DeviceName::parse(&name),
             Door::Phoenix,
             ([127, 0, 0, 1], 9).into(),
+            None,
         );
-        reg.relay
-            .register(&name, &conn, DeviceInfo::default(), false)
-            .expect("register");
+        let claim = Claim {
+            name: &name,
+            info: DeviceInfo::default(),
+            force: false,
+            token_device: None,
+        };
+        reg.relay.register(&conn, claim).expect("register");
         receivers.push((conn, rx));
     }
     let payload = RawValue::from_string(r#"{"t":1795302979123456789}"#.to_owned()).expect("json");
@@ -97,6 +102,7 @@ fn broadcast(c: &mut Criterion) {
             DeviceName::parse(&name),
             Door::Phoenix,
             ([127, 0, 0, 1], 9).into(),
+            None,
         );
         reg.subscribe("events", &conn);
         receivers.push((conn, rx));

@@ -5,7 +5,10 @@
 //! padding) of `{"sub": <device name>, "exp": <unix seconds>, "jti": <token id>}`, the
 //! signature URL-safe base64 of HMAC-SHA256(key, "hh1." + payload). The key is the hub's
 //! secret (`HOMEHUB_SECRET_KEY`, or one generated on first start and kept in the database).
-//! Revocation is by token id (`jti`), checked on every connect.
+//! Revocation is by token id (`jti`), checked on every connect. Every connection keeps the
+//! id of the token it was admitted with ([`TokenId`], on its registry entry), so revoking a
+//! token also closes exactly the live connections admitted with it, on every door
+//! (`Registry::kill_token`).
 
 use std::collections::HashSet;
 use std::sync::RwLock;
@@ -20,6 +23,10 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "hh1.";
+
+/// The id (`jti`) of the token a connection was admitted with (token mode). Kept on the
+/// connection's registry entry, so a revocation can close it.
+pub type TokenId = Box<str>;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +136,14 @@ impl Keyring {
             return Err(TokenError::WrongDevice);
         }
         Ok(claims)
+    }
+
+    /// Whether the token with id `id` has been revoked.
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     pub fn revoke(&self, id: &str) {

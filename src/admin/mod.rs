@@ -518,8 +518,10 @@ async fn list_tokens(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, AdminEr
     Ok(Json(json!({ "tokens": hub.store.list_tokens().await? })))
 }
 
-/// `DELETE /api/tokens/{id}`: revokes a token; a device connected under its name is
-/// disconnected (its reconnect with the revoked token is refused).
+/// `DELETE /api/tokens/{id}`: revokes a token and closes (1001) every live connection
+/// admitted with it, on every door (Phoenix WebSocket and long-poll, raw relay,
+/// Compendium); their reconnects with it are refused. Connections of the same device
+/// admitted with another token stay.
 async fn revoke_token(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
@@ -529,14 +531,10 @@ async fn revoke_token(
         return Err(AdminError::NotFound("token not found"));
     };
     hub.store.revoke_token(&id).await?;
+    // The keyring first: a connection admitted just before this and registered just after
+    // finds the revocation itself (`transport::connect`).
     hub.keyring.revoke(&id);
-    // Connections of that device are closed; they cannot come back with this token.
-    if let Some(name) = DeviceName::parse(&record.device) {
-        hub.registry.kick(&name);
-    }
-    if let Some(conn) = hub.registry.relay.conn_of(&record.device) {
-        conn.kill(crate::protocol::serializer::close_code::GOING_AWAY);
-    }
-    tracing::info!(device = %record.device, %id, "device token revoked");
+    let closed = hub.registry.kill_token(&id);
+    tracing::info!(device = %record.device, %id, closed, "device token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,7 +20,7 @@ use super::protocol::{self, Outcome, Status};
 use super::reply::{Command, HandlerReply};
 use super::sessions::Delivery;
 use crate::hub::Hub;
-use crate::registry::relay::{Packet, RelayError};
+use crate::registry::relay::{self, Packet, RelayError};
 
 /// Who a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,9 @@ fn send_clients(
     delivery_outcome(delivered, undelivered)
 }
 
-/// Delivers to a relay device named `target` (see the module docs).
+/// Delivers to a relay device named `target` (see the module docs). The target is
+/// resolved by the relay's own name rule (case-insensitive; a reserved or invalid name is
+/// no device), as on every relay door.
 fn bridge(
     hub: &Hub,
     from: &str,
@@ -176,9 +178,10 @@ fn bridge(
     kind: &str,
     data: &RawValue,
 ) -> Result<(), &'static str> {
+    let target = relay::relay_name(target).map_err(|_| "not connected")?;
     let payload = protocol::bridge_payload(kind, data).ok_or("not connected")?;
     if payload.get().chars().count() >= hub.bester.settings.relay_max_packet {
-        return if hub.registry.relay.info(target).is_some() {
+        return if hub.registry.relay.info(&target).is_some() {
             Err("too large for the relay")
         } else {
             Err("not connected")
@@ -190,12 +193,10 @@ fn bridge(
     });
     hub.registry
         .relay
-        .deliver(target, packet)
+        .deliver(&target, packet)
         .map_err(|e| match e {
             RelayError::TargetBusy => "busy",
-            RelayError::UnknownTarget | RelayError::NameTaken | RelayError::BinaryUnsupported => {
-                "not connected"
-            }
+            RelayError::UnknownTarget | RelayError::BinaryUnsupported => "not connected",
         })
 }
 

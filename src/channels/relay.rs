@@ -2,7 +2,8 @@
 //!
 //! Joining registers the socket's `name` (lower-cased) in the shared relay directory, the
 //! same one the raw `/relay` door uses, so packets flow between doors in both directions.
-//! Leaving or disconnecting unregisters it.
+//! Registration follows the directory's one rule ([`relay::register`]): reserved names,
+//! case, `"force": true` takeover. Leaving or disconnecting unregisters it.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{ChannelError, Ctx, decode_json};
 use crate::protocol::Payload;
-use crate::registry::relay::{self, BinaryPacket, DeviceInfo, Packet, RelayError};
+use crate::registry::relay::{self, BinaryPacket, Claim, DeviceInfo, Packet};
 
 /// Longest `description`, `version` or `interface` accepted.
 pub const MAX_META_LEN: usize = 256;
@@ -34,11 +35,14 @@ pub struct Meta {
     pub version: Option<String>,
     #[serde(default)]
     pub interface: Option<String>,
+    /// Take the name over from the connection that holds it (on either door).
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl Meta {
-    /// Checks the lengths; the seed's fields are short texts.
-    pub fn into_info(self) -> Result<DeviceInfo, String> {
+    /// The metadata, its lengths checked (the seed's fields are short texts).
+    pub fn info(&self) -> Result<DeviceInfo, String> {
         for (field, v) in [
             ("description", &self.description),
             ("version", &self.version),
@@ -49,9 +53,9 @@ impl Meta {
             }
         }
         Ok(DeviceInfo {
-            description: self.description,
-            version: self.version,
-            interface: self.interface,
+            description: self.description.clone(),
+            version: self.version.clone(),
+            interface: self.interface.clone(),
         })
     }
 }
@@ -137,15 +141,13 @@ impl RelayIn {
     }
 }
 
-/// Join: register the socket's name with the join params as metadata.
+/// Join: register the socket's name with the join params as metadata (and `force`).
 pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, String), ChannelError> {
     let meta: Meta = match payload.json().map(|r| r.get().trim()) {
         None | Some("null") => Meta::default(),
         Some(_) => decode_json(payload, "relay join params must be an object")?,
     };
-    let info = meta.into_info().map_err(ChannelError::refused)?;
-    let name = relay::normalize(ctx.conn.name.as_str());
-    register(&name, info, ctx)?;
+    let name = register(&meta, ctx)?;
     Ok((
         RelayChannel {
             name,
@@ -155,20 +157,17 @@ pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, String), 
     ))
 }
 
-fn register(name: &str, info: DeviceInfo, ctx: &Ctx<'_>) -> Result<(), ChannelError> {
-    match ctx
-        .hub
-        .registry
-        .relay
-        .register(name, ctx.conn, info.clone(), false)
-    {
-        Ok(_) => {
-            ctx.hub.record_relay_registration(name, ctx.conn.door, info);
-            Ok(())
-        }
-        Err(RelayError::NameTaken) => Err(ChannelError::refused("name taken")),
-        Err(e) => Err(ChannelError::refused(e.to_string())),
-    }
+/// Registers the socket's name by the directory's rule; `Ok` is the relay name.
+fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
+    let info = meta.info().map_err(ChannelError::refused)?;
+    let claim = Claim {
+        name: ctx.conn.name.as_str(),
+        info,
+        force: meta.force,
+        // Phoenix's connect already bound the socket's name to its token's device.
+        token_device: None,
+    };
+    relay::register(ctx.hub, ctx.conn, claim).map_err(|e| ChannelError::refused(e.to_string()))
 }
 
 pub fn handle_in(
@@ -221,8 +220,7 @@ pub fn handle_in(
             {
                 return Err(ChannelError::refused("a device may only register itself"));
             }
-            let info = meta.into_info().map_err(ChannelError::refused)?;
-            register(&ch.name, info, ctx)?;
+            register(&meta, ctx)?;
             ch.registered = true;
             Ok(json!({}).to_string())
         }
@@ -246,7 +244,7 @@ pub fn info_json(name: &str, info: &DeviceInfo) -> Value {
 
 /// Leaving (or disconnecting) unregisters the device.
 pub fn terminate(ch: &RelayChannel, ctx: &Ctx<'_>) {
-    if ch.registered && ctx.hub.registry.relay.unregister(&ch.name, ctx.conn.id) {
-        ctx.hub.record_relay_departure(&ch.name, ctx.conn);
+    if ch.registered {
+        relay::unregister(ctx.hub, &ch.name, ctx.conn);
     }
 }

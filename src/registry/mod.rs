@@ -98,6 +98,9 @@ pub struct Conn {
     /// cost every idle connection two allocations.
     pub remote: SocketAddr,
     pub connected_at: time::OffsetDateTime,
+    /// Token mode: the id of the device token this connection was admitted with, so that
+    /// revoking the token closes it ([`Registry::kill_token`]).
+    token_id: Option<crate::auth::TokenId>,
     /// Bounded queue drained by the connection's own task.
     outbox: outbox::Outbox,
     /// Cancelled to make the connection's task close the socket with `close_code`.
@@ -121,6 +124,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The id of the token this connection was admitted with (token mode).
+    pub fn token_id(&self) -> Option<&str> {
+        self.token_id.as_deref()
+    }
+
     /// Marks the connection as able to receive binary frames.
     pub fn set_binary_capable(&self) {
         self.binary_capable.store(true, Ordering::Relaxed);
@@ -233,6 +241,9 @@ pub struct DeviceView {
     pub topics: Vec<String>,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// The id of the device token the connection was admitted with (token mode), the id
+    /// `DELETE /api/tokens/{id}` takes.
+    pub token_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -287,13 +298,15 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new connection. With a `name` (Phoenix sockets), an older connection of
-    /// the same name is closed (going away), as devices reconnect after losing the network.
+    /// Registers a new connection, admitted with the token `token_id` (token mode). With a
+    /// `name` (Phoenix sockets), an older connection of the same name is closed (going
+    /// away), as devices reconnect after losing the network.
     pub fn connect(
         &self,
         name: Option<DeviceName>,
         door: Door,
         remote: SocketAddr,
+        token_id: Option<crate::auth::TokenId>,
     ) -> (Arc<Conn>, outbox::Receiver) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
@@ -311,6 +324,7 @@ impl Registry {
             door,
             remote,
             connected_at: time::OffsetDateTime::now_utc(),
+            token_id,
             outbox: outbox::Outbox::new(self.queue_capacity),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
@@ -491,6 +505,24 @@ impl Registry {
         }
     }
 
+    /// Closes (1001) every live connection admitted with the token `token_id`, whatever
+    /// its door or device name: the token was revoked. Connections of the same device
+    /// admitted with another token stay. Returns how many were closed.
+    pub fn kill_token(&self, token_id: &str) -> usize {
+        let admitted: Vec<Arc<Conn>> = self
+            .lock()
+            .conns
+            .values()
+            .filter(|c| c.token_id() == Some(token_id))
+            .cloned()
+            .collect();
+        for conn in &admitted {
+            tracing::info!(conn = conn.id, device = %conn.name, door = ?conn.door, token = token_id, "token revoked; closing its connection");
+            conn.kill(close_code::GOING_AWAY);
+        }
+        admitted.len()
+    }
+
     /// Every live connection with the topics it has joined, ordered by name.
     pub fn devices(&self) -> Vec<DeviceView> {
         let conns: Vec<Arc<Conn>>;
@@ -526,6 +558,7 @@ impl Registry {
                     topics,
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
+                    token_id: c.token_id().map(str::to_owned),
                 }
             })
             .collect();
@@ -596,8 +629,29 @@ mod tests {
     }
 
     fn conn(r: &Registry) -> Arc<Conn> {
-        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap());
+        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap(), None);
         c
+    }
+
+    #[test]
+    fn kill_token_closes_only_the_connections_of_that_token() {
+        let r = registry();
+        let at: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (raw, _r1) = r.connect(None, Door::Relay, at, Some("t1".into()));
+        let (phx, _r2) = r.connect(
+            DeviceName::parse("lamp"),
+            Door::Phoenix,
+            at,
+            Some("t1".into()),
+        );
+        let (other, _r3) = r.connect(None, Door::Compendium, at, Some("t2".into()));
+        let (open, _r4) = r.connect(None, Door::Compendium, at, None);
+        assert_eq!(r.kill_token("t1"), 2);
+        assert!(raw.is_killed() && phx.is_killed());
+        assert_eq!((raw.close_code(), phx.close_code()), (1001, 1001));
+        assert!(!other.is_killed() && !open.is_killed());
+        assert_eq!(r.kill_token("t3"), 0);
+        assert_eq!(other.token_id(), Some("t2"));
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! The device relay directory: devices addressed by name, whatever door they came through
 //! (the Phoenix `relay` topic or the raw `/relay` WebSocket). Spec §1 (`relay`) and §2.
 //!
+//! Getting onto the relay is one rule for every door, [`Directory::register`]: the name
+//! rule ([`relay_name`]: case-insensitive, the socket-name alphabet, reserved names), the
+//! token's device in token mode, one connection per name, and `force` takeover, whose
+//! displaced holder is told through its own queue ([`Outbound::RelayRevoked`]) so that its
+//! door tells its client the way that door always does. [`register`] and [`unregister`]
+//! add the hub's records (the `devices` table) around it; doors register only through
+//! those. Lookups ([`Directory::info`], [`Directory::deliver`]) fold case the same way, and
+//! a reserved name is never registered, so it is never found; the Bester bridge checks its
+//! targets with [`relay_name`] too.
+//!
 //! This is the seam for a multi-node fabric: every door calls only [`Directory::register`],
 //! [`Directory::unregister`], [`Directory::info`], [`Directory::names`] and
 //! [`Directory::deliver`]. A NATS-backed directory would keep the same five calls, publish
@@ -14,6 +24,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Conn, Outbound, SendError};
+use crate::domain::DeviceName;
+use crate::hub::Hub;
+use crate::protocol::serializer::close_code;
 
 /// A packet travelling from one device to another.
 #[derive(Debug)]
@@ -57,8 +70,6 @@ pub enum RelayError {
     /// The target's outbound queue is full (it is being disconnected as too slow).
     #[error("target busy")]
     TargetBusy,
-    #[error("name taken")]
-    NameTaken,
     /// A binary packet for a device that cannot receive binary frames.
     #[error("target cannot receive binary packets")]
     BinaryUnsupported,
@@ -75,9 +86,68 @@ pub struct Directory {
     map: RwLock<HashMap<String, Entry>>,
 }
 
+/// Why a registration was refused. The text is what every door tells the device (Phoenix
+/// `{"reason": …}`, raw `error_message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// Not a name a device may hold: outside the socket-name rule, or reserved.
+    #[error("invalid device_name")]
+    InvalidName,
+    /// Token mode: the connection's token was issued to another device.
+    #[error("token issued to another device")]
+    WrongDevice,
+    /// Another connection holds the name (and the request had no `force`).
+    #[error("name taken")]
+    NameTaken,
+}
+
+/// Names no device may register. `server` is the raw door's address of the hub itself
+/// (`{"target": "server"}`), so a device of that name could never be reached.
+pub const RESERVED_NAMES: &[&str] = &["server"];
+
+/// Prefixes no device name may start with. `bester:<user>` is the sender of every packet
+/// the Bester bridge delivers; a device of such a name could pass for a Bester user.
+pub const RESERVED_PREFIXES: &[&str] = &["bester:"];
+
 /// Relay names are case-insensitive and stored lower-case (as the original server did).
 pub fn normalize(name: &str) -> String {
     name.to_ascii_lowercase()
+}
+
+/// The relay name `requested` stands for (lower-case), if a device may hold it: 1–64
+/// characters of `A-Za-z0-9._:-` (the socket-name rule), not reserved. The one name rule
+/// of every door.
+pub fn relay_name(requested: &str) -> Result<String, RegisterError> {
+    let name = normalize(requested);
+    let reserved = RESERVED_NAMES.contains(&name.as_str())
+        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p));
+    if reserved || DeviceName::parse(&name).is_none() {
+        return Err(RegisterError::InvalidName);
+    }
+    Ok(name)
+}
+
+/// A request to be on the relay, from any door.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    /// The name as the device spelled it (a Phoenix socket's `name`, a raw `device_name`).
+    pub name: &'a str,
+    pub info: DeviceInfo,
+    /// Take the name over from the connection that holds it.
+    pub force: bool,
+    /// Token mode: the device the connection's token was issued to; only that name (in
+    /// any case) may be registered.
+    pub token_device: Option<&'a str>,
+}
+
+/// A registration that went through.
+#[derive(Debug)]
+pub struct Registered {
+    /// The relay name (lower-case).
+    pub name: String,
+    /// The connection the name was taken from (`force`), already out of the directory
+    /// and told so.
+    pub displaced: Option<Arc<Conn>>,
 }
 
 impl Directory {
@@ -89,31 +159,44 @@ impl Directory {
         self.map.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers `conn` under `name` (already normalized) or updates its metadata. A name
-    /// held by another connection is refused, unless `force`: then the old holder is
-    /// returned, already removed, for the caller to drop.
+    /// Registers `conn` under the name it claims, or updates its metadata: the one rule
+    /// of every door (see the module docs). A name held by another connection is refused,
+    /// unless `force`: then the old holder is removed and told through its queue
+    /// ([`Outbound::RelayRevoked`]; its door tells its client), or closed (1001) when its
+    /// queue cannot take that.
     pub fn register(
         &self,
-        name: &str,
         conn: &Arc<Conn>,
-        info: DeviceInfo,
-        force: bool,
-    ) -> Result<Option<Arc<Conn>>, RelayError> {
-        let mut map = self.write();
-        let displaced = match map.get(name) {
-            Some(e) if e.conn.id == conn.id => None,
-            Some(_) if !force => return Err(RelayError::NameTaken),
-            Some(e) => Some(e.conn.clone()),
-            None => None,
+        claim: Claim<'_>,
+    ) -> Result<Registered, RegisterError> {
+        let name = relay_name(claim.name)?;
+        if claim.token_device.is_some_and(|d| normalize(d) != name) {
+            return Err(RegisterError::WrongDevice);
+        }
+        let displaced = {
+            let mut map = self.write();
+            let displaced = match map.get(&name) {
+                Some(e) if e.conn.id == conn.id => None,
+                Some(_) if !claim.force => return Err(RegisterError::NameTaken),
+                Some(e) => Some(e.conn.clone()),
+                None => None,
+            };
+            map.insert(
+                name.clone(),
+                Entry {
+                    conn: conn.clone(),
+                    info: claim.info,
+                },
+            );
+            displaced
         };
-        map.insert(
-            name.to_owned(),
-            Entry {
-                conn: conn.clone(),
-                info,
-            },
-        );
-        Ok(displaced)
+        if let Some(old) = &displaced {
+            tracing::info!(device = %name, old_conn = old.id, new_conn = conn.id, "relay name taken over");
+            if old.send(Outbound::RelayRevoked).is_err() {
+                old.kill(close_code::GOING_AWAY);
+            }
+        }
+        Ok(Registered { name, displaced })
     }
 
     /// Removes `name` if `conn_id` holds it.
@@ -205,5 +288,55 @@ impl Directory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Puts `conn` on the relay ([`Directory::register`]) and records it: the registration,
+/// and the departure of a displaced holder (with its packet counts), in the `devices`
+/// table. Every door registers through this. `Ok` is the relay name.
+pub fn register(hub: &Hub, conn: &Arc<Conn>, claim: Claim<'_>) -> Result<String, RegisterError> {
+    let info = claim.info.clone();
+    let Registered { name, displaced } = hub.registry.relay.register(conn, claim)?;
+    if let Some(old) = displaced {
+        hub.record_relay_departure(&name, &old);
+    }
+    tracing::info!(conn = conn.id, device = %name, door = ?conn.door, "registered on the relay");
+    hub.record_relay_registration(&name, conn.door, info);
+    Ok(name)
+}
+
+/// Takes `conn` off the relay if it still holds `name`, recording the departure; `false`
+/// if it did not hold it (e.g. it was taken over, whose departure was recorded then).
+pub fn unregister(hub: &Hub, name: &str, conn: &Conn) -> bool {
+    let held = hub.registry.relay.unregister(name, conn.id);
+    if held {
+        hub.record_relay_departure(name, conn);
+    }
+    held
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_name_rule() {
+        assert_eq!(relay_name("LED_Strip"), Ok("led_strip".to_owned()));
+        assert_eq!(relay_name("ok.name:1-x_y"), Ok("ok.name:1-x_y".to_owned()));
+        for bad in [
+            "",
+            "bad name!",
+            "server",
+            "SERVER",
+            "Server",
+            "bester:alice",
+            "Bester:x",
+        ] {
+            assert_eq!(relay_name(bad), Err(RegisterError::InvalidName), "{bad:?}");
+        }
+        assert_eq!(relay_name(&"n".repeat(65)), Err(RegisterError::InvalidName));
+        assert_eq!(relay_name(&"n".repeat(64)), Ok("n".repeat(64)));
+        // Names that merely contain a reserved word are fine.
+        assert!(relay_name("servers").is_ok() && relay_name("my-bester:x").is_ok());
     }
 }

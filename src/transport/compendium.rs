@@ -95,6 +95,25 @@ fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
     }
 }
 
+/// A Compendium connection that passed [`admit`]: in token mode, the id of its token.
+pub struct Admitted {
+    token_id: Option<crate::auth::TokenId>,
+}
+
+/// Admission to `/compendium` (origin, per-address cap, the token in token mode); `Err` is
+/// the status to refuse with.
+pub fn admit(
+    hub: &Hub,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Admitted, axum::http::StatusCode> {
+    let claims = super::admit(hub, peer, headers, query)?;
+    Ok(Admitted {
+        token_id: claims.map(|c| c.jti.into_boxed_str()),
+    })
+}
+
 struct Compendium {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
@@ -166,8 +185,13 @@ impl Handler for Compendium {
 }
 
 /// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
-pub fn run(socket: WsStream, hub: Arc<Hub>, peer: SocketAddr) -> impl Future<Output = ()> + Send {
-    let (conn, rx) = hub.registry.connect(None, Door::Compendium, peer);
+pub fn run(
+    socket: WsStream,
+    hub: Arc<Hub>,
+    admitted: Admitted,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    let (conn, rx) = super::connect(&hub, None, Door::Compendium, peer, admitted.token_id);
     tracing::info!(conn = conn.id, %peer, "compendium connected");
     let handler = Compendium {
         hub: hub.clone(),

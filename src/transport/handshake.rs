@@ -132,7 +132,7 @@ pub struct Accepted {
 enum Start {
     Phoenix(websocket::Admitted),
     Relay(relay::Admitted),
-    Compendium,
+    Compendium(compendium::Admitted),
 }
 
 /// Decides an upgrade to `path`: the door's admission (origin, subprotocols, name and
@@ -161,9 +161,9 @@ fn decide(
             max_frame,
         },
         SocketPath::Compendium => {
-            super::admit(hub, peer, headers, query)?;
+            let admitted = compendium::admit(hub, peer, query, headers)?;
             Accepted {
-                start: Start::Compendium,
+                start: Start::Compendium(admitted),
                 protocol: None,
                 // Messages up to the hub's frame limit reach the handler, which answers
                 // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
@@ -192,8 +192,8 @@ impl Accepted {
             Start::Relay(admitted) => {
                 tracker.spawn(relay::run(ws, hub.clone(), admitted, peer));
             }
-            Start::Compendium => {
-                tracker.spawn(compendium::run(ws, hub.clone(), peer));
+            Start::Compendium(admitted) => {
+                tracker.spawn(compendium::run(ws, hub.clone(), admitted, peer));
             }
         }
     }

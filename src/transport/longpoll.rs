@@ -207,14 +207,16 @@ fn open(hub: Arc<Hub>, peer: SocketAddr, params: &super::Params, headers: &Heade
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok());
-    let (name, vsn) = match super::authorize_connect(&hub, peer, params, auth_token) {
+    let super::Connect {
+        name,
+        vsn,
+        token_id,
+    } = match super::authorize_connect(&hub, peer, params, auth_token) {
         Ok(ok) => ok,
         Err(super::Refused) => return status(403),
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    let (conn, rx) = hub
-        .registry
-        .connect(Some(name.clone()), Door::Phoenix, peer);
+    let (conn, rx) = super::connect(&hub, Some(name.clone()), Door::Phoenix, peer, token_id);
     let (inbox, inbox_rx) = mpsc::channel(8);
     let s = Arc::new(LpSession {
         token: token.clone(),

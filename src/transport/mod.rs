@@ -13,13 +13,18 @@ pub mod websocket;
 pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
+use crate::auth::{Claims, TokenId};
 use crate::config::AuthMode;
 use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::protocol::Vsn;
+use crate::protocol::serializer::close_code;
+use crate::registry::outbox::Receiver;
+use crate::registry::{Conn, Door};
 
 use std::collections::HashMap;
 
@@ -75,14 +80,15 @@ fn now_unix() -> i64 {
 #[error("connection refused")]
 pub struct Refused;
 
-/// In token mode, checks a device token (for `device` when given) and returns the device
-/// name it was issued to; `Err` refuses the connection. In open mode: `Ok(None)`.
+/// In token mode, checks a device token (for `device` when given) and returns its claims
+/// (the device it was issued to, its id); `Err` refuses the connection. In open mode:
+/// `Ok(None)`.
 pub fn device_token(
     hub: &Hub,
     peer: SocketAddr,
     device: Option<&str>,
     token: Option<&str>,
-) -> Result<Option<String>, Refused> {
+) -> Result<Option<Claims>, Refused> {
     if hub.config.auth == AuthMode::Open {
         return Ok(None);
     }
@@ -91,7 +97,7 @@ pub fn device_token(
         return Err(Refused);
     };
     match hub.keyring.check(token, device, now_unix()) {
-        Ok(claims) => Ok(Some(claims.sub)),
+        Ok(claims) => Ok(Some(claims)),
         Err(e) => {
             tracing::info!(%peer, device, reason = %e, "connect refused: bad token");
             Err(Refused)
@@ -101,13 +107,13 @@ pub fn device_token(
 
 /// Admission to the doors without Phoenix's connect (raw relay, Compendium): origin, the
 /// per-address limit, and in token mode a valid `token` query parameter. `Ok` carries the
-/// device the token was issued to (token mode).
+/// token's claims (token mode).
 pub fn admit(
     hub: &Hub,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Option<String>, axum::http::StatusCode> {
+) -> Result<Option<Claims>, axum::http::StatusCode> {
     use axum::http::StatusCode;
     let refuse = |reason: &str| {
         crate::metrics::inc(&hub.metrics.connections_refused);
@@ -125,6 +131,15 @@ pub fn admit(
         .map_err(|Refused| refuse("token required or invalid"))
 }
 
+/// A Phoenix connect that [`authorize_connect`] let in.
+#[derive(Debug)]
+pub struct Connect {
+    pub name: DeviceName,
+    pub vsn: Vsn,
+    /// Token mode: the id of the token it was admitted with.
+    pub token_id: Option<TokenId>,
+}
+
 /// The Phoenix `connect`: serializer from `vsn`, a valid `name`, the device token in token
 /// mode, and the per-address limit. `Err` is a refusal (HTTP 403, long-poll 403); the
 /// reason is logged here.
@@ -133,7 +148,7 @@ pub fn authorize_connect(
     peer: SocketAddr,
     params: &Params,
     auth_token: Option<&str>,
-) -> Result<(DeviceName, Vsn), Refused> {
+) -> Result<Connect, Refused> {
     let refuse = |reason: &str| {
         crate::metrics::inc(&hub.metrics.connections_refused);
         tracing::info!(%peer, reason, "connect refused");
@@ -148,15 +163,40 @@ pub fn authorize_connect(
     };
     // The `authToken` (header or subprotocol) first, else a device-token `token` param.
     let token = auth_token.or(params.device_token.as_deref());
-    if device_token(hub, peer, Some(name.as_str()), token).is_err() {
+    let Ok(claims) = device_token(hub, peer, Some(name.as_str()), token) else {
         crate::metrics::inc(&hub.metrics.connections_refused);
         return Err(Refused);
-    }
+    };
     if !under_ip_limit(hub, peer) {
         refuse("too many connections from this address");
         return Err(Refused);
     }
-    Ok((name, vsn))
+    Ok(Connect {
+        name,
+        vsn,
+        token_id: claims.map(|c| c.jti.into_boxed_str()),
+    })
+}
+
+/// Registers an admitted connection (any door) in the registry together with the id of
+/// the token it was admitted with. A token revoked after admission but before this is
+/// caught here: revocation marks the keyring first and then closes the registry's
+/// connections of that token, so a connection registered meanwhile sees the mark.
+pub fn connect(
+    hub: &Hub,
+    name: Option<DeviceName>,
+    door: Door,
+    peer: SocketAddr,
+    token_id: Option<TokenId>,
+) -> (Arc<Conn>, Receiver) {
+    let (conn, rx) = hub.registry.connect(name, door, peer, token_id);
+    if let Some(id) = conn.token_id()
+        && hub.keyring.is_revoked(id)
+    {
+        tracing::info!(conn = conn.id, %peer, token = id, "token revoked during admission; closing");
+        conn.kill(close_code::GOING_AWAY);
+    }
+    (conn, rx)
 }
 
 #[cfg(test)]

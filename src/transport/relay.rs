@@ -21,16 +21,16 @@ use super::ws::{self, Close, Handler, WsStream};
 use crate::auth::RateLimiter;
 use crate::channels::presence;
 use crate::channels::relay::{Meta, info_json};
-use crate::domain::DeviceName;
 use crate::hub::Hub;
 use crate::protocol::serializer::close_code;
-use crate::registry::relay::{self, Packet, RelayError};
+use crate::registry::relay::{self, Claim, Packet};
 use crate::registry::{Conn, Door, Outbound};
 
 /// A raw relay connection that passed [`admit`]: in token mode, the only device name it
-/// may register as.
+/// may register as, and the id of its token.
 pub struct Admitted {
     only_name: Option<String>,
+    token_id: Option<crate::auth::TokenId>,
 }
 
 /// Admission to `/relay` (origin, per-address cap, the token in token mode); `Err` is the
@@ -42,9 +42,16 @@ pub fn admit(
     headers: &HeaderMap,
 ) -> Result<Admitted, StatusCode> {
     // In token mode the token names the only device this connection may register as.
-    let subject = super::admit(hub, peer, headers, query)?;
-    Ok(Admitted {
-        only_name: subject.map(|s| relay::normalize(&s)),
+    let claims = super::admit(hub, peer, headers, query)?;
+    Ok(match claims {
+        Some(c) => Admitted {
+            only_name: Some(c.sub),
+            token_id: Some(c.jti.into_boxed_str()),
+        },
+        None => Admitted {
+            only_name: None,
+            token_id: None,
+        },
     })
 }
 
@@ -59,7 +66,7 @@ struct RawPacket {
 enum Command {
     GetDevices,
     GetDeviceInfo(String),
-    Register { meta: Meta, force: bool },
+    Register(Meta),
     Unregister,
 }
 
@@ -95,15 +102,13 @@ impl Command {
                 .device_name
                 .map(Command::GetDeviceInfo)
                 .ok_or_else(|| "missing device_name".into()),
-            "register" => Ok(Command::Register {
+            "register" => Ok(Command::Register(Meta {
+                device_name: p.device_name,
+                description: p.description,
+                version: p.version,
+                interface: p.interface,
                 force: p.force,
-                meta: Meta {
-                    device_name: p.device_name,
-                    description: p.description,
-                    version: p.version,
-                    interface: p.interface,
-                },
-            }),
+            })),
             "unregister" => Ok(Command::Unregister),
             other => Err(format!("unknown command {other:?}")),
         }
@@ -171,7 +176,7 @@ impl RawRelay {
                 Some(info) => ok(Some(info_json(&relay::normalize(&name), &info))),
                 None => fail("unknown device"),
             },
-            Command::Register { meta, force } => self.register(meta, force),
+            Command::Register(meta) => self.register(&meta),
             Command::Unregister => {
                 self.unregister();
                 ok(None)
@@ -179,59 +184,44 @@ impl RawRelay {
         }
     }
 
-    fn register(&mut self, meta: Meta, force: bool) -> String {
-        let Some(requested) = meta.device_name.clone() else {
+    /// Registers by the directory's one rule ([`relay::register`]).
+    fn register(&mut self, meta: &Meta) -> String {
+        let Some(requested) = meta.device_name.as_deref() else {
             return fail("missing device_name");
         };
-        let name = relay::normalize(&requested);
-        if DeviceName::parse(&name).is_none() || name == "server" {
-            return fail("invalid device_name");
-        }
-        if self.only_name.as_ref().is_some_and(|only| *only != name) {
-            return fail("token issued to another device");
-        }
-        // A device may only register itself: a second name replaces the first.
-        if self.name.as_deref().is_some_and(|n| n != name) {
-            self.unregister();
-        }
-        let info = match meta.into_info() {
+        let info = match meta.info() {
             Ok(info) => info,
             Err(e) => return fail(&e),
         };
-        match self
-            .hub
-            .registry
-            .relay
-            .register(&name, &self.conn, info.clone(), force)
+        let claim = Claim {
+            name: requested,
+            info,
+            force: meta.force,
+            token_device: self.only_name.as_deref(),
+        };
+        let name = match relay::register(&self.hub, &self.conn, claim) {
+            Ok(name) => name,
+            Err(e) => return fail(&e.to_string()),
+        };
+        // A device may only register itself: a second name replaces the first (once the
+        // second is its own; a refused one changes nothing).
+        if let Some(old) = self.name.replace(name.clone())
+            && old != name
         {
-            Ok(displaced) => {
-                if let Some(old) = displaced {
-                    tracing::info!(device = %name, old_conn = old.id, "relay name taken over");
-                    if old.send(Outbound::RelayRevoked).is_err() {
-                        old.kill(close_code::GOING_AWAY);
-                    }
-                }
-                tracing::info!(conn = self.conn.id, device = %name, "registered on the relay");
-                self.hub.record_relay_registration(&name, Door::Relay, info);
-                let meta = presence::meta("relay", self.online_at, Vec::new(), true);
-                self.hub
-                    .registry
-                    .presence_set(&name, self.conn.id, Some(meta));
-                self.name = Some(name);
-                ok(None)
-            }
-            Err(RelayError::NameTaken) => fail("name taken"),
-            Err(e) => fail(&e.to_string()),
+            self.hub.registry.presence_set(&old, self.conn.id, None);
+            relay::unregister(&self.hub, &old, &self.conn);
         }
+        let presence = presence::meta("relay", self.online_at, Vec::new(), true);
+        self.hub
+            .registry
+            .presence_set(&name, self.conn.id, Some(presence));
+        ok(None)
     }
 
     fn unregister(&mut self) {
         if let Some(name) = self.name.take() {
-            let registry = &self.hub.registry;
-            registry.presence_set(&name, self.conn.id, None);
-            if registry.relay.unregister(&name, self.conn.id) {
-                self.hub.record_relay_departure(&name, &self.conn);
-            }
+            self.hub.registry.presence_set(&name, self.conn.id, None);
+            relay::unregister(&self.hub, &name, &self.conn);
         }
     }
 }
@@ -256,10 +246,10 @@ impl Handler for RawRelay {
         match item {
             Outbound::Packet(p) => out.push(WsMessage::Text(Utf8Bytes::from(p.body_json()))),
             Outbound::RelayRevoked => {
-                // The directory entry already belongs to the newcomer.
+                // The directory entry already belongs to the newcomer, and the departure
+                // was recorded when it took the name.
                 if let Some(name) = self.name.take() {
                     self.hub.registry.presence_set(&name, self.conn.id, None);
-                    self.hub.record_relay_departure(&name, &self.conn);
                 }
                 let notice = fail("name taken over by another connection");
                 out.push(WsMessage::Text(Utf8Bytes::from(notice)));
@@ -281,8 +271,11 @@ pub fn run(
     admitted: Admitted,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let Admitted { only_name } = admitted;
-    let (conn, rx) = hub.registry.connect(None, Door::Relay, peer);
+    let Admitted {
+        only_name,
+        token_id,
+    } = admitted;
+    let (conn, rx) = super::connect(&hub, None, Door::Relay, peer, token_id);
     tracing::info!(conn = conn.id, %peer, "relay connected");
     let handler = RawRelay {
         hub: hub.clone(),

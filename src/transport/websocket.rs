@@ -31,6 +31,7 @@ const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 pub struct Admitted {
     name: DeviceName,
     vsn: Vsn,
+    token_id: Option<crate::auth::TokenId>,
 }
 
 /// Phoenix's `connect` for an upgrade request: origin, offered subprotocols, serializer,
@@ -54,10 +55,21 @@ pub fn admit(
         return Err(StatusCode::FORBIDDEN);
     }
     let auth_token = subprotocol_token(headers);
-    let (name, vsn) = super::authorize_connect(hub, peer, &params, auth_token.as_deref())
+    let super::Connect {
+        name,
+        vsn,
+        token_id,
+    } = super::authorize_connect(hub, peer, &params, auth_token.as_deref())
         .map_err(|_| StatusCode::FORBIDDEN)?;
     let protocol = offers_phoenix(headers).then_some(PROTOCOL);
-    Ok((Admitted { name, vsn }, protocol))
+    Ok((
+        Admitted {
+            name,
+            vsn,
+            token_id,
+        },
+        protocol,
+    ))
 }
 
 /// The subprotocol this door speaks.
@@ -181,8 +193,12 @@ pub fn run(
     admitted: Admitted,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let Admitted { name, vsn } = admitted;
-    let (conn, rx) = hub.registry.connect(Some(name), Door::Phoenix, peer);
+    let Admitted {
+        name,
+        vsn,
+        token_id,
+    } = admitted;
+    let (conn, rx) = super::connect(&hub, Some(name), Door::Phoenix, peer, token_id);
     tracing::info!(conn = conn.id, device = %conn.name, %peer, ?vsn, "connected");
     if vsn == Vsn::V2 {
         conn.set_binary_capable();

@@ -1350,3 +1350,560 @@ async fn departures_at_shutdown_are_written_before_the_store_closes() {
     pool.close().await;
     assert_eq!(recorded, 30, "every departure written at shutdown");
 }
+
+// ---------------------------------------------------------------------------------------
+// One relay rule on every door (issue 12, item 4): reserved names, case, takeover,
+// `name taken` and Presence are the same whichever door a device comes through.
+// ---------------------------------------------------------------------------------------
+
+/// The reply to a `relay` join refused with `reason` (join_ref = ref = `jr`).
+fn refused_join(jr: &str, reason: &str) -> Value {
+    json!([jr, jr, "relay", "phx_reply", {"status": "error", "response": {"reason": reason}}])
+}
+
+/// The reply to an accepted `relay` join (join_ref = ref = `jr`).
+fn accepted_join(jr: &str) -> Value {
+    json!([jr, jr, "relay", "phx_reply", {"status": "ok", "response": {}}])
+}
+
+/// Waits (bounded) until a raw device's `get_device_info` of `name` says `description`.
+async fn holder_description_becomes(raw: &mut TestClient, name: &str, description: &str) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let r = raw
+            .request(server(
+                json!({"command": "get_device_info", "device_name": name}),
+            ))
+            .await;
+        if r["response"]["description"] == description {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} is still {r}");
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn reserved_names_are_refused_on_both_doors_with_the_same_reason() {
+    let hub = TestHub::start().await;
+    let mut raw = hub.relay_ws().await;
+    for name in ["server", "SERVER", "Server", "bester:alice", "Bester:Bob"] {
+        let r = raw
+            .request(server(json!({"command": "register", "device_name": name})))
+            .await;
+        assert_eq!(r, fail("invalid device_name"), "raw door, {name:?}");
+        let r = raw
+            .request(server(
+                json!({"command": "register", "device_name": name, "force": true}),
+            ))
+            .await;
+        assert_eq!(
+            r,
+            fail("invalid device_name"),
+            "raw door with force, {name:?}"
+        );
+
+        // A Phoenix socket may be called so, but may not join the relay as that name.
+        let mut phx = hub.client(name).await;
+        let r = phx.join("relay", "1", json!({})).await;
+        assert_eq!(
+            r,
+            refused_join("1", "invalid device_name"),
+            "Phoenix, {name:?}"
+        );
+        let r = phx.join("relay", "2", json!({"force": true})).await;
+        assert_eq!(
+            r,
+            refused_join("2", "invalid device_name"),
+            "Phoenix with force, {name:?}"
+        );
+        // Its socket stays usable.
+        let r = phx
+            .push("hb", "hb", "phoenix", "heartbeat", json!({}))
+            .await;
+        assert_eq!(reply_of(&r).0, "ok");
+    }
+    // Nobody holds a reserved name, so `server` still means the hub on the raw door.
+    assert_eq!(raw_devices(&mut raw).await, json!([]));
+    let mut peer = phx_device(&hub, "peer", json!({})).await;
+    assert_eq!(phx_devices(&mut peer).await, json!(["peer"]));
+    let (status, resp) = phx(
+        &mut peer,
+        "s",
+        "send",
+        json!({"target": "server", "payload": {}}),
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), resp),
+        ("error", json!({"reason": "unknown target"}))
+    );
+}
+
+#[tokio::test]
+async fn relay_names_are_case_insensitive_across_doors() {
+    let hub = TestHub::start().await;
+    let mut lamp = phx_device(&hub, "Porch-Lamp", json!({"description": "phoenix lamp"})).await;
+    let mut raw = hub.relay_ws().await;
+    for spelling in ["porch-lamp", "PORCH-LAMP", "Porch-lamp"] {
+        let r = raw
+            .request(server(
+                json!({"command": "register", "device_name": spelling}),
+            ))
+            .await;
+        assert_eq!(r, fail("name taken"), "raw door, {spelling}");
+    }
+    let r = raw
+        .request(server(
+            json!({"command": "register", "device_name": "Garage"}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+
+    // One lower-case name on both doors, reached by any spelling.
+    assert_eq!(raw_devices(&mut raw).await, json!(["garage", "porch-lamp"]));
+    assert_eq!(
+        phx_devices(&mut lamp).await,
+        json!(["garage", "porch-lamp"])
+    );
+    let r = raw
+        .request(server(
+            json!({"command": "get_device_info", "device_name": "PORCH-LAMP"}),
+        ))
+        .await;
+    assert_eq!(r["response"]["name"], "porch-lamp", "{r}");
+    let r = raw
+        .request(json!({"target": "PORCH-Lamp", "payload": "on"}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    assert_eq!(
+        lamp.recv().await,
+        json!(["1", null, "relay", "packet", {"sender": "garage", "payload": "on"}])
+    );
+    let (status, _) = phx(
+        &mut lamp,
+        "2",
+        "send",
+        json!({"target": "GARAGE", "payload": "ok"}),
+    )
+    .await;
+    assert_eq!(status, "ok");
+    assert_eq!(
+        raw.recv().await,
+        json!({"sender": "porch-lamp", "payload": "ok"})
+    );
+
+    // A Phoenix socket named in another case is the same relay name: taken without
+    // force, taken over with it, on the Phoenix door as on the raw one.
+    let mut upper = hub.client("PORCH-LAMP").await;
+    let r = upper.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "name taken"));
+    let mut garage = hub.client("GARAGE").await;
+    let r = garage.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "name taken"));
+    let r = upper
+        .join("relay", "2", json!({"force": true, "description": "upper"}))
+        .await;
+    assert_eq!(r, accepted_join("2"));
+    let close = lamp.recv_event("phx_close").await;
+    assert_eq!(close, json!(["1", "1", "relay", "phx_close", {}]));
+    holder_description_becomes(&mut raw, "porch-lamp", "upper").await;
+    assert_eq!(raw_devices(&mut raw).await, json!(["garage", "porch-lamp"]));
+}
+
+#[tokio::test]
+async fn phoenix_force_takes_a_name_over_from_a_raw_device() {
+    let hub = TestHub::start().await;
+    let mut sender = raw_device(&hub, "sender").await;
+    let mut old = raw_device(&hub, "garage").await;
+
+    // On the join, with `force` among the join params.
+    let mut phx = hub.client("Garage").await;
+    let r = phx.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "name taken"));
+    let r = phx
+        .join(
+            "relay",
+            "2",
+            json!({"force": true, "description": "phoenix garage"}),
+        )
+        .await;
+    assert_eq!(r, accepted_join("2"));
+    // The raw holder is told as the raw door tells it: a notice, then 1001.
+    assert_eq!(
+        old.recv().await,
+        fail("name taken over by another connection")
+    );
+    let close = old.expect_close().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1001, "name taken over")
+    );
+    holder_description_becomes(&mut sender, "garage", "phoenix garage").await;
+    let r = sender
+        .request(json!({"target": "garage", "payload": 1}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    assert_eq!(
+        phx.recv().await,
+        json!(["2", null, "relay", "packet", {"sender": "sender", "payload": 1}])
+    );
+
+    // On a `register` event, with `force` in its body.
+    let f = phx.push("2", "3", "relay", "unregister", json!({})).await;
+    assert_eq!(reply_of(&f).0, "ok");
+    let mut again = raw_device(&hub, "GARAGE").await;
+    let f = phx.push("2", "4", "relay", "register", json!({})).await;
+    assert_eq!(reply_of(&f), ("error", &json!({"reason": "name taken"})));
+    let f = phx
+        .push("2", "5", "relay", "register", json!({"force": true}))
+        .await;
+    assert_eq!(reply_of(&f), ("ok", &json!({})));
+    assert_eq!(
+        again.recv().await,
+        fail("name taken over by another connection")
+    );
+    let close = again.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+    let r = sender
+        .request(json!({"target": "GARAGE", "payload": 2}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    assert_eq!(
+        phx.recv().await,
+        json!(["2", null, "relay", "packet", {"sender": "sender", "payload": 2}])
+    );
+}
+
+#[tokio::test]
+async fn phoenix_force_takes_a_name_over_from_another_phoenix_socket() {
+    let hub = TestHub::start().await;
+    let mut old = phx_device(&hub, "attic", json!({"description": "old"})).await;
+    let r = old.join("lock:ATTIC-1", "9", json!({})).await;
+    assert_eq!(reply_of(&r).0, "ok");
+    let mut new = hub.client("ATTIC").await;
+    let r = new
+        .join("relay", "1", json!({"force": true, "description": "new"}))
+        .await;
+    assert_eq!(r, accepted_join("1"));
+    // The Phoenix holder is told as the Phoenix door tells it: phx_close on `relay`, and
+    // it keeps its socket and its other channels.
+    let close = old.recv_event("phx_close").await;
+    assert_eq!(close, json!(["1", "1", "relay", "phx_close", {}]));
+    let r = old
+        .push("9", "10", "lock:ATTIC-1", "reset", json!({}))
+        .await;
+    assert_eq!(reply_of(&r).0, "ok");
+    let mut raw = hub.relay_ws().await;
+    holder_description_becomes(&mut raw, "attic", "new").await;
+    let r = raw.request(json!({"target": "attic", "payload": 3})).await;
+    assert_eq!(r, fail("register before sending"));
+    let r = raw
+        .request(server(json!({"command": "register", "device_name": "spy"})))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    let r = raw.request(json!({"target": "attic", "payload": 3})).await;
+    assert_eq!(r, json!({"success": true}));
+    assert_eq!(
+        new.recv().await,
+        json!(["1", null, "relay", "packet", {"sender": "spy", "payload": 3}])
+    );
+}
+
+#[tokio::test]
+async fn a_taken_over_phoenix_device_has_its_departure_recorded() {
+    let hub = TestHub::start().await;
+    let mut sink = raw_device(&hub, "sink").await;
+    let mut porch = phx_device(&hub, "porch", json!({})).await;
+    let (status, _) = phx(
+        &mut porch,
+        "2",
+        "send",
+        json!({"target": "sink", "payload": 1}),
+    )
+    .await;
+    assert_eq!(status, "ok");
+    assert_eq!(sink.recv().await, json!({"sender": "porch", "payload": 1}));
+    let mut raw = hub.relay_ws().await;
+    let r = raw
+        .request(server(
+            json!({"command": "register", "device_name": "porch", "force": true}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    porch.recv_event("phx_close").await;
+    // The displaced session's packet is added up, as for a raw holder taken over.
+    let row = overview_row(&hub, "porch", |r| r.6 == 1).await;
+    assert_eq!((row.1.as_str(), row.6), ("relay", 1));
+}
+
+#[tokio::test]
+async fn a_name_held_on_one_door_is_taken_on_the_other_without_force() {
+    let hub = TestHub::start().await;
+    let mut porch = phx_device(&hub, "porch", json!({})).await;
+    let mut kitchen = raw_device(&hub, "kitchen").await;
+
+    // Held on the Phoenix door: `name taken` on the raw door.
+    for body in [
+        json!({"command": "register", "device_name": "PORCH"}),
+        json!({"command": "register", "device_name": "porch", "force": false}),
+        json!({"device_name": "Porch"}),
+    ] {
+        let r = kitchen.request(server(body.clone())).await;
+        assert_eq!(r, fail("name taken"), "{body}");
+    }
+    // Held on the raw door: `name taken` on the Phoenix door.
+    let mut other = hub.client("Kitchen").await;
+    let r = other.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "name taken"));
+    let r = other.join("relay", "2", json!({"force": false})).await;
+    assert_eq!(r, refused_join("2", "name taken"));
+
+    // A refused registration changes nothing: the raw device that asked for `porch` is
+    // still `kitchen`, and both still reach each other.
+    assert_eq!(raw_devices(&mut kitchen).await, json!(["kitchen", "porch"]));
+    let r = kitchen
+        .request(json!({"target": "porch", "payload": "hi"}))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    assert_eq!(
+        porch.recv().await,
+        json!(["1", null, "relay", "packet", {"sender": "kitchen", "payload": "hi"}])
+    );
+    let (status, _) = phx(
+        &mut porch,
+        "2",
+        "send",
+        json!({"target": "kitchen", "payload": "yo"}),
+    )
+    .await;
+    assert_eq!(status, "ok");
+    assert_eq!(
+        kitchen.recv().await,
+        json!({"sender": "porch", "payload": "yo"})
+    );
+
+    // A Phoenix `register` without force, while a raw device holds the name.
+    let (status, _) = phx(&mut porch, "3", "unregister", json!({})).await;
+    assert_eq!(status, "ok");
+    let _raw_porch = raw_device(&hub, "PORCH").await;
+    let (status, resp) = phx(&mut porch, "4", "register", json!({})).await;
+    assert_eq!(
+        (status.as_str(), resp),
+        ("error", json!({"reason": "name taken"}))
+    );
+    let (status, resp) = phx(
+        &mut porch,
+        "5",
+        "send",
+        json!({"target": "kitchen", "payload": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status.as_str(), resp),
+        ("error", json!({"reason": "not registered"}))
+    );
+}
+
+/// Presence as a client sees it: `presence_state`, then every `presence_diff` applied.
+struct PresenceView {
+    c: TestClient,
+    /// key → metas
+    state: serde_json::Map<String, Value>,
+}
+
+impl PresenceView {
+    async fn join(hub: &TestHub) -> PresenceView {
+        let mut c = hub.client("observer").await;
+        let r = c.join("presence:devices", "p", json!({})).await;
+        assert_eq!(reply_of(&r).0, "ok");
+        PresenceView {
+            c,
+            state: serde_json::Map::new(),
+        }
+    }
+
+    fn apply(&mut self, frame: &Value) {
+        match frame[3].as_str() {
+            Some("presence_state") => {
+                self.state = frame[4]
+                    .as_object()
+                    .expect("state object")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v["metas"].clone()))
+                    .collect();
+            }
+            Some("presence_diff") => {
+                let diff = &frame[4];
+                for (key, v) in diff["leaves"].as_object().expect("leaves") {
+                    let gone: Vec<&Value> = v["metas"]
+                        .as_array()
+                        .expect("metas")
+                        .iter()
+                        .map(|m| &m["phx_ref"])
+                        .collect();
+                    if let Some(Value::Array(metas)) = self.state.get_mut(key) {
+                        metas.retain(|m| !gone.contains(&&m["phx_ref"]));
+                        if metas.is_empty() {
+                            self.state.remove(key);
+                        }
+                    }
+                }
+                for (key, v) in diff["joins"].as_object().expect("joins") {
+                    let metas = self.state.entry(key.clone()).or_insert_with(|| json!([]));
+                    for m in v["metas"].as_array().expect("metas") {
+                        metas.as_array_mut().expect("metas").push(m.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `(door, relay)` of every meta under `key`, sorted.
+    fn relay_metas(&self, key: &str) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = self
+            .state
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|metas| {
+                metas
+                    .iter()
+                    .map(|m| {
+                        (
+                            m["door"].as_str().unwrap_or("?").to_owned(),
+                            m["relay"].as_bool().expect("relay is a boolean"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Applies frames until `key`'s metas are `want` (bounded).
+    async fn until(&mut self, key: &str, want: &[(&str, bool)]) {
+        let want: Vec<(String, bool)> = want.iter().map(|(d, r)| (d.to_string(), *r)).collect();
+        let deadline = Instant::now() + LIMIT;
+        while self.relay_metas(key) != want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = match timeout(left, self.c.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(&t).expect("JSON"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => panic!("presence observer's socket ended: {other:?}"),
+                Err(_) => panic!(
+                    "Presence of {key} is {:?}, expected {want:?}",
+                    self.relay_metas(key)
+                ),
+            };
+            self.apply(&frame);
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_shows_relay_membership_the_same_way_whichever_door_holds_the_name() {
+    let hub = TestHub::start().await;
+    let mut view = PresenceView::join(&hub).await;
+
+    let mut porch = phx_device(&hub, "porch", json!({})).await;
+    view.until("porch", &[("phoenix", true)]).await;
+    // Raw takes it over: its meta says relay, the Phoenix one no longer does.
+    let mut raw = hub.relay_ws().await;
+    let r = raw
+        .request(server(
+            json!({"command": "register", "device_name": "PORCH", "force": true}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    view.until("porch", &[("phoenix", false), ("relay", true)])
+        .await;
+    // Phoenix takes it back: the raw device is closed and leaves, the Phoenix meta says
+    // relay again.
+    porch.recv_event("phx_close").await;
+    let r = porch.join("relay", "3", json!({"force": true})).await;
+    assert_eq!(r, accepted_join("3"));
+    assert_eq!(
+        raw.recv().await,
+        fail("name taken over by another connection")
+    );
+    raw.expect_close().await.expect("a close frame");
+    view.until("porch", &[("phoenix", true)]).await;
+
+    // A refused join (reserved name, taken name) is not relay membership on either door.
+    let mut srv = hub.client("server").await;
+    let r = srv.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "invalid device_name"));
+    view.until("server", &[("phoenix", false)]).await;
+    let mut twin = hub.client("PORCH").await;
+    let r = twin.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "name taken"));
+    view.until("PORCH", &[("phoenix", false)]).await;
+    let mut raw2 = hub.relay_ws().await;
+    let r = raw2
+        .request(server(
+            json!({"command": "register", "device_name": "porch"}),
+        ))
+        .await;
+    assert_eq!(r, fail("name taken"));
+    view.until("porch", &[("phoenix", true)]).await;
+    // Unregistering: relay false on the Phoenix door, gone on the raw door (which lists
+    // only registered devices).
+    let r = raw2
+        .request(server(
+            json!({"command": "register", "device_name": "shed"}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+    view.until("shed", &[("relay", true)]).await;
+    let r = raw2.request(server(json!({"command": "unregister"}))).await;
+    assert_eq!(r, json!({"success": true}));
+    view.until("shed", &[]).await;
+    let f = porch.push("3", "u", "relay", "unregister", json!({})).await;
+    assert_eq!(reply_of(&f).0, "ok");
+    view.until("porch", &[("phoenix", false)]).await;
+}
+
+#[tokio::test]
+async fn the_bester_bridge_resolves_relay_names_by_the_same_rule() {
+    use crate::bester_common::{HubBuilder, PASSWORD, status};
+    let hub = HubBuilder::new().example_handler("upper").start().await;
+    hub.add_user("alice", PASSWORD).await;
+    let mut alice = hub.login("alice").await;
+    // A Phoenix socket named `server` cannot be on the relay, so the bridge cannot reach
+    // it under that name either; a raw device is found in any case.
+    let mut srv = TestClient::connect(&format!(
+        "ws://{}/socket/websocket?vsn=2.0.0&name=server",
+        hub.addr
+    ))
+    .await;
+    let r = srv.join("relay", "1", json!({})).await;
+    assert_eq!(r, refused_join("1", "invalid device_name"));
+    let mut lamp = TestClient::connect(&format!("ws://{}/relay", hub.addr)).await;
+    let r = lamp
+        .request(server(
+            json!({"command": "register", "device_name": "Lamp"}),
+        ))
+        .await;
+    assert_eq!(r, json!({"success": true}));
+
+    let r = alice
+        .call(
+            "upper",
+            json!({"text": "on", "to": ["SERVER", "LAMP", "bester:alice"]}),
+        )
+        .await;
+    assert_eq!(status(&r), "undelivered", "{r}");
+    assert_eq!(r["payload"]["data"]["delivered"], json!(["LAMP"]), "{r}");
+    assert_eq!(
+        r["payload"]["data"]["undelivered"],
+        json!({"SERVER": "not connected", "bester:alice": "not connected"}),
+        "{r}"
+    );
+    assert_eq!(
+        lamp.recv().await,
+        json!({"sender": "bester:alice", "payload": {"type": "upper", "data": {"text": "ON"}}})
+    );
+    srv.expect_silence(200).await;
+}

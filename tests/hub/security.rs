@@ -15,11 +15,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::{TestClient, TestHub, json_body, reply_of};
 
-async fn token_hub() -> TestHub {
+pub(crate) async fn token_hub() -> TestHub {
     TestHub::start_with(|c| c.auth = AuthMode::Token).await
 }
 
-async fn issue(hub: &TestHub, device: &str, ttl: Option<u64>) -> (String, String) {
+pub(crate) async fn issue(hub: &TestHub, device: &str, ttl: Option<u64>) -> (String, String) {
     let mut body = json!({ "device": device });
     if let Some(t) = ttl {
         body["ttl_secs"] = json!(t);
@@ -32,7 +32,7 @@ async fn issue(hub: &TestHub, device: &str, ttl: Option<u64>) -> (String, String
     )
 }
 
-async fn status_of(url: String) -> u16 {
+pub(crate) async fn status_of(url: String) -> u16 {
     match tokio_tungstenite::connect_async(url).await {
         Ok(_) => 101,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),

@@ -313,3 +313,54 @@ hub.test("raw /relay: malformed packets get success false and the connection sur
   assert.ok(c.isOpen, "connection still open");
   assert.ok((await rawDevices(c)).includes(c.name), "still registered and answering");
 });
+
+hub.test("one registration rule on both doors: reserved names, case, force from either door", async () => {
+  // A phoenix socket named `server` (any case) is refused as the raw door refuses it.
+  const srvSocket = await hub.connect("Server");
+  sockets.push(srvSocket);
+  const srv = srvSocket.channel("relay");
+  const refusedSrv = await join(srv, 3000);
+  srv.leave(); // stop phoenix.js from retrying the join
+  assert.deepEqual(refusedSrv, { status: "error", response: { reason: "invalid device_name" } });
+  const c = await rawRelay(hub);
+  raws.push(c);
+  assert.deepEqual(await c.server({ command: "register", device_name: "SERVER" }), {
+    success: false,
+    error_message: "invalid device_name",
+  });
+
+  // Phoenix takes a raw device's name over with `force` (join params), in another case.
+  const sender = await rawDevice(uniq("js-rule-sender"));
+  const name = uniq("js-rule-garage");
+  const holder = await rawDevice(name);
+  const socket = await hub.connect(name.toUpperCase());
+  sockets.push(socket);
+  const plain = socket.channel("relay");
+  const taken = await join(plain, 3000);
+  plain.leave();
+  assert.deepEqual(taken, { status: "error", response: { reason: "name taken" } });
+  const ch = socket.channel("relay", { force: true });
+  const j = await join(ch);
+  assert.deepEqual(j, { status: "ok", response: {} }, `forced join: ${JSON.stringify(j)}`);
+  // The raw holder is told the raw door's way: a notice, then close 1001.
+  const notice = await holder.next((m) => m && m.error_message !== undefined, 3000, "takeover notice");
+  assert.deepEqual(notice, { success: false, error_message: "name taken over by another connection" });
+  let timer;
+  const closed = await Promise.race([holder.closed, new Promise((r) => (timer = setTimeout(() => r(null), 3000)))]);
+  clearTimeout(timer);
+  assert.equal(closed && closed.code, 1001, `close of the displaced raw holder: ${JSON.stringify(closed)}`);
+  const atPhx = nextEvent(ch, "packet");
+  const sent = await sender.packet({ target: name, payload: "to phoenix" });
+  assert.deepEqual(sent, { success: true });
+  assert.deepEqual(await atPhx, { sender: sender.name, payload: "to phoenix" });
+
+  // And back: raw takes it from the phoenix device, which gets phx_close on `relay` only.
+  const closedCh = new Promise((res) => ch.onClose(() => res(true)));
+  const forced = await c.server({ command: "register", device_name: name, force: true });
+  assert.deepEqual(forced, { success: true });
+  assert.equal(await closedCh, true, "phoenix relay channel closed");
+  assert.ok(socket.isConnected(), "the phoenix socket stays connected");
+  const atRaw = c.nextPacket();
+  assert.deepEqual(await sender.packet({ target: name.toUpperCase(), payload: "to raw" }), { success: true });
+  assert.deepEqual(await atRaw, { sender: sender.name, payload: "to raw" });
+});
