@@ -1,23 +1,13 @@
-//! The hub: shared state ([`Hub`]), the listener and the run loop ([`Server`]).
-//!
-//! `Server::bind` opens the store and binds the listener (port 0 works, which is how tests
-//! run many hubs at once); `Server::run` serves until the shutdown future resolves, then
-//! closes every socket with 1012 and waits for their tasks (with a deadline), because
-//! axum's graceful shutdown does not wait for upgraded WebSockets.
+//! The hub's shared state ([`Hub`]): what the doors and the admin API reach through a
+//! handler context. It is built, run and shut down by the composition root
+//! ([`crate::app`]), which nothing inside the crate imports.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
-use axum::Router;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Keyring;
-use crate::config::{AuthMode, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::relay::DeviceInfo;
 use crate::registry::{Conn, Door, Registry};
@@ -42,7 +32,7 @@ pub struct Hub {
     /// Browser origins allowed on the device doors.
     pub origins: crate::auth::OriginPolicy,
     /// Ordered queue of `devices` table writes (see [`DeviceWrite`]).
-    device_log: DeviceLog,
+    pub(crate) device_log: DeviceLog,
 }
 
 impl Hub {
@@ -89,7 +79,7 @@ enum DeviceWrite {
 }
 
 /// The queue of `devices` writes and the task that writes them in order.
-struct DeviceLog {
+pub(crate) struct DeviceLog {
     tx: tokio::sync::mpsc::Sender<DeviceWrite>,
     /// Cancelled at shutdown: the writer takes no more writes and ends once its queue is empty.
     finish: CancellationToken,
@@ -98,7 +88,7 @@ struct DeviceLog {
 
 impl DeviceLog {
     /// Writes what is queued (the departures of the sockets that just closed), then stops.
-    async fn finish(&self) {
+    pub(crate) async fn finish(&self) {
         self.finish.cancel();
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(writer) = writer
@@ -110,7 +100,7 @@ impl DeviceLog {
 }
 
 /// Writes relay registrations and departures in the order they happened.
-fn spawn_device_log(store: Store) -> DeviceLog {
+pub(crate) fn spawn_device_log(store: Store) -> DeviceLog {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DeviceWrite>(4096);
     let finish = CancellationToken::new();
     let finishing = finish.clone();
@@ -150,189 +140,4 @@ fn spawn_device_log(store: Store) -> DeviceLog {
         finish,
         writer: std::sync::Mutex::new(Some(writer)),
     }
-}
-
-/// A bound, not yet running hub.
-pub struct Server {
-    hub: Arc<Hub>,
-    listener: TcpListener,
-    bester: crate::bester::Listeners,
-    listen: crate::listener::ListenOptions,
-}
-
-impl Server {
-    pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        crate::listener::install_crypto_provider();
-        if config.auth == AuthMode::Open
-            && !config.bind.ip().is_loopback()
-            && !config.allow_open_network
-        {
-            anyhow::bail!(
-                "refusing to serve open mode (no device authentication) on the non-loopback \
-                 address {}: set HOMEHUB_AUTH=token, bind a loopback address, or set \
-                 HOMEHUB_ALLOW_OPEN_NETWORK=true if the network is trusted",
-                config.bind
-            );
-        }
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
-            (None, None) => None,
-            _ => anyhow::bail!("HOMEHUB_TLS_CERT and HOMEHUB_TLS_KEY must be set together"),
-        };
-        let listen = crate::listener::ListenOptions {
-            tls,
-            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
-            max_per_ip: config.max_conns_per_ip,
-            send_timeout: Duration::from_secs(config.send_timeout_secs),
-        };
-        let store_options = crate::store::StoreOptions {
-            // `HOMEHUB_LOCK_FEATURE_FLAGS=` (empty) means no flags.
-            new_lock_flags: config
-                .lock_feature_flags
-                .iter()
-                .map(|f| f.trim().to_owned())
-                .filter(|f| !f.is_empty())
-                .collect(),
-        };
-        let store = Store::open_with(&config.database_url, &store_options)
-            .await
-            .with_context(|| format!("opening database {}", config.database_url))?;
-        let listener = crate::listener::bind(config.bind, listen.send_timeout)
-            .with_context(|| format!("binding {}", config.bind))?;
-        let bester = crate::bester::Bester::load(&config)?;
-        let bester_listeners = crate::bester::Listeners::bind(&config).await?;
-        let key = match &config.secret_key {
-            Some(k) if k.len() >= 32 => k.as_bytes().to_vec(),
-            Some(_) => anyhow::bail!("HOMEHUB_SECRET_KEY must be at least 32 characters"),
-            None => store.token_key().await.context("loading the token key")?,
-        };
-        let keyring = Keyring::new(key, store.revoked_token_ids().await?);
-        let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
-        let device_log = spawn_device_log(store.clone());
-        let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub {
-            registry: Registry::new(shutdown.clone(), config.outbound_queue, metrics.clone()),
-            metrics,
-            config,
-            store,
-            tracker: TaskTracker::new(),
-            shutdown,
-            bester,
-            longpoll: Default::default(),
-            device_log,
-            keyring,
-            origins,
-        });
-        Ok(Server {
-            hub,
-            listener,
-            bester: bester_listeners,
-            listen,
-        })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// The Bester TCP listener's address, when it is enabled.
-    pub fn bester_addr(&self) -> Option<SocketAddr> {
-        self.bester.tcp_addr()
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    /// Serves until `signal` resolves, then shuts down gracefully.
-    pub async fn run(
-        self,
-        signal: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let hub = self.hub;
-        self.bester.spawn(&hub);
-        spawn_idle_sweep(&hub);
-        let app = router(hub.clone());
-        let token = hub.shutdown.clone();
-        tokio::spawn(async move {
-            signal.await;
-            tracing::info!("shutting down: closing sockets");
-            token.cancel();
-        });
-        crate::listener::serve(self.listener, app, hub.clone(), self.listen).await;
-        hub.tracker.close();
-        let grace = Duration::from_secs(hub.config.shutdown_grace_secs);
-        if tokio::time::timeout(grace, hub.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = hub.tracker.len(),
-                "shutdown deadline passed; dropping remaining sockets"
-            );
-        }
-        if tokio::time::timeout(grace, hub.device_log.finish())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shutdown deadline passed; relay device records still queued are lost");
-        }
-        hub.store.close().await;
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-/// The shared idle clock of every WebSocket: one task sweeping the registry when the
-/// earliest socket deadline is due, instead of a timer per socket that would wake every
-/// idle socket's task. A silent socket is closed at `idle` (+ up to 25 ms); a fleet that
-/// heartbeats is swept about twice per idle period, not once a second.
-fn spawn_idle_sweep(hub: &Arc<Hub>) {
-    let idle = Duration::from_secs(hub.config.idle_timeout_secs).max(Duration::from_millis(100));
-    let hub = hub.clone();
-    tokio::spawn(async move {
-        loop {
-            // Until the earliest deadline of any socket, but at most half the idle time (a
-            // socket that connects meanwhile is due no sooner than that); not more often
-            // than every 25 ms.
-            let wait = hub
-                .registry
-                .sweep_idle(idle)
-                .clamp(SWEEP_AT_MOST_EVERY, idle / 2);
-            tokio::select! {
-                _ = hub.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    });
-}
-
-/// Shortest pause of the idle sweep.
-const SWEEP_AT_MOST_EVERY: Duration = Duration::from_millis(25);
-
-/// Every HTTP route of the hub.
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        // WebSocket upgrades are normally answered by the listener before this router
-        // sees them (transport::handshake); these routes answer everything else.
-        .route(
-            "/socket/websocket",
-            axum::routing::any(crate::transport::handshake::fallback),
-        )
-        .route(
-            "/relay",
-            axum::routing::get(crate::transport::handshake::fallback),
-        )
-        .route(
-            "/compendium",
-            axum::routing::get(crate::transport::handshake::fallback),
-        )
-        .route(
-            "/socket/longpoll",
-            axum::routing::any(crate::transport::longpoll::handle),
-        )
-        .nest("/api", crate::admin::router(hub.clone()))
-        .merge(crate::admin::metrics_router(hub.clone()))
-        .with_state(hub)
 }

@@ -16,11 +16,14 @@
 //! * [`bester`] — the Bester door: length-prefixed JSON over TCP, users, message handlers,
 //!   federation.
 //! * [`admin`] — the HTTP JSON admin API; [`cli`] wraps it.
-//! * [`hub`] — binds the listener, wires the above together, shuts down gracefully.
+//! * [`hub`] — the shared state handlers reach ([`hub::Hub`]).
+//! * [`app`] — the composition root: binds the listeners, wires the above together, shuts
+//!   down gracefully. Nothing in the crate imports it; `main` and the tests do.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod bester;
 pub mod channels;

@@ -2,8 +2,8 @@
 //! admin API. Everything else lives in the library.
 
 use clap::Parser;
+use homehub::app::Server;
 use homehub::cli::{Cli, Command};
-use homehub::hub::Server;
 
 /// jemalloc rather than the system allocator: a join storm allocates and frees many
 /// short-lived buffers of mixed sizes per connection, where glibc's malloc spent ≈ 15 % of

@@ -10,7 +10,7 @@ use crate::common::{HubBuilder, PASSWORD, status};
 async fn disabled_by_default() {
     let config =
         homehub::config::Config::default_for("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
-    let server = homehub::hub::Server::bind(config).await.unwrap();
+    let server = homehub::app::Server::bind(config).await.unwrap();
     assert_eq!(server.bester_addr(), None);
 }
 

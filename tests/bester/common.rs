@@ -1,4 +1,4 @@
-//! Test harness for the Bester door: a real hub (`homehub::hub::Server`) on port 0 with a
+//! Test harness for the Bester door: a real hub (`homehub::app::Server`) on port 0 with a
 //! temp SQLite file and the Bester listener on 127.0.0.1:0, message handlers started by the
 //! hub from a real configuration file, and a small Bester client over a real TCP socket.
 
@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use homehub::app::Server;
 use homehub::config::Config;
-use homehub::hub::Server;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use homehub::app::Server;
 use homehub::config::Config;
-use homehub::hub::Server;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;

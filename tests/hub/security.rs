@@ -164,14 +164,14 @@ async fn open_mode_refuses_a_network_address_unless_told() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let db = format!("sqlite://{}", dir.path().join("h.db").display());
     let mut config = homehub::config::Config::default_for("0.0.0.0:0".parse().unwrap(), &db);
-    let refused = homehub::hub::Server::bind(config.clone()).await;
+    let refused = homehub::app::Server::bind(config.clone()).await;
     assert!(refused.is_err());
     assert!(format!("{:#}", refused.err().unwrap()).contains("HOMEHUB_ALLOW_OPEN_NETWORK"));
     config.allow_open_network = true;
-    assert!(homehub::hub::Server::bind(config.clone()).await.is_ok());
+    assert!(homehub::app::Server::bind(config.clone()).await.is_ok());
     config.allow_open_network = false;
     config.auth = AuthMode::Token;
-    assert!(homehub::hub::Server::bind(config).await.is_ok());
+    assert!(homehub::app::Server::bind(config).await.is_ok());
 }
 
 async fn status_with_origin(hub: &TestHub, path_query: &str, origin: &str) -> u16 {
