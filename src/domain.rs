@@ -59,6 +59,26 @@ impl fmt::Display for DeviceName {
     }
 }
 
+/// Which door a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Door {
+    /// The Phoenix socket (`/socket/websocket`).
+    Phoenix,
+    /// The raw device relay (`/relay`).
+    Relay,
+    /// The Compendium relay (`/compendium`).
+    Compendium,
+}
+
+/// What a device says about itself when it registers (seed: device relay server).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    pub description: Option<String>,
+    pub version: Option<String>,
+    pub interface: Option<String>,
+}
+
 /// Lock mode as the firmware reads it: 1 internal, 2 external, 3 pairing.
 pub type LockMode = i64;
 

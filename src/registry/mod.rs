@@ -26,17 +26,7 @@ use crate::metrics::{self, Metrics};
 use crate::protocol::serializer::close_code;
 use crate::protocol::{Frame, OutPayload, SharedFrame};
 
-/// Which door a connection came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Door {
-    /// The Phoenix socket (`/socket/websocket`).
-    Phoenix,
-    /// The raw device relay (`/relay`).
-    Relay,
-    /// The Compendium relay (`/compendium`).
-    Compendium,
-}
+pub use crate::domain::Door;
 
 /// Something queued for a connection's writer. Kept to 16 bytes (every variant one
 /// pointer): a busy connection's queue holds up to `HOMEHUB_OUTBOUND_QUEUE` of them.

@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Conn, Outbound, SendError};
@@ -54,13 +53,7 @@ pub struct BinaryPacket {
     pub bytes: bytes::Bytes,
 }
 
-/// What a device says about itself when it registers (seed: device relay server).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct DeviceInfo {
-    pub description: Option<String>,
-    pub version: Option<String>,
-    pub interface: Option<String>,
-}
+pub use crate::domain::DeviceInfo;
 
 /// Why a relay operation failed; the text is what the sender is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

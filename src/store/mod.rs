@@ -18,11 +18,9 @@ use sqlx::sqlite::{
 };
 
 use crate::domain::{
-    AccessDecision, DeviceName, ItemKind, LockMode, LockRecord, PairedItem, PairingRequest, Serial,
-    format_ts, now_rfc3339, parse_ts,
+    AccessDecision, DeviceInfo, DeviceName, Door, ItemKind, LockMode, LockRecord, PairedItem,
+    PairingRequest, Serial, format_ts, now_rfc3339, parse_ts,
 };
-use crate::registry::Door;
-use crate::registry::relay::DeviceInfo;
 
 #[cfg(test)]
 mod tests;
