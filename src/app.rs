@@ -53,9 +53,9 @@ impl Server {
         };
         let listen = crate::listener::ListenOptions {
             tls,
-            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
+            handshake_timeout: config.handshake_timeout,
             max_per_ip: config.max_conns_per_ip,
-            send_timeout: Duration::from_secs(config.send_timeout_secs),
+            send_timeout: config.send_timeout,
         };
         let store_options = crate::store::StoreOptions {
             // `HOMEHUB_LOCK_FEATURE_FLAGS=` (empty) means no flags.
@@ -134,7 +134,7 @@ impl Server {
         });
         crate::listener::serve(self.listener, app, hub.clone(), self.listen).await;
         hub.tracker.close();
-        let grace = Duration::from_secs(hub.config.shutdown_grace_secs);
+        let grace = hub.config.shutdown_grace;
         if tokio::time::timeout(grace, hub.tracker.wait())
             .await
             .is_err()
@@ -161,7 +161,7 @@ impl Server {
 /// idle socket's task. A silent socket is closed at `idle` (+ up to 25 ms); a fleet that
 /// heartbeats is swept about twice per idle period, not once a second.
 fn spawn_idle_sweep(hub: &Arc<Hub>) {
-    let idle = Duration::from_secs(hub.config.idle_timeout_secs).max(Duration::from_millis(100));
+    let idle = hub.config.idle_timeout;
     let hub = hub.clone();
     tokio::spawn(async move {
         loop {

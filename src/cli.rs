@@ -1,7 +1,7 @@
 //! The `homehub` command line: `serve` (the default) runs the hub; every other command is a
 //! thin client of the admin API (spec §5) that prints the JSON answer.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use crate::config::Config;
@@ -13,36 +13,76 @@ use crate::config::Config;
     about = "Smart-home hub: Phoenix Channels, device relays, admin API"
 )]
 pub struct Cli {
+    /// The hub's settings, for `homehub` with no command.
     #[command(flatten)]
     pub config: Config,
-
-    /// Base URL of a running hub for admin commands (default: http://<HOMEHUB_BIND>).
-    #[arg(long, env = "HOMEHUB_URL", global = true)]
-    pub url: Option<String>,
-
-    /// CA certificate (PEM) the admin commands trust for an `https://` HOMEHUB_URL, e.g. the
-    /// hub's own self-signed certificate.
-    #[arg(long, env = "HOMEHUB_CA_CERT", global = true)]
-    pub ca_cert: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// `homehub serve`: the hub's settings.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// What the admin commands use: where the hub is and how to authenticate. Nothing else
+/// of the hub's settings applies to them.
+#[derive(Debug, Clone, Args)]
+pub struct Api {
+    /// Base URL of a running hub (default: http://<HOMEHUB_BIND>, https:// when
+    /// HOMEHUB_TLS_CERT is set).
+    #[arg(long, env = "HOMEHUB_URL", global = true)]
+    pub url: Option<String>,
+
+    /// The hub's admin token (`HOMEHUB_ADMIN_TOKEN`), sent as a bearer token.
+    #[arg(
+        long,
+        env = "HOMEHUB_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// CA certificate (PEM) to trust for an `https://` URL, e.g. the hub's own
+    /// self-signed certificate.
+    #[arg(long, env = "HOMEHUB_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
+
+    /// The hub's listener, to build the default URL.
+    #[arg(
+        long,
+        env = "HOMEHUB_BIND",
+        default_value = "127.0.0.1:4000",
+        global = true
+    )]
+    pub bind: std::net::SocketAddr,
+
+    /// The hub's TLS certificate: when set, the default URL is `https://`.
+    #[arg(long, env = "HOMEHUB_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub (the default when no command is given).
-    Serve,
+    Serve(Box<ServeArgs>),
     /// List locks.
-    Locks,
+    Locks(Api),
     /// One lock: show it or change its intended state.
     Lock {
+        #[command(flatten)]
+        api: Api,
         #[command(subcommand)]
         action: LockAction,
     },
     /// Start pairing an item with a lock (pushes `mode:pair` to it now, or right after its
     /// next join if it is offline), or cancel a pending request with `--cancel PAIR_ID`.
     Pair {
+        #[command(flatten)]
+        api: Api,
         #[arg(required_unless_present = "cancel")]
         serial: Option<String>,
         /// Cancel this pending pairing request instead of starting one.
@@ -59,24 +99,47 @@ pub enum Command {
         ttl: Option<u64>,
     },
     /// Pairing requests and paired items.
-    Pairings,
+    Pairings(Api),
     /// Connected devices, their doors and topics.
-    Devices,
+    Devices(Api),
     /// Act on one connected device.
     Device {
+        #[command(flatten)]
+        api: Api,
         #[command(subcommand)]
         action: DeviceAction,
     },
     /// Device tokens (token mode): issue, list, revoke.
     Token {
+        #[command(flatten)]
+        api: Api,
         #[command(subcommand)]
         action: TokenAction,
     },
     /// Bester users: list, add, passwd, remove.
     Users {
+        #[command(flatten)]
+        api: Api,
         #[command(subcommand)]
         action: crate::bester::cli::UsersAction,
     },
+}
+
+impl Command {
+    /// The admin API settings of an admin command (`None` for `serve`).
+    fn api(&self) -> Option<&Api> {
+        match self {
+            Command::Serve(_) => None,
+            Command::Locks(api)
+            | Command::Pairings(api)
+            | Command::Devices(api)
+            | Command::Lock { api, .. }
+            | Command::Pair { api, .. }
+            | Command::Device { api, .. }
+            | Command::Token { api, .. }
+            | Command::Users { api, .. } => Some(api),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,10 +198,10 @@ pub enum DeviceAction {
 
 /// The HTTP client of the admin commands: rustls with the ring provider; the system's
 /// roots, plus `--ca-cert` (e.g. the hub's self-signed certificate) when given.
-fn http_client(cli: &Cli) -> anyhow::Result<reqwest::Client> {
+fn http_client(api: &Api) -> anyhow::Result<reqwest::Client> {
     crate::listener::install_crypto_provider();
     let mut builder = reqwest::Client::builder();
-    if let Some(path) = &cli.ca_cert {
+    if let Some(path) = &api.ca_cert {
         let pem =
             std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
@@ -156,9 +219,12 @@ fn seg(s: &str) -> String {
 }
 
 /// Runs an admin command; returns the process exit code.
-pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
-    let base = cli.url.clone().unwrap_or_else(|| {
-        let bind = cli.config.bind;
+pub async fn run_admin(command: &Command) -> anyhow::Result<i32> {
+    let api = command
+        .api()
+        .ok_or_else(|| anyhow::anyhow!("serve is not an admin command"))?;
+    let base = api.url.clone().unwrap_or_else(|| {
+        let bind = api.bind;
         let host = if bind.ip().is_unspecified() {
             "127.0.0.1".to_owned()
         } else {
@@ -169,7 +235,7 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
         } else {
             host
         };
-        let scheme = if cli.config.tls_cert.is_some() {
+        let scheme = if api.tls_cert.is_some() {
             "https"
         } else {
             "http"
@@ -178,9 +244,9 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
     });
     let base = base.trim_end_matches('/').to_owned();
     let (method, path, body): (reqwest::Method, String, Option<Value>) = match command {
-        Command::Serve => unreachable!("serve is not an admin command"),
-        Command::Locks => (reqwest::Method::GET, "/api/locks".into(), None),
-        Command::Lock { action } => match action {
+        Command::Serve(_) => anyhow::bail!("serve is not an admin command"),
+        Command::Locks(_) => (reqwest::Method::GET, "/api/locks".into(), None),
+        Command::Lock { action, .. } => match action {
             LockAction::Show { serial } => (
                 reqwest::Method::GET,
                 format!("/api/locks/{}", seg(serial)),
@@ -257,6 +323,7 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
             kind,
             ttl,
             cancel: None,
+            ..
         } => {
             let serial = serial
                 .as_deref()
@@ -277,17 +344,18 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
                 Some(Value::Object(body)),
             )
         }
-        Command::Pairings => (reqwest::Method::GET, "/api/pairings".into(), None),
-        Command::Devices => (reqwest::Method::GET, "/api/devices".into(), None),
+        Command::Pairings(_) => (reqwest::Method::GET, "/api/pairings".into(), None),
+        Command::Devices(_) => (reqwest::Method::GET, "/api/devices".into(), None),
         Command::Device {
             action: DeviceAction::Disconnect { name },
+            ..
         } => (
             reqwest::Method::POST,
             format!("/api/devices/{}/disconnect", seg(name)),
             None,
         ),
-        Command::Users { action } => crate::bester::cli::admin_request(action)?,
-        Command::Token { action } => match action {
+        Command::Users { action, .. } => crate::bester::cli::admin_request(action)?,
+        Command::Token { action, .. } => match action {
             TokenAction::Issue { device, ttl } => {
                 let mut body = serde_json::Map::new();
                 body.insert("device".into(), device.clone().into());
@@ -308,9 +376,9 @@ pub async fn run_admin(cli: &Cli, command: &Command) -> anyhow::Result<i32> {
             ),
         },
     };
-    let client = http_client(cli)?;
+    let client = http_client(api)?;
     let mut req = client.request(method, format!("{base}{path}"));
-    if let Some(token) = &cli.config.admin_token {
+    if let Some(token) = &api.admin_token {
         req = req.bearer_auth(token);
     }
     if let Some(body) = body {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
@@ -30,58 +31,33 @@ pub enum CloseFrames {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address of the HTTP/WebSocket listener (Phoenix socket, relays, admin API).
-    #[arg(
-        long,
-        env = "HOMEHUB_BIND",
-        default_value = "127.0.0.1:4000",
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_BIND", default_value = "127.0.0.1:4000")]
     pub bind: SocketAddr,
 
     /// Database URL; SQLite files are created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://homehub.db",
-        global = true
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://homehub.db")]
     pub database_url: String,
 
     /// Bearer token required by the admin API (and sent by the CLI). When unset, the admin
     /// API answers only requests from loopback addresses.
-    #[arg(
-        long,
-        env = "HOMEHUB_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
     /// Seconds without any inbound frame after which a WebSocket is closed (1001).
     #[arg(
-        long,
+        long = "idle-timeout-secs",
         env = "HOMEHUB_IDLE_TIMEOUT_SECS",
-        default_value_t = 60,
-        global = true
+        default_value = "60",
+        value_parser = parse_secs_at_least_1
     )]
-    pub idle_timeout_secs: u64,
+    pub idle_timeout: Duration,
 
     /// Largest accepted WebSocket message, in bytes; larger ones close the socket (1009).
-    #[arg(
-        long,
-        env = "HOMEHUB_MAX_FRAME_BYTES",
-        default_value_t = 1_048_576,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_MAX_FRAME_BYTES", default_value_t = 1_048_576)]
     pub max_frame_bytes: usize,
 
     /// Frames that may wait for one slow reader before its connection is closed (1008).
-    #[arg(
-        long,
-        env = "HOMEHUB_OUTBOUND_QUEUE",
-        default_value_t = 256,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 
     /// Seconds a peer may keep its TCP receive window closed (or leave sent data
@@ -89,49 +65,34 @@ pub struct Config {
     /// slow-consumer policy for readers whose backlog sits in kernel buffers, and dead-peer
     /// detection. 0 = the kernel's default (about 15 minutes of retransmissions).
     #[arg(
-        long,
+        long = "send-timeout-secs",
         env = "HOMEHUB_SEND_TIMEOUT_SECS",
-        default_value_t = 20,
-        global = true
+        default_value = "20",
+        value_parser = parse_secs
     )]
-    pub send_timeout_secs: u64,
+    pub send_timeout: Duration,
 
     /// Channels one connection may have joined at once (Phoenix's default is 100).
-    #[arg(
-        long,
-        env = "HOMEHUB_MAX_CHANNELS",
-        default_value_t = 100,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_MAX_CHANNELS", default_value_t = 100)]
     pub max_channels: usize,
 
     /// Relay packets whose JSON is this many characters or more are refused (the seed's
     /// limit is 1024).
-    #[arg(
-        long,
-        env = "HOMEHUB_RELAY_MAX_PACKET",
-        default_value_t = 1024,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_RELAY_MAX_PACKET", default_value_t = 1024)]
     pub relay_max_packet: usize,
 
     /// Largest Compendium message in bytes; larger ones get `ERR` 413.
-    #[arg(
-        long,
-        env = "HOMEHUB_COMPENDIUM_MAX_BYTES",
-        default_value_t = 65_536,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_COMPENDIUM_MAX_BYTES", default_value_t = 65_536)]
     pub compendium_max_bytes: usize,
 
     /// Lifetime of a pairing request when the admin does not give `ttl_secs`.
     #[arg(
-        long,
+        long = "pair-ttl-secs",
         env = "HOMEHUB_PAIR_TTL_SECS",
-        default_value_t = 300,
-        global = true
+        default_value = "300",
+        value_parser = parse_secs_at_least_1
     )]
-    pub pair_ttl_secs: u64,
+    pub pair_ttl: Duration,
 
     /// Feature flags a lock gets when it first joins (comma-separated). Lock firmware
     /// starts its lock feature only when the flags contain `lock`; an administrator changes
@@ -140,8 +101,7 @@ pub struct Config {
         long,
         env = "HOMEHUB_LOCK_FEATURE_FLAGS",
         default_value = "lock",
-        value_delimiter = ',',
-        global = true
+        value_delimiter = ','
     )]
     pub lock_feature_flags: Vec<String>,
 
@@ -154,19 +114,18 @@ pub struct Config {
         long,
         env = "HOMEHUB_CLOSE_FRAMES",
         value_enum,
-        default_value_t = CloseFrames::Auto,
-        global = true
+        default_value_t = CloseFrames::Auto
     )]
     pub close_frames: CloseFrames,
 
     /// Seconds a graceful shutdown waits for connections to close before giving up.
     #[arg(
-        long,
+        long = "shutdown-grace-secs",
         env = "HOMEHUB_SHUTDOWN_GRACE_SECS",
-        default_value_t = 5,
-        global = true
+        default_value = "5",
+        value_parser = parse_secs
     )]
-    pub shutdown_grace_secs: u64,
+    pub shutdown_grace: Duration,
 
     /// Address of the Bester TCP listener (length-prefixed JSON, docs/bester.md); an empty
     /// value disables it.
@@ -176,113 +135,86 @@ pub struct Config {
         long,
         env = "HOMEHUB_BESTER_BIND",
         default_value = "127.0.0.1:2222",
-        value_parser = parse_optional_addr,
-        global = true
+        value_parser = parse_optional_addr
     )]
     pub bester_bind: std::option::Option<SocketAddr>,
 
     /// `open` or `token`: whether devices need a token to connect (see README, Security).
-    #[arg(
-        long,
-        env = "HOMEHUB_AUTH",
-        value_enum,
-        default_value = "open",
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_AUTH", value_enum, default_value = "open")]
     pub auth: AuthMode,
 
     /// Allow `open` mode on a non-loopback bind address (refused at start otherwise).
-    #[arg(
-        long,
-        env = "HOMEHUB_ALLOW_OPEN_NETWORK",
-        default_value_t = false,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_ALLOW_OPEN_NETWORK", default_value_t = false)]
     pub allow_open_network: bool,
 
     /// Key that signs device tokens (at least 32 characters). Unset: a random key is
     /// generated on first start and kept in the database.
-    #[arg(
-        long,
-        env = "HOMEHUB_SECRET_KEY",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 
     /// Lifetime of a device token when `homehub token issue` gives no `--ttl`.
     #[arg(
-        long,
+        long = "token-ttl-secs",
         env = "HOMEHUB_TOKEN_TTL_SECS",
-        default_value_t = 31_536_000,
-        global = true
+        default_value = "31536000",
+        value_parser = parse_secs_at_least_1
     )]
-    pub token_ttl_secs: u64,
+    pub token_ttl: Duration,
 
     /// Browser origins allowed to connect: empty = the hub's own host only, `*` = any, or
     /// a comma-separated list (`https://app.example.com`, `*.home.lan`, `http://localhost:3000`).
     /// Clients that send no `Origin` (devices, native apps) are always allowed.
-    #[arg(
-        long,
-        env = "HOMEHUB_ALLOWED_ORIGINS",
-        default_value = "",
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
 
     /// Connections at once from one remote address (HTTP connections at accept, and live
     /// sockets at upgrade); 0 = unlimited.
-    #[arg(
-        long,
-        env = "HOMEHUB_MAX_CONNS_PER_IP",
-        default_value_t = 4096,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_MAX_CONNS_PER_IP", default_value_t = 4096)]
     pub max_conns_per_ip: usize,
 
     /// Messages per second one socket may push (heartbeats excepted); past it they are
     /// answered with an error. 0 = unlimited.
-    #[arg(long, env = "HOMEHUB_RATE_LIMIT", default_value_t = 100, global = true)]
+    #[arg(long, env = "HOMEHUB_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
 
     /// Burst allowance of the per-socket rate limit.
-    #[arg(long, env = "HOMEHUB_RATE_BURST", default_value_t = 200, global = true)]
+    #[arg(long, env = "HOMEHUB_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
 
     /// Seconds a new connection has to finish its TLS handshake and send its HTTP request.
     #[arg(
-        long,
+        long = "handshake-timeout-secs",
         env = "HOMEHUB_HANDSHAKE_TIMEOUT_SECS",
-        default_value_t = 5,
-        global = true
+        default_value = "5",
+        value_parser = parse_secs_at_least_1
     )]
-    pub handshake_timeout_secs: u64,
+    pub handshake_timeout: Duration,
 
     /// PEM certificate chain; with `HOMEHUB_TLS_KEY`, the hub serves `https://`/`wss://` only.
-    #[arg(long, env = "HOMEHUB_TLS_CERT", global = true)]
+    #[arg(long, env = "HOMEHUB_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for `HOMEHUB_TLS_CERT`.
-    #[arg(long, env = "HOMEHUB_TLS_KEY", global = true)]
+    #[arg(long, env = "HOMEHUB_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Milliseconds a long-poll GET is held when nothing is queued; a session not polled for
     /// two windows is closed.
     #[arg(
-        long,
+        long = "longpoll-window-ms",
         env = "HOMEHUB_LONGPOLL_WINDOW_MS",
-        default_value_t = 10_000,
-        global = true
+        default_value = "10000",
+        value_parser = parse_millis_at_least_10
     )]
-    pub longpoll_window_ms: u64,
+    pub longpoll_window: Duration,
 
     /// Path of an additional Bester listener on a Unix socket (unset: none).
-    #[arg(long, env = "HOMEHUB_BESTER_SOCKET", global = true)]
+    #[arg(long, env = "HOMEHUB_BESTER_SOCKET")]
     pub bester_socket: Option<PathBuf>,
 
     /// JSON file with the Bester message handlers, federation peers and this hub's name
     /// (format in docs/bester.md; unset: no handlers, no peers).
-    #[arg(long, env = "HOMEHUB_BESTER_CONFIG", global = true)]
+    #[arg(long, env = "HOMEHUB_BESTER_CONFIG")]
     pub bester_config: Option<PathBuf>,
 
     /// Largest Bester message in bytes (the 4-byte length prefix); a larger prefix gets
@@ -290,38 +222,32 @@ pub struct Config {
     #[arg(
         long,
         env = "HOMEHUB_BESTER_MAX_FRAME_BYTES",
-        default_value_t = 1_048_576,
-        global = true
+        default_value_t = 1_048_576
     )]
     pub bester_max_frame_bytes: usize,
 
     /// Milliseconds a Bester message handler (or a peer server) has to answer one message.
     #[arg(
-        long,
+        long = "bester-handler-timeout-ms",
         env = "HOMEHUB_BESTER_HANDLER_TIMEOUT_MS",
-        default_value_t = 5_000,
-        global = true
+        default_value = "5000",
+        value_parser = parse_millis_at_least_1
     )]
-    pub bester_handler_timeout_ms: u64,
+    pub bester_handler_timeout: Duration,
 
     /// Most message handlers one Bester message may pass through (`sendHandler` chains),
     /// and most server-to-server hops.
-    #[arg(
-        long,
-        env = "HOMEHUB_BESTER_MAX_CHAIN",
-        default_value_t = 8,
-        global = true
-    )]
+    #[arg(long, env = "HOMEHUB_BESTER_MAX_CHAIN", default_value_t = 8)]
     pub bester_max_chain: usize,
 
     /// Seconds a new Bester connection has to authenticate before it is closed.
     #[arg(
-        long,
+        long = "bester-login-timeout-secs",
         env = "HOMEHUB_BESTER_LOGIN_TIMEOUT_SECS",
-        default_value_t = 10,
-        global = true
+        default_value = "10",
+        value_parser = parse_secs_at_least_1
     )]
-    pub bester_login_timeout_secs: u64,
+    pub bester_login_timeout: Duration,
 }
 
 /// `HOMEHUB_BESTER_BIND`: a socket address, or empty for "disabled".
@@ -336,43 +262,156 @@ fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 impl Config {
-    /// A configuration with every default, for tests and embedding.
+    /// The shipped defaults (an empty command line; `HOMEHUB_*` variables still apply)
+    /// with the addresses a test or an embedding chooses: `bind`, `database_url`, and no
+    /// Bester listener (many hubs run at once in the tests; set `bester_bind` to have one).
+    /// Panics if a `HOMEHUB_*` variable in the environment is invalid.
     pub fn default_for(bind: SocketAddr, database_url: &str) -> Config {
-        Config {
-            bind,
-            database_url: database_url.to_owned(),
-            admin_token: None,
-            idle_timeout_secs: 60,
-            max_frame_bytes: 1_048_576,
-            outbound_queue: 256,
-            send_timeout_secs: 20,
-            max_channels: 100,
-            relay_max_packet: 1024,
-            compendium_max_bytes: 65_536,
-            pair_ttl_secs: 300,
-            lock_feature_flags: vec!["lock".to_owned()],
-            close_frames: CloseFrames::Auto,
-            shutdown_grace_secs: 5,
-            // Disabled, so tests that run many hubs at once never bind port 2222.
-            bester_bind: None,
-            bester_socket: None,
-            bester_config: None,
-            bester_max_frame_bytes: 1_048_576,
-            bester_handler_timeout_ms: 5_000,
-            bester_max_chain: 8,
-            bester_login_timeout_secs: 10,
-            auth: AuthMode::Open,
-            allow_open_network: false,
-            secret_key: None,
-            token_ttl_secs: 31_536_000,
-            allowed_origins: String::new(),
-            max_conns_per_ip: 4096,
-            rate_limit: 100,
-            rate_burst: 200,
-            handshake_timeout_secs: 5,
-            tls_cert: None,
-            tls_key: None,
-            longpoll_window_ms: 10_000,
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
         }
+        let mut config = <Defaults as clap::Parser>::try_parse_from(["homehub"])
+            .map(|d| d.config)
+            .unwrap_or_else(|e| panic!("the shipped defaults must parse: {e}"));
+        config.bind = bind;
+        config.database_url = database_url.to_owned();
+        config.bester_bind = None;
+        config
+    }
+}
+
+/// A number of seconds (`HOMEHUB_*_SECS`).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s:?} is not a whole number of seconds: {e}"))
+}
+
+/// A number of milliseconds (`HOMEHUB_*_MS`).
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{s:?} is not a whole number of milliseconds: {e}"))
+}
+
+fn at_least(d: Duration, min: Duration, what: &str) -> Result<Duration, String> {
+    if d < min {
+        return Err(format!("must be at least {what}"));
+    }
+    Ok(d)
+}
+
+fn parse_secs_at_least_1(s: &str) -> Result<Duration, String> {
+    at_least(parse_secs(s)?, Duration::from_secs(1), "1 second")
+}
+
+fn parse_millis_at_least_1(s: &str) -> Result<Duration, String> {
+    at_least(parse_millis(s)?, Duration::from_millis(1), "1 millisecond")
+}
+
+fn parse_millis_at_least_10(s: &str) -> Result<Duration, String> {
+    at_least(
+        parse_millis(s)?,
+        Duration::from_millis(10),
+        "10 milliseconds",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    /// `KEY=value` lines of `.env.example`, commented (`# KEY=`) or not.
+    fn env_example() -> Vec<(String, String, bool)> {
+        let text = include_str!("../.env.example");
+        text.lines()
+            .filter_map(|line| {
+                let (commented, rest) = match line.strip_prefix('#') {
+                    Some(rest) => (true, rest.trim_start()),
+                    None => (false, line),
+                };
+                let (key, value) = rest.split_once('=')?;
+                let is_key =
+                    !key.is_empty() && key.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+                is_key.then(|| (key.to_owned(), value.to_owned(), commented))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_setting_is_in_env_example_with_its_default() {
+        let example = env_example();
+        let command = Settings::command();
+        let mut envs = Vec::new();
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_string_lossy().into_owned();
+            let line = example.iter().find(|(k, _, _)| *k == env);
+            let Some((_, value, commented)) = line else {
+                panic!("{env} is not in .env.example");
+            };
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if default.is_empty() {
+                assert!(
+                    *commented,
+                    "{env} has no default, so .env.example comments it out"
+                );
+            } else {
+                assert!(!commented, "{env} has a default, so .env.example sets it");
+                assert_eq!(value, &default.join(","), "{env}'s default in .env.example");
+            }
+            envs.push(env);
+        }
+        for (key, _, commented) in &example {
+            let admin_only = ["HOMEHUB_URL", "HOMEHUB_CA_CERT", "RUST_LOG"];
+            if !commented && !admin_only.contains(&key.as_str()) {
+                assert!(
+                    envs.contains(key),
+                    ".env.example sets {key}, which is no setting"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_shipped_defaults_parse_into_typed_settings() {
+        let config = Config::default_for("127.0.0.1:0".parse().expect("addr"), "sqlite::memory:");
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.longpoll_window, Duration::from_millis(10_000));
+        assert_eq!(config.bester_handler_timeout, Duration::from_millis(5_000));
+        assert_eq!(config.close_frames, CloseFrames::Auto);
+        assert_eq!(config.lock_feature_flags, ["lock"]);
+        assert_eq!(config.auth, AuthMode::Open);
+    }
+
+    #[test]
+    fn durations_are_validated_once_at_parse_time() {
+        let parse = |args: &[&str]| {
+            <Settings as clap::Parser>::try_parse_from(
+                std::iter::once("homehub").chain(args.iter().copied()),
+            )
+        };
+        assert!(parse(&["--idle-timeout-secs", "0"]).is_err());
+        assert!(parse(&["--longpoll-window-ms", "5"]).is_err());
+        assert!(parse(&["--pair-ttl-secs", "soon"]).is_err());
+        let ok = parse(&["--idle-timeout-secs", "2", "--send-timeout-secs", "0"])
+            .expect("valid durations");
+        assert_eq!(ok.config.idle_timeout, Duration::from_secs(2));
+        assert_eq!(ok.config.send_timeout, Duration::ZERO);
     }
 }

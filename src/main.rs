@@ -47,9 +47,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 async fn run(cli: Cli) -> std::process::ExitCode {
     // Held until exit so queued log lines are flushed.
     let _log_guard = homehub::telemetry::init();
-    let result = match &cli.command {
-        None | Some(Command::Serve) => serve(cli).await.map(|()| 0),
-        Some(command) => homehub::cli::run_admin(&cli, command).await,
+    let result = match cli.command {
+        None => serve(cli.config).await.map(|()| 0),
+        Some(Command::Serve(args)) => serve(args.config).await.map(|()| 0),
+        Some(command) => homehub::cli::run_admin(&command).await,
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),
@@ -60,9 +61,9 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     }
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let tls = cli.config.tls_cert.is_some();
-    let server = Server::bind(cli.config).await?;
+async fn serve(config: homehub::config::Config) -> anyhow::Result<()> {
+    let tls = config.tls_cert.is_some();
+    let server = Server::bind(config).await?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, "listening");
     // Scripts and tests read this line to find the port when binding port 0.

@@ -261,7 +261,7 @@ async fn start_pairing(
             "name must be 1-{MAX_ITEM_NAME} bytes"
         )));
     }
-    let ttl = body.ttl_secs.unwrap_or(hub.config.pair_ttl_secs);
+    let ttl = body.ttl_secs.unwrap_or(hub.config.pair_ttl.as_secs());
     if ttl == 0 || ttl > MAX_PAIR_TTL_SECS {
         return Err(AdminError::BadRequest(format!(
             "ttl_secs must be 1-{MAX_PAIR_TTL_SECS}"
@@ -490,7 +490,7 @@ async fn issue_token(
     let body: TokenBody = json_body(&body)?;
     let device = DeviceName::parse(&body.device)
         .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?;
-    let ttl = body.ttl_secs.unwrap_or(hub.config.token_ttl_secs);
+    let ttl = body.ttl_secs.unwrap_or(hub.config.token_ttl.as_secs());
     if ttl == 0 {
         return Err(AdminError::BadRequest("ttl_secs must be positive".into()));
     }

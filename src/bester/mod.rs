@@ -155,7 +155,7 @@ async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
                 let _ = stream.set_nodelay(true);
                 // A client that stops reading is dropped like a WebSocket one (README,
                 // HOMEHUB_SEND_TIMEOUT_SECS); its queue would not fill for a long time.
-                let send_timeout = Duration::from_secs(hub.config.send_timeout_secs);
+                let send_timeout = hub.config.send_timeout;
                 crate::listener::set_send_timeout(&stream, send_timeout);
                 hub.tracker
                     .spawn(connection::serve(hub.clone(), stream, peer.to_string()));

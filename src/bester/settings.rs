@@ -205,9 +205,9 @@ impl Settings {
         Ok(Settings {
             name,
             max_frame: config.bester_max_frame_bytes.max(1),
-            handler_timeout: Duration::from_millis(config.bester_handler_timeout_ms.max(1)),
+            handler_timeout: config.bester_handler_timeout,
             max_chain: config.bester_max_chain.max(1),
-            login_timeout: Duration::from_secs(config.bester_login_timeout_secs.max(1)),
+            login_timeout: config.bester_login_timeout,
             queue: config.outbound_queue.max(1),
             relay_max_packet: config.relay_max_packet,
             handlers,

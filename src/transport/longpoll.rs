@@ -227,7 +227,7 @@ fn open(hub: Arc<Hub>, peer: SocketAddr, params: &super::Params, headers: &Heade
         last_poll: AtomicI64::new(0),
         epoch: Instant::now(),
         outbox_cap: hub.config.outbound_queue.saturating_mul(4).max(64),
-        window: Duration::from_millis(hub.config.longpoll_window_ms.max(10)),
+        window: hub.config.longpoll_window,
     });
     s.touch();
     hub.longpoll.lock().insert(token.clone(), s.clone());

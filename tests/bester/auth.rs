@@ -259,7 +259,7 @@ async fn a_password_change_takes_effect_at_the_next_login() {
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_login_timeout() {
     let hub = HubBuilder::new()
-        .config(|c| c.bester_login_timeout_secs = 1)
+        .config(|c| c.bester_login_timeout = std::time::Duration::from_secs(1))
         .start()
         .await;
     let mut c = hub.connect().await;

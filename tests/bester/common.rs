@@ -134,7 +134,7 @@ impl HubBuilder {
         config.admin_token = Some(TOKEN.to_owned());
         config.bester_bind = Some("127.0.0.1:0".parse().unwrap());
         config.bester_config = Some(config_path);
-        config.bester_handler_timeout_ms = 3_000;
+        config.bester_handler_timeout = std::time::Duration::from_millis(3_000);
         for tweak in self.tweaks {
             tweak(&mut config);
         }

@@ -120,7 +120,7 @@ async fn a_slow_handler_times_out_while_others_carry_on() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .fixture_handler("slow", "slow")
-        .config(|c| c.bester_handler_timeout_ms = 1_500)
+        .config(|c| c.bester_handler_timeout = std::time::Duration::from_millis(1_500))
         .start()
         .await;
     with_users(&hub, &["alice", "bob", "carol"]).await;
@@ -361,7 +361,7 @@ async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .config(|c| {
-            c.send_timeout_secs = 1;
+            c.send_timeout = std::time::Duration::from_secs(1);
             // The queue policy must not be what drops it.
             c.outbound_queue = 10_000;
         })

@@ -357,7 +357,7 @@ async fn a_lock_that_accepts_state_gets_state_pushes() {
 
 #[tokio::test]
 async fn server_closes_reach_the_firmware_as_a_dropped_connection() {
-    let hub = TestHub::start_with(|c| c.idle_timeout_secs = 1).await;
+    let hub = TestHub::start_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).await;
     // Admin disconnect.
     let mut lock = Firmware::connect(&hub, "fw-kick", Wire::V2Binary).await;
     lock.request("j", "lock:FW-5", "phx_join", json!({})).await;

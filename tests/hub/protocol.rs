@@ -351,7 +351,7 @@ async fn v1_json_in_binary_frames_is_answered_in_text() {
 
 #[tokio::test]
 async fn idle_socket_is_closed_with_1001_and_heartbeats_keep_it_open() {
-    let hub = TestHub::start_with(|c| c.idle_timeout_secs = 1).await;
+    let hub = TestHub::start_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).await;
     let mut alive = hub.client("alive").await;
     let mut idle = hub.client("idle").await;
     for i in 0..4 {
@@ -473,7 +473,7 @@ async fn event_reaches_fast_reader(
 #[tokio::test]
 async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
     let hub = TestHub::start_with(|c| {
-        c.send_timeout_secs = 1;
+        c.send_timeout = std::time::Duration::from_secs(1);
         // The queue policy must not be what drops it.
         c.outbound_queue = 10_000;
         c.rate_limit = 0;

@@ -1293,7 +1293,7 @@ async fn force_takeover_of_a_phoenix_holder_closes_only_its_relay_channel() {
 /// nothing is closed (1001) once the idle time has passed.
 #[tokio::test]
 async fn silent_raw_devices_are_pinged_and_only_mute_ones_time_out() {
-    let hub = TestHub::start_with(|c| c.idle_timeout_secs = 1).await;
+    let hub = TestHub::start_with(|c| c.idle_timeout = std::time::Duration::from_secs(1)).await;
     let mut answering = raw_device(&hub, "answering").await;
     let started = Instant::now();
     // Reading lets tungstenite answer each ping with a pong (an inbound frame for the hub).

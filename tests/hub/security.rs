@@ -280,7 +280,8 @@ async fn pushes_are_rate_limited_and_recover() {
 
 #[tokio::test]
 async fn a_connection_that_never_sends_its_request_is_dropped() {
-    let hub = TestHub::start_with(|c| c.handshake_timeout_secs = 1).await;
+    let hub =
+        TestHub::start_with(|c| c.handshake_timeout = std::time::Duration::from_secs(1)).await;
     let mut tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
