@@ -250,11 +250,16 @@ pub async fn handle_in(
             store
                 .record_event(&ch.serial, &ctx.conn.name, &value)
                 .await?;
-            let body = format!(
-                "{{\"from\":{},\"message\":{}}}",
-                Value::String(ctx.conn.name.to_string()),
-                message.get()
-            );
+            #[derive(serde::Serialize)]
+            struct Announce<'a> {
+                from: &'a str,
+                message: &'a RawValue,
+            }
+            let body = serde_json::to_string(&Announce {
+                from: ctx.conn.name.as_str(),
+                message: &message,
+            })
+            .map_err(|e| ChannelError::Internal(e.into()))?;
             super::events::announce(&ctx.hub.registry, &ch.serial, "event", body);
             Ok(json!({}).to_string())
         }

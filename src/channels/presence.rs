@@ -15,8 +15,19 @@ pub fn state(ctx: &Ctx<'_>) -> String {
 /// The meta of a device (a JSON object's text): its door, when it came online, the locks
 /// it has joined, and whether it is on the relay.
 pub fn meta(door: &str, online_at: i64, locks: Vec<String>, relay: bool) -> String {
-    // Written directly: this runs on every connect and every lock join.
-    let locks = serde_json::to_string(&locks).unwrap_or_else(|_| "[]".to_owned());
-    let door = serde_json::Value::String(door.to_owned());
-    format!(r#"{{"door":{door},"online_at":{online_at},"locks":{locks},"relay":{relay}}}"#)
+    #[derive(serde::Serialize)]
+    struct Meta<'a> {
+        door: &'a str,
+        online_at: i64,
+        locks: Vec<String>,
+        relay: bool,
+    }
+    let meta = Meta {
+        door,
+        online_at,
+        locks,
+        relay,
+    };
+    // Serializing plain strings, numbers and bools cannot fail.
+    serde_json::to_string(&meta).unwrap_or_else(|_| "{}".to_owned())
 }

@@ -40,8 +40,17 @@ impl Packet {
     /// `{"sender": …, "payload": …}`: the body every door delivers (raw relay frame,
     /// Phoenix `packet` push payload).
     pub fn body_json(&self) -> String {
-        let sender = serde_json::Value::String(self.sender.clone());
-        format!("{{\"sender\":{sender},\"payload\":{}}}", self.payload.get())
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            sender: &'a str,
+            payload: &'a RawValue,
+        }
+        let body = Body {
+            sender: &self.sender,
+            payload: &self.payload,
+        };
+        // A string and JSON that is already valid: serializing cannot fail.
+        serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned())
     }
 }
 
