@@ -1,11 +1,16 @@
 //! Bester users' passwords: argon2id hashes (PHC strings with a random salt) in the store,
-//! never the password itself. Hashing is slow on purpose, so it runs on the blocking pool.
-//! Peer secrets are compared in constant time.
+//! never the password itself. Hashing is slow on purpose, so it runs on the blocking pool,
+//! and each hash takes 19 MiB: every hash and verification goes through [`Hashing`], which
+//! lets only a few run at once (issue 12: 400 concurrent failed logins took the hub from
+//! 17 MiB to 1 GiB). Peer secrets are compared in constant time.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+use tokio::sync::Semaphore;
 
 use crate::store::{Store, StoreError};
 
@@ -59,6 +64,60 @@ pub enum AuthError {
     Store(#[from] StoreError),
     #[error("hashing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Every hashing slot stayed taken for the whole wait.
+    #[error("no password hashing slot became free in time")]
+    Busy,
+}
+
+/// The hashing slots: at most `slots` argon2 hashes run at once; the rest wait, at most
+/// `wait`, in arrival order (tokio's semaphore is fair), then fail with [`AuthError::Busy`].
+pub struct Hashing {
+    slots: Arc<Semaphore>,
+    count: usize,
+    wait: Duration,
+}
+
+impl Hashing {
+    pub fn new(slots: usize, wait: Duration) -> Hashing {
+        let count = slots.max(1);
+        Hashing {
+            slots: Arc::new(Semaphore::new(count)),
+            count,
+            wait,
+        }
+    }
+
+    /// How many hashes may run at once.
+    pub fn slots(&self) -> usize {
+        self.count
+    }
+
+    /// Hashes running right now.
+    pub fn running(&self) -> usize {
+        self.count - self.slots.available_permits()
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free. The slot goes with the work,
+    /// not with the caller: a caller that gives up (its connection closed) while the hash
+    /// runs does not free the slot before the hash has finished.
+    async fn run<T, F>(&self, work: F) -> Result<T, AuthError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await
+        {
+            Ok(Ok(permit)) => permit,
+            // Timed out, or the semaphore was closed (it never is).
+            Ok(Err(_)) | Err(_) => return Err(AuthError::Busy),
+        };
+        Ok(tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await?)
+    }
 }
 
 /// Hashes `password` with argon2id and a fresh 128-bit salt (blocking; see [`hash`]).
@@ -85,10 +144,10 @@ pub fn verify_blocking(password: &str, hash: &str) -> bool {
     }
 }
 
-/// Hashes on the blocking pool.
-pub async fn hash(password: &str) -> Result<String, AuthError> {
+/// Hashes on the blocking pool, in a hashing slot.
+pub async fn hash(hashing: &Hashing, password: &str) -> Result<String, AuthError> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await?
+    hashing.run(move || hash_blocking(&password)).await?
 }
 
 /// A hash no password is known for, verified against when the user does not exist so that
@@ -101,8 +160,10 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// Checks a user's password against the store; `Ok(None)` for a wrong name or password.
+/// Checks a user's password against the store, in a hashing slot; `Ok(None)` for a wrong
+/// name or password.
 pub async fn verify_user(
+    hashing: &Hashing,
     store: &Store,
     username: &str,
     password: &str,
@@ -115,14 +176,15 @@ pub async fn verify_user(
     }
     let stored = store.bester_password_hash(name.as_str()).await?;
     let password = password.to_owned();
-    let matches = tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => verify_blocking(&password, &hash),
-        None => {
-            let _ = verify_blocking(&password, dummy_hash());
-            false
-        }
-    })
-    .await?;
+    let matches = hashing
+        .run(move || match stored {
+            Some(hash) => verify_blocking(&password, &hash),
+            None => {
+                let _ = verify_blocking(&password, dummy_hash());
+                false
+            }
+        })
+        .await?;
     Ok(matches.then_some(name))
 }
 
@@ -142,6 +204,39 @@ mod tests {
         assert!(verify_blocking("correct horse", &a));
         assert!(!verify_blocking("wrong horse", &a));
         assert!(!verify_blocking("correct horse", "not a hash"));
+    }
+
+    /// A caller that gives up does not free its slot before its hash has finished, and
+    /// a waiter whose wait runs out is told `Busy`.
+    #[tokio::test]
+    async fn slots_bound_the_hashes_running_at_once() {
+        let hashing = Arc::new(Hashing::new(1, Duration::from_millis(50)));
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let h = hashing.clone();
+        let first = tokio::spawn(async move {
+            h.run(move || {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hashing.running(), 1);
+        first.abort();
+        let _ = first.await;
+        assert_eq!(hashing.running(), 1, "the slot stays with the running work");
+        assert!(matches!(hashing.run(|| ()).await, Err(AuthError::Busy)));
+        release_tx.send(()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while hashing.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(hashing.running(), 0);
+        assert!(hashing.run(|| ()).await.is_ok());
     }
 
     #[test]

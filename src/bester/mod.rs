@@ -21,6 +21,12 @@
 //!   queue drained by its own writer task, so a slow reader never stalls anyone else.
 //! * [`settings`] reads the handler/peer configuration file; [`admin`] and [`cli`] manage
 //!   users.
+//! * A login flood (issue 12) meets three limits: the accept loops cap live connections
+//!   per remote address (`HOMEHUB_MAX_CONNS_PER_IP`, counted in the registry together with
+//!   the WebSocket doors'); [`throttle`] refuses, without hashing, logins from addresses
+//!   and for usernames that failed too often lately; and [`auth::Hashing`] lets only a
+//!   few argon2 hashes (19 MiB each) run at once, the rest waiting at most
+//!   [`settings::HASH_WAIT`] before they are answered `busy`.
 
 pub mod admin;
 pub mod auth;
@@ -34,10 +40,12 @@ pub mod protocol;
 pub mod reply;
 pub mod sessions;
 pub mod settings;
+pub mod throttle;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,7 +54,8 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::Config;
 use crate::hub::Hub;
 
-pub use sessions::Sessions;
+use protocol::{Outcome, Status};
+pub use sessions::{Remote, Sessions};
 pub use settings::Settings;
 
 /// The Bester door's shared state, one per hub (`Hub::bester`).
@@ -55,6 +64,12 @@ pub struct Bester {
     pub settings: Settings,
     /// Every live Bester connection.
     pub sessions: Sessions,
+    /// The slots every password hash and verification runs in.
+    pub hashing: auth::Hashing,
+    /// Failed logins by remote address and by username.
+    pub throttle: throttle::Throttle,
+    /// Live connections on the Unix socket, which count as one address against the cap.
+    unix_conns: AtomicUsize,
 }
 
 impl Bester {
@@ -63,11 +78,57 @@ impl Bester {
     pub fn load(config: &Config) -> anyhow::Result<Bester> {
         let enabled = config.bester_bind.is_some() || socket_path(config).is_some();
         let settings = Settings::load(config, enabled)?;
+        let hashing = auth::Hashing::new(settings.hash_slots, settings::HASH_WAIT);
         Ok(Bester {
             settings,
             sessions: Sessions::default(),
+            hashing,
+            throttle: throttle::Throttle::default(),
+            unix_conns: AtomicUsize::new(0),
         })
     }
+
+    /// Counts one more Unix-socket connection unless there are already the cap's worth.
+    fn admit_unix(&self) -> bool {
+        let max = self.settings.max_conns_per_ip;
+        self.unix_conns
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// One connection's place under the per-address cap, given back when it is dropped.
+enum Slot {
+    Tcp(Arc<Hub>, IpAddr),
+    Unix(Arc<Hub>),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self {
+            Slot::Tcp(hub, ip) => hub.registry.release_ip(*ip),
+            Slot::Unix(hub) => {
+                hub.bester.unix_conns.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// What a connection over the per-address cap is sent before it is closed: one `busy`
+/// status response, written only if the socket takes it at once (a fresh socket's send
+/// buffer is empty); the accept loop never waits on a refused client.
+fn refusal() -> Vec<u8> {
+    let frame = protocol::status_frame(
+        &Outcome::error(Status::Busy, "too many connections from this address"),
+        "error",
+        None,
+    );
+    let mut out = Vec::with_capacity(4 + frame.len());
+    out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(&frame);
+    out
 }
 
 /// `HOMEHUB_BESTER_SOCKET`, with an empty value meaning unset.
@@ -152,13 +213,24 @@ async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let max = hub.bester.settings.max_conns_per_ip;
+                if !hub.registry.admit_ip(peer.ip(), max) {
+                    crate::metrics::inc(&hub.metrics.bester_connections_refused);
+                    tracing::warn!(%peer, max, "bester connection refused: too many connections from this address");
+                    let _ = stream.try_write(&refusal());
+                    continue;
+                }
+                let slot = Slot::Tcp(hub.clone(), peer.ip());
                 let _ = stream.set_nodelay(true);
                 // A client that stops reading is dropped like a WebSocket one (README,
                 // HOMEHUB_SEND_TIMEOUT_SECS); its queue would not fill for a long time.
                 let send_timeout = Duration::from_secs(hub.config.send_timeout_secs);
                 crate::listener::set_send_timeout(&stream, send_timeout);
-                hub.tracker
-                    .spawn(connection::serve(hub.clone(), stream, peer.to_string()));
+                let serve = connection::serve(hub.clone(), stream, Remote::Tcp(peer));
+                hub.tracker.spawn(async move {
+                    serve.await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bester accept failed");
@@ -176,8 +248,22 @@ async fn accept_unix(listener: UnixListener, path: PathBuf, hub: Arc<Hub>) {
         };
         match accepted {
             Ok((stream, _)) => {
-                hub.tracker
-                    .spawn(connection::serve(hub.clone(), stream, "unix".to_owned()));
+                if !hub.bester.admit_unix() {
+                    crate::metrics::inc(&hub.metrics.bester_connections_refused);
+                    let max = hub.bester.settings.max_conns_per_ip;
+                    tracing::warn!(
+                        max,
+                        "bester connection refused: too many connections on the Unix socket"
+                    );
+                    let _ = stream.try_write(&refusal());
+                    continue;
+                }
+                let slot = Slot::Unix(hub.clone());
+                let serve = connection::serve(hub.clone(), stream, Remote::Unix);
+                hub.tracker.spawn(async move {
+                    serve.await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bester accept failed (Unix socket)");
