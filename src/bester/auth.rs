@@ -97,20 +97,38 @@ impl Hashing {
         self.count - self.slots.available_permits()
     }
 
-    /// Runs `work` on the blocking pool once a slot is free. The slot goes with the work,
-    /// not with the caller: a caller that gives up (its connection closed) while the hash
-    /// runs does not free the slot before the hash has finished.
+    /// Waits (at most the configured wait) for a free slot.
+    pub async fn slot(&self) -> Result<HashSlot, AuthError> {
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(HashSlot(permit)),
+            // Timed out, or the semaphore was closed (it never is).
+            Ok(Err(_)) | Err(_) => Err(AuthError::Busy),
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free.
     async fn run<T, F>(&self, work: F) -> Result<T, AuthError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let permit = match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await
-        {
-            Ok(Ok(permit)) => permit,
-            // Timed out, or the semaphore was closed (it never is).
-            Ok(Err(_)) | Err(_) => return Err(AuthError::Busy),
-        };
+        self.slot().await?.run(work).await
+    }
+}
+
+/// A taken hashing slot.
+pub struct HashSlot(tokio::sync::OwnedSemaphorePermit);
+
+impl HashSlot {
+    /// Runs `work` on the blocking pool. The slot goes with the work, not with the caller:
+    /// a caller that gives up (its connection closed) while the hash runs does not free
+    /// the slot before the hash has finished.
+    pub async fn run<T, F>(self, work: F) -> Result<T, AuthError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self.0;
         Ok(tokio::task::spawn_blocking(move || {
             let out = work();
             drop(permit);
@@ -174,9 +192,11 @@ pub async fn verify_user(
     if password.len() > MAX_PASSWORD {
         return Ok(None);
     }
+    // The slot first: a login turned away `busy` costs no database query either.
+    let slot = hashing.slot().await?;
     let stored = store.bester_password_hash(name.as_str()).await?;
     let password = password.to_owned();
-    let matches = hashing
+    let matches = slot
         .run(move || match stored {
             Some(hash) => verify_blocking(&password, &hash),
             None => {

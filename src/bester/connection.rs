@@ -40,6 +40,12 @@ use crate::hub::Hub;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames written per flush, so one busy connection yields to others.
 const WRITE_BATCH: usize = 64;
+/// First capacity of a connection's read and write buffers (they grow for larger
+/// frames). tokio-util's default, 8 KiB each, was most of what each of the 2,000
+/// connections of a login flood held (issue 12).
+const BUFFER: usize = 1024;
+/// Bytes the writer buffers before it must flush (tokio-util's default).
+const WRITE_BOUNDARY: usize = 8 * 1024;
 /// `payload.type` of responses to frames that carried none (not JSON, too large, ...).
 const ERROR_TYPE: &str = "error";
 
@@ -50,8 +56,9 @@ where
 {
     let max_frame = hub.bester.settings.max_frame;
     let (rd, wr) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(rd, codec(max_frame));
-    let writer = FramedWrite::new(wr, codec(max_frame));
+    let mut reader = FramedRead::with_capacity(rd, codec(max_frame), BUFFER);
+    let mut writer = FramedWrite::with_capacity(wr, codec(max_frame), BUFFER);
+    writer.set_backpressure_boundary(WRITE_BOUNDARY);
     let (tx, rx) = mpsc::channel(hub.bester.settings.queue);
     let kill = hub.shutdown.child_token();
     let id = hub.bester.sessions.open(tx.clone(), kill.clone(), remote);
