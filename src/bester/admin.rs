@@ -44,9 +44,7 @@ fn internal(e: AuthError) -> Response {
     match e {
         AuthError::Store(e) => AdminError::Internal(e).into_response(),
         AuthError::Busy => {
-            tracing::warn!(
-                "bester user admin refused: no password hashing slot became free in time"
-            );
+            tracing::warn!("bester user admin refused: every password hashing slot is busy");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(axum::http::header::RETRY_AFTER, "1")],

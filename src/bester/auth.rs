@@ -4,6 +4,7 @@
 //! lets only a few run at once (issue 12: 400 concurrent failed logins took the hub from
 //! 17 MiB to 1 GiB). Peer secrets are compared in constant time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -65,25 +66,42 @@ pub enum AuthError {
     #[error("hashing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     /// Every hashing slot stayed taken for the whole wait.
-    #[error("no password hashing slot became free in time")]
+    #[error("every password hashing slot is busy")]
     Busy,
 }
 
-/// The hashing slots: at most `slots` argon2 hashes run at once; the rest wait, at most
-/// `wait`, in arrival order (tokio's semaphore is fair), then fail with [`AuthError::Busy`].
+/// The hashing slots: at most `slots` argon2 hashes run at once. Up to `queue` more wait
+/// for a slot, at most `wait`, in arrival order (tokio's semaphore is fair), then fail with
+/// [`AuthError::Busy`]; with the waiting room full a request fails at once. (A flood of
+/// 2,000 logins kept 2,000 connections waiting for the whole `wait` before the waiting
+/// room was bounded; now most are answered and closed as they arrive.)
 pub struct Hashing {
     slots: Arc<Semaphore>,
     count: usize,
     wait: Duration,
+    queue: usize,
+    waiting: AtomicUsize,
+}
+
+/// One place in the waiting room, given back when dropped (also when the waiter is
+/// cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Hashing {
-    pub fn new(slots: usize, wait: Duration) -> Hashing {
+    pub fn new(slots: usize, queue: usize, wait: Duration) -> Hashing {
         let count = slots.max(1);
         Hashing {
             slots: Arc::new(Semaphore::new(count)),
             count,
             wait,
+            queue,
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -97,8 +115,26 @@ impl Hashing {
         self.count - self.slots.available_permits()
     }
 
-    /// Waits (at most the configured wait) for a free slot.
+    /// Requests waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// A free slot, waiting for one (at most the configured wait) if the waiting room has
+    /// a place.
     pub async fn slot(&self) -> Result<HashSlot, AuthError> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(HashSlot(permit));
+        }
+        let taken = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(AuthError::Busy);
+        }
+        let _place = Waiting(&self.waiting);
         match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(HashSlot(permit)),
             // Timed out, or the semaphore was closed (it never is).
@@ -226,11 +262,12 @@ mod tests {
         assert!(!verify_blocking("correct horse", "not a hash"));
     }
 
-    /// A caller that gives up does not free its slot before its hash has finished, and
-    /// a waiter whose wait runs out is told `Busy`.
+    /// A caller that gives up does not free its slot before its hash has finished; a
+    /// waiter whose wait runs out, and one that finds the waiting room full, are told
+    /// `Busy`.
     #[tokio::test]
     async fn slots_bound_the_hashes_running_at_once() {
-        let hashing = Arc::new(Hashing::new(1, Duration::from_millis(50)));
+        let hashing = Arc::new(Hashing::new(1, 1, Duration::from_millis(50)));
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let h = hashing.clone();
@@ -249,7 +286,16 @@ mod tests {
         first.abort();
         let _ = first.await;
         assert_eq!(hashing.running(), 1, "the slot stays with the running work");
+        // One place in the waiting room: a second waiter is turned away at once.
+        let h = hashing.clone();
+        let waiter = tokio::spawn(async move { h.run(|| ()).await });
+        while hashing.waiting() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert!(matches!(hashing.run(|| ()).await, Err(AuthError::Busy)));
+        // The first waiter's wait runs out.
+        assert!(matches!(waiter.await.unwrap(), Err(AuthError::Busy)));
+        assert_eq!(hashing.waiting(), 0);
         release_tx.send(()).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while hashing.running() > 0 && tokio::time::Instant::now() < deadline {

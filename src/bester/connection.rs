@@ -10,7 +10,8 @@
 //!
 //! A login first asks the throttle (refused at once, `throttled`, after too many recent
 //! failures from the address or for the username), then waits for a hashing slot (at most
-//! [`super::settings::HASH_WAIT`], else `busy`); see `docs/bester.md`, "Login limits".
+//! [`super::settings::HASH_WAIT`], and only while the waiting room has a place, else
+//! `busy`); see `docs/bester.md`, "Login limits".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,7 +340,7 @@ impl Connection {
                     State::Peer(_) => message.header.hops,
                     _ => 0,
                 };
-                self.request(payload, hops).await
+                Box::pin(self.request(payload, hops)).await
             }
             None => {
                 self.respond(
@@ -386,7 +387,7 @@ impl Connection {
                     .set_identity(self.id, Identity::Peer(peer.clone()));
                 self.state = State::Peer(peer);
                 match payload {
-                    Some(p) => self.request(p, header.hops).await,
+                    Some(p) => Box::pin(self.request(p, header.hops)).await,
                     None => {
                         let name = self.hub.bester.settings.name.clone();
                         self.respond(&Outcome::ok(json!({ "server": name })), &kind, None);
@@ -452,7 +453,7 @@ impl Connection {
                         self.respond(&Outcome::ok(who), &kind, id.as_ref());
                         Flow::Continue
                     }
-                    Some(p) => self.request(p, 0).await,
+                    Some(p) => Box::pin(self.request(p, 0)).await,
                 }
             }
         }
@@ -515,8 +516,8 @@ impl Connection {
                 crate::metrics::inc(&hub.metrics.bester_logins_busy);
                 tracing::warn!(
                     user = ?claimed(&creds.username),
-                    wait_ms = super::settings::HASH_WAIT.as_millis() as u64,
-                    "bester login refused: no password hashing slot became free in time"
+                    waiting = bester.hashing.waiting(),
+                    "bester login refused: every password hashing slot is busy"
                 );
                 Login::Busy
             }
@@ -622,7 +623,7 @@ impl Connection {
         let hashing = &self.hub.bester.hashing;
         let busy = || {
             crate::metrics::inc(&self.hub.metrics.bester_logins_busy);
-            tracing::warn!(%user, "bester password change refused: no password hashing slot became free in time");
+            tracing::warn!(%user, "bester password change refused: every password hashing slot is busy");
             Outcome::error(Status::Busy, "the hub is busy; try again later")
         };
         match auth::verify_user(hashing, store, user.as_str(), old).await {

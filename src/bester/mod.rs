@@ -25,8 +25,8 @@
 //!   per remote address (`HOMEHUB_MAX_CONNS_PER_IP`, counted in the registry together with
 //!   the WebSocket doors'); [`throttle`] refuses, without hashing, logins from addresses
 //!   and for usernames that failed too often lately; and [`auth::Hashing`] lets only a
-//!   few argon2 hashes (19 MiB each) run at once, the rest waiting at most
-//!   [`settings::HASH_WAIT`] before they are answered `busy`.
+//!   few argon2 hashes (19 MiB each) run at once, a bounded number waiting at most
+//!   [`settings::HASH_WAIT`] for a slot, and answers the others `busy` at once.
 
 pub mod admin;
 pub mod auth;
@@ -78,7 +78,11 @@ impl Bester {
     pub fn load(config: &Config) -> anyhow::Result<Bester> {
         let enabled = config.bester_bind.is_some() || socket_path(config).is_some();
         let settings = Settings::load(config, enabled)?;
-        let hashing = auth::Hashing::new(settings.hash_slots, settings::HASH_WAIT);
+        let hashing = auth::Hashing::new(
+            settings.hash_slots,
+            settings.hash_slots * settings::HASH_QUEUE_PER_SLOT,
+            settings::HASH_WAIT,
+        );
         Ok(Bester {
             settings,
             sessions: Sessions::default(),

@@ -44,6 +44,10 @@ pub const HASH_MEMORY_BUDGET: usize = 48 * 1024 * 1024;
 /// How long a login (or password change) waits for a hashing slot before it is answered
 /// `busy`.
 pub const HASH_WAIT: Duration = Duration::from_secs(3);
+/// Requests that may wait for a hashing slot, per slot; with that many waiting, the next
+/// is answered `busy` at once. At 20–60 ms per hash, 32 waiters are served within
+/// [`HASH_WAIT`].
+pub const HASH_QUEUE_PER_SLOT: usize = 32;
 
 /// Failed logins a remote address or a username may have before its attempts are delayed.
 pub const THROTTLE_FREE_FAILURES: u32 = 5;
