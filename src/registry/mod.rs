@@ -575,10 +575,8 @@ impl Registry {
     pub fn admit_ip(&self, ip: IpAddr, max: usize) -> bool {
         let mut inner = self.lock();
         let n = inner.per_ip.entry(ip).or_insert(0);
+        // A refused address has `max` (≥ 1) connections, so its entry stays meaningful.
         if max > 0 && *n >= max {
-            if *n == 0 {
-                inner.per_ip.remove(&ip);
-            }
             return false;
         }
         *n += 1;
@@ -638,6 +636,23 @@ mod tests {
     fn conn(r: &Registry) -> Arc<Conn> {
         let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap());
         c
+    }
+
+    #[test]
+    fn other_doors_share_the_per_address_count() {
+        let r = registry();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ws = conn(&r);
+        assert!(r.admit_ip(ip, 2), "one WebSocket and one more");
+        assert!(!r.admit_ip(ip, 2), "the cap counts both");
+        assert!(r.admit_ip("127.0.0.2".parse().unwrap(), 2));
+        assert_eq!(r.connections_from(ip), 2);
+        r.disconnect(&ws, []);
+        assert!(r.admit_ip(ip, 2));
+        r.release_ip(ip);
+        r.release_ip(ip);
+        assert_eq!(r.connections_from(ip), 0);
+        assert!(r.admit_ip(ip, 0), "0 is unlimited");
     }
 
     #[test]
