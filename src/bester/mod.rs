@@ -5,7 +5,9 @@
 //! How a message travels:
 //!
 //! * [`Listeners`] accepts connections (TCP, Unix) and spawns one [`connection`] task per
-//!   connection on the hub's tracker, under the hub's shutdown token.
+//!   connection on the hub's tracker, under the hub's shutdown token. The door runs on a
+//!   runtime thread of its own (`bester`), so a flood of Bester connections queues behind
+//!   itself and not in front of the WebSocket devices' tasks (issue 12).
 //! * [`codec`] frames bytes (tokio-util's length-delimited codec with a cap); [`protocol`]
 //!   decodes a frame once into a typed [`protocol::Message`] (header, typed [`protocol::Request`])
 //!   and encodes every frame the hub sends. Nothing past it reads wire JSON, except the
@@ -181,8 +183,9 @@ impl Listeners {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Starts the accept loops and the handler processes the hub manages, on the hub's
-    /// tracker; everything stops when the hub's shutdown token is cancelled.
+    /// Starts the accept loops (on the door's own runtime thread, see [`door_runtime`])
+    /// and the handler processes the hub manages, on the hub's tracker; everything stops
+    /// when the hub's shutdown token is cancelled.
     pub fn spawn(self, hub: &Arc<Hub>) {
         if self.tcp.is_none() && self.unix.is_none() {
             return;
@@ -193,23 +196,77 @@ impl Listeners {
                     .spawn(handlers::supervise(spec.clone(), hub.shutdown.clone()));
             }
         }
+        let runtime = match door_runtime(hub) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no runtime thread for the Bester door; it shares the hub's");
+                None
+            }
+        };
+        let spawn = |task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| match &runtime {
+            Some(handle) => drop(hub.tracker.spawn_on(task, handle)),
+            None => drop(hub.tracker.spawn(task)),
+        };
         if let Some(listener) = self.tcp {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "bester listening");
             }
-            hub.tracker.spawn(accept_tcp(listener, hub.clone()));
+            // Registered again with the runtime that polls it.
+            match listener.into_std() {
+                Ok(listener) => spawn(Box::pin(accept_tcp(listener, hub.clone()))),
+                Err(e) => tracing::error!(error = %e, "cannot move the Bester listener"),
+            }
         }
         if let Some((listener, path)) = self.unix {
             tracing::info!(path = %path.display(), "bester listening on a Unix socket");
-            hub.tracker.spawn(accept_unix(listener, path, hub.clone()));
+            match listener.into_std() {
+                Ok(listener) => spawn(Box::pin(accept_unix(listener, path, hub.clone()))),
+                Err(e) => tracing::error!(error = %e, "cannot move the Bester Unix socket"),
+            }
         }
     }
+}
+
+/// The Bester door's runtime: one thread (`bester`) with a current-thread runtime. Every
+/// Bester connection's tasks run there, so the WebSocket doors' tasks never wait in a run
+/// queue behind a flood of Bester logins: measured with 2,000 concurrent logins, a Phoenix
+/// device's heartbeat replies took up to 150–270 ms when both doors shared the runtime
+/// (debug build). Password hashes still run on that runtime's blocking pool, in the
+/// hashing slots. The thread ends once the hub has shut down and its tasks are done, or
+/// when the runtime that started the hub is gone (a test that drops its hub).
+fn door_runtime(hub: &Arc<Hub>) -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("bester")
+        .build()?;
+    let handle = rt.handle().clone();
+    let (shutdown, tracker) = (hub.shutdown.clone(), hub.tracker.clone());
+    let (alive, parent_gone) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _alive = alive;
+        std::future::pending::<()>().await
+    });
+    std::thread::Builder::new()
+        .name("bester".to_owned())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = async { shutdown.cancelled().await; tracker.wait().await } => {}
+                    _ = parent_gone => {}
+                }
+            });
+        })?;
+    Ok(handle)
 }
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
+async fn accept_tcp(listener: std::net::TcpListener, hub: Arc<Hub>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot register the Bester listener"),
+    };
     loop {
         let accepted = tokio::select! {
             _ = hub.shutdown.cancelled() => break,
@@ -244,7 +301,11 @@ async fn accept_tcp(listener: TcpListener, hub: Arc<Hub>) {
     }
 }
 
-async fn accept_unix(listener: UnixListener, path: PathBuf, hub: Arc<Hub>) {
+async fn accept_unix(listener: std::os::unix::net::UnixListener, path: PathBuf, hub: Arc<Hub>) {
+    let listener = match UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot register the Bester Unix socket"),
+    };
     loop {
         let accepted = tokio::select! {
             _ = hub.shutdown.cancelled() => break,
