@@ -17,6 +17,14 @@ pub struct Metrics {
     pub decode_errors: AtomicU64,
     pub broadcasts: AtomicU64,
     pub slow_consumers_closed: AtomicU64,
+    /// Bester connections closed at accept: their address had `max_conns_per_ip`.
+    pub bester_connections_refused: AtomicU64,
+    /// Bester logins refused: wrong username or password.
+    pub bester_logins_failed: AtomicU64,
+    /// Bester logins refused without hashing: too many recent failures.
+    pub bester_logins_throttled: AtomicU64,
+    /// Bester logins (and password changes) refused: no hashing slot in time.
+    pub bester_logins_busy: AtomicU64,
 }
 
 pub fn inc(counter: &AtomicU64) {
@@ -28,11 +36,16 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition; `connections` is the current gauge.
-    /// `known_lock_joins`: lock joins answered from the store's copy of known locks
-    /// ([`crate::store::Store::lock_join_known_hits`]).
-    pub fn render(&self, connections: usize, known_lock_joins: u64) -> String {
-        let counters: [(&str, &str, u64); 10] = [
+    /// The Prometheus text exposition; `connections` (WebSocket) and `bester_connections`
+    /// are the current gauges. `known_lock_joins`: lock joins answered from the store's
+    /// copy of known locks ([`crate::store::Store::lock_join_known_hits`]).
+    pub fn render(
+        &self,
+        connections: usize,
+        bester_connections: usize,
+        known_lock_joins: u64,
+    ) -> String {
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "homehub_connections_total",
                 "WebSocket connections accepted",
@@ -83,11 +96,37 @@ impl Metrics {
                 "lock joins of known locks answered from the store's copy",
                 known_lock_joins,
             ),
+            (
+                "homehub_bester_connections_refused_total",
+                "Bester connections refused at accept: too many from their address",
+                self.bester_connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "homehub_bester_logins_failed_total",
+                "Bester logins refused: wrong username or password",
+                self.bester_logins_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "homehub_bester_logins_throttled_total",
+                "Bester logins refused without hashing after too many failures",
+                self.bester_logins_throttled.load(Ordering::Relaxed),
+            ),
+            (
+                "homehub_bester_logins_busy_total",
+                "Bester logins and password changes refused: no hashing slot in time",
+                self.bester_logins_busy.load(Ordering::Relaxed),
+            ),
         ];
         let mut out = String::new();
         let _ = writeln!(out, "# HELP homehub_connections live connections");
         let _ = writeln!(out, "# TYPE homehub_connections gauge");
         let _ = writeln!(out, "homehub_connections {connections}");
+        let _ = writeln!(
+            out,
+            "# HELP homehub_bester_connections live Bester connections (TCP and Unix socket)"
+        );
+        let _ = writeln!(out, "# TYPE homehub_bester_connections gauge");
+        let _ = writeln!(out, "homehub_bester_connections {bester_connections}");
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

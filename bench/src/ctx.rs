@@ -51,6 +51,11 @@ pub struct Settings {
     pub sources: usize,
     pub hub_cpu: Option<usize>,
     pub gen_cpu: Option<usize>,
+    /// S8: concurrent failed Bester logins.
+    pub flood: usize,
+    /// S8: the hub is killed if its RSS passes this (MiB), so an unprotected hub cannot
+    /// take the machine.
+    pub flood_rss_limit_mib: u64,
 }
 
 /// Results one scenario hands to a later one (S5 → S5b).
@@ -388,9 +393,17 @@ impl Ctx {
 
     /// Starts a fresh hub (new temp directory and database) for a scenario.
     pub async fn start_hub(&self, tag: &str) -> anyhow::Result<()> {
+        self.start_hub_with(tag, &[]).await
+    }
+
+    /// [`Ctx::start_hub`] with more environment for the hub (after `--hub-env`).
+    pub async fn start_hub_with(&self, tag: &str, env: &[(String, String)]) -> anyhow::Result<()> {
         let Some(spec) = &self.hub_spec else {
             return Ok(());
         };
+        let mut spec = spec.clone();
+        spec.env.extend(env.iter().cloned());
+        let spec = &spec;
         let n = self.hubs_started.get() + 1;
         self.hubs_started.set(n);
         let dir = self.tmp_root.join(format!("{n:02}-{tag}"));

@@ -33,7 +33,7 @@ use crate::client::Target;
 use crate::ctx::{Ctx, Settings};
 use crate::hub::HubSpec;
 use crate::report::{Report, ScenarioResult};
-use crate::scenarios::{broadcast, idle, joins, relay, restart};
+use crate::scenarios::{broadcast, flood, idle, joins, relay, restart};
 
 /// Load generator for Phoenix Channels hubs: runs the homehub benchmark scenarios (S1–S7)
 /// against a hub it spawns (`--hub-bin`) or one already running (`--url`).
@@ -60,7 +60,7 @@ struct Args {
     #[arg(short = 'n', long)]
     connections: Option<usize>,
 
-    /// Scenarios to run, comma separated: S1,S2,S3,S4,S5,S5b,S6,S7 or `all`.
+    /// Scenarios to run, comma separated: S1,S2,S3,S4,S5,S5b,S6,S7,S8 or `all`.
     #[arg(long, default_value = "all")]
     scenarios: String,
 
@@ -199,6 +199,15 @@ struct Args {
     #[arg(long, default_value_t = 0, value_name = "N")]
     retry_disturbed: u32,
 
+    /// S8: concurrent failed Bester logins, each from its own loopback address.
+    #[arg(long, default_value_t = 2_000)]
+    flood: usize,
+
+    /// S8: kill the hub when its RSS passes this many MiB (a hub without login limits
+    /// could otherwise take the machine's memory).
+    #[arg(long, default_value_t = 4_096)]
+    flood_rss_limit_mib: u64,
+
     /// Free text recorded with the results, e.g. the hub's commit.
     #[arg(long)]
     label: Option<String>,
@@ -284,6 +293,8 @@ fn settings(a: &Args) -> anyhow::Result<Settings> {
             None
         },
         gen_cpu: parse_cpu(&a.gen_cpu)?,
+        flood: a.flood.clamp(1, 60_000),
+        flood_rss_limit_mib: a.flood_rss_limit_mib,
     })
 }
 
@@ -361,6 +372,7 @@ async fn run_scenario(
         "S5b" => broadcast::s5b(ctx).await,
         "S6" => restart::s6(ctx).await,
         "S7" => idle::s7(ctx).await,
+        "S8" => flood::s8(ctx).await,
         other => bail!("unknown scenario {other}"),
     };
     let mut res = res.unwrap_or_else(|e| {

@@ -93,6 +93,7 @@ pub fn metrics_router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
 async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let body = hub.metrics.render(
         hub.registry.connection_count(),
+        hub.bester.sessions.len(),
         hub.store.lock_join_known_hits(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -411,9 +412,13 @@ async fn list_pairings(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, Admin
     Ok(Json(json!({ "requests": requests, "items": items })))
 }
 
-/// `GET /api/devices`: connected devices, their doors and joined topics.
+/// `GET /api/devices`: connected devices, their doors and joined topics, and the live
+/// Bester connections (door `bester`, with the user they are logged in as).
 async fn list_devices(State(hub): State<Arc<Hub>>) -> Json<Value> {
-    Json(json!({ "devices": hub.registry.devices() }))
+    let mut devices = hub.registry.devices();
+    devices.extend(hub.bester.sessions.views());
+    devices.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(json!({ "devices": devices }))
 }
 
 /// `POST /api/devices/{name}/disconnect`: the socket-id `disconnect` broadcast (§6):

@@ -43,6 +43,15 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> 
 fn internal(e: AuthError) -> Response {
     match e {
         AuthError::Store(e) => AdminError::Internal(e).into_response(),
+        AuthError::Busy => {
+            tracing::warn!("bester user admin refused: every password hashing slot is busy");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, "1")],
+                Json(json!({ "error": "password hashing is busy; try again" })),
+            )
+                .into_response()
+        }
         other => {
             tracing::error!(error = %other, "bester user admin failed");
             (
@@ -93,7 +102,7 @@ pub async fn add_user(State(hub): State<Arc<Hub>>, bytes: Bytes) -> Response {
     if let Err(reason) = auth::check_new_password(&new.password) {
         return AdminError::BadRequest(reason).into_response();
     }
-    let hash = match auth::hash(&new.password).await {
+    let hash = match auth::hash(&hub.bester.hashing, &new.password).await {
         Ok(h) => h,
         Err(e) => return internal(e),
     };
@@ -131,7 +140,7 @@ pub async fn set_password(
     if Username::parse(&name).is_none() {
         return AdminError::NotFound("user not found").into_response();
     }
-    let hash = match auth::hash(&new.password).await {
+    let hash = match auth::hash(&hub.bester.hashing, &new.password).await {
         Ok(h) => h,
         Err(e) => return internal(e),
     };

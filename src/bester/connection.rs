@@ -7,6 +7,11 @@
 //! (`scope: "client"`) or a peer server (`scope: "server"`); a failure is answered and the
 //! connection closes. A connection that has not authenticated within the login timeout is
 //! closed too.
+//!
+//! A login first asks the throttle (refused at once, `throttled`, after too many recent
+//! failures from the address or for the username), then waits for a hashing slot (at most
+//! [`super::settings::HASH_WAIT`], and only while the waiting room has a place, else
+//! `busy`); see `docs/bester.md`, "Login limits".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,35 +26,43 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::auth::{self, Username};
+use super::auth::{self, AuthError, Username};
 use super::codec::{FrameError, codec};
 use super::dispatch::{self, Origin};
 use super::federation;
 use super::protocol::{
     self, Builtin, Credentials, DecodeError, Message, Outcome, Payload, Request, Scope, Status,
 };
-use super::sessions::Identity;
+use super::sessions::{Identity, Remote};
+use super::throttle::Throttled;
 use crate::hub::Hub;
 
 /// How long the writer may take to flush the last frames after the reader has finished.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames written per flush, so one busy connection yields to others.
 const WRITE_BATCH: usize = 64;
+/// First capacity of a connection's read and write buffers (they grow for larger
+/// frames). tokio-util's default, 8 KiB each, was most of what each of the 2,000
+/// connections of a login flood held (issue 12).
+const BUFFER: usize = 1024;
+/// Bytes the writer buffers before it must flush (tokio-util's default).
+const WRITE_BOUNDARY: usize = 8 * 1024;
 /// `payload.type` of responses to frames that carried none (not JSON, too large, ...).
 const ERROR_TYPE: &str = "error";
 
 /// Serves one accepted connection until it closes.
-pub async fn serve<S>(hub: Arc<Hub>, stream: S, remote: String)
+pub async fn serve<S>(hub: Arc<Hub>, stream: S, remote: Remote)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let max_frame = hub.bester.settings.max_frame;
     let (rd, wr) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(rd, codec(max_frame));
-    let writer = FramedWrite::new(wr, codec(max_frame));
+    let mut reader = FramedRead::with_capacity(rd, codec(max_frame), BUFFER);
+    let mut writer = FramedWrite::with_capacity(wr, codec(max_frame), BUFFER);
+    writer.set_backpressure_boundary(WRITE_BOUNDARY);
     let (tx, rx) = mpsc::channel(hub.bester.settings.queue);
     let kill = hub.shutdown.child_token();
-    let id = hub.bester.sessions.open(tx.clone(), kill.clone());
+    let id = hub.bester.sessions.open(tx.clone(), kill.clone(), remote);
     let span = tracing::info_span!("bester", conn = id, %remote);
     async move {
         tracing::info!("bester connection opened");
@@ -60,6 +73,7 @@ where
             state: State::anonymous(&hub),
             hub: hub.clone(),
             id,
+            remote,
             tx,
             kill: kill.clone(),
         };
@@ -154,10 +168,52 @@ enum Flow {
 struct Connection {
     hub: Arc<Hub>,
     id: u64,
+    remote: Remote,
     /// This connection's own outbound queue (responses).
     tx: mpsc::Sender<Bytes>,
     kill: CancellationToken,
     state: State,
+}
+
+/// The outcome of a login attempt.
+enum Login {
+    Ok,
+    /// Wrong username or password.
+    Failed,
+    /// Refused without checking: too many recent failures.
+    Throttled(Throttled),
+    /// No hashing slot became free in time.
+    Busy,
+    /// The store failed.
+    Error,
+}
+
+impl Login {
+    /// The error response of a login that did not succeed.
+    fn refusal(&self) -> Outcome {
+        match self {
+            Login::Ok => Outcome::ok(json!({})),
+            Login::Failed => {
+                Outcome::error(Status::AuthenticationFailed, "wrong username or password")
+            }
+            Login::Throttled(t) => {
+                let ms = t.retry_after.as_millis().max(1);
+                let mut extra = serde_json::Map::new();
+                extra.insert("retry_after_ms".into(), json!(ms));
+                Outcome::error_with(
+                    Status::Throttled,
+                    format!(
+                        "too many failed logins for this {}; try again in {} s",
+                        t.by,
+                        ms.div_ceil(1000)
+                    ),
+                    extra,
+                )
+            }
+            Login::Busy => Outcome::error(Status::Busy, "the hub is busy; try again later"),
+            Login::Error => Outcome::error(Status::InternalError, "authentication unavailable"),
+        }
+    }
 }
 
 /// A claimed name as logged: bounded, escaped by `?`.
@@ -284,7 +340,7 @@ impl Connection {
                     State::Peer(_) => message.header.hops,
                     _ => 0,
                 };
-                self.request(payload, hops).await
+                Box::pin(self.request(payload, hops)).await
             }
             None => {
                 self.respond(
@@ -331,7 +387,7 @@ impl Connection {
                     .set_identity(self.id, Identity::Peer(peer.clone()));
                 self.state = State::Peer(peer);
                 match payload {
-                    Some(p) => self.request(p, header.hops).await,
+                    Some(p) => Box::pin(self.request(p, header.hops)).await,
                     None => {
                         let name = self.hub.bester.settings.name.clone();
                         self.respond(&Outcome::ok(json!({ "server": name })), &kind, None);
@@ -375,27 +431,17 @@ impl Connection {
                     );
                     return Flow::Close("not authenticated");
                 };
-                match self.login(&creds).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.respond(
-                            &Outcome::error(
-                                Status::AuthenticationFailed,
-                                "wrong username or password",
-                            ),
-                            &kind,
-                            id.as_ref(),
-                        );
-                        return Flow::Close("authentication failed");
-                    }
-                    Err(()) => {
-                        self.respond(
-                            &Outcome::error(Status::InternalError, "authentication unavailable"),
-                            &kind,
-                            id.as_ref(),
-                        );
-                        return Flow::Close("authentication error");
-                    }
+                let login = self.login(&creds).await;
+                let reason = match login {
+                    Login::Ok => None,
+                    Login::Failed => Some("authentication failed"),
+                    Login::Throttled(_) => Some("login throttled"),
+                    Login::Busy => Some("no password hashing slot"),
+                    Login::Error => Some("authentication error"),
+                };
+                if let Some(reason) = reason {
+                    self.respond(&login.refusal(), &kind, id.as_ref());
+                    return Flow::Close(reason);
                 }
                 match payload {
                     Some(Payload {
@@ -407,17 +453,44 @@ impl Connection {
                         self.respond(&Outcome::ok(who), &kind, id.as_ref());
                         Flow::Continue
                     }
-                    Some(p) => self.request(p, 0).await,
+                    Some(p) => Box::pin(self.request(p, 0)).await,
                 }
             }
         }
     }
 
-    /// Checks a user's credentials; on success the connection becomes that user's.
-    /// `Err` when the store failed.
-    async fn login(&mut self, creds: &Credentials) -> Result<bool, ()> {
-        match auth::verify_user(&self.hub.store, &creds.username, &creds.password).await {
+    /// Checks a user's credentials, unless the throttle refuses the attempt; on success the
+    /// connection becomes that user's. Every outcome but success logs one line.
+    async fn login(&mut self, creds: &Credentials) -> Login {
+        let hub = self.hub.clone();
+        let bester = &hub.bester;
+        let name = Username::parse(&creds.username);
+        let attempt = match bester
+            .throttle
+            .begin(self.remote.ip(), name.as_ref().map(Username::as_str))
+        {
+            Ok(attempt) => attempt,
+            Err(t) => {
+                crate::metrics::inc(&hub.metrics.bester_logins_throttled);
+                tracing::warn!(
+                    user = ?claimed(&creds.username),
+                    by = t.by,
+                    retry_after_ms = t.retry_after.as_millis() as u64,
+                    "bester login throttled"
+                );
+                return Login::Throttled(t);
+            }
+        };
+        let verified = auth::verify_user(
+            &bester.hashing,
+            &hub.store,
+            &creds.username,
+            &creds.password,
+        )
+        .await;
+        match verified {
             Ok(Some(user)) => {
+                drop(attempt);
                 tracing::info!(%user, "bester user authenticated");
                 self.hub
                     .bester
@@ -431,15 +504,26 @@ impl Connection {
                     }
                 });
                 self.state = State::User(user);
-                Ok(true)
+                Login::Ok
             }
             Ok(None) => {
+                attempt.failed();
+                crate::metrics::inc(&hub.metrics.bester_logins_failed);
                 tracing::warn!(user = ?claimed(&creds.username), "bester authentication failed");
-                Ok(false)
+                Login::Failed
+            }
+            Err(AuthError::Busy) => {
+                crate::metrics::inc(&hub.metrics.bester_logins_busy);
+                tracing::warn!(
+                    user = ?claimed(&creds.username),
+                    waiting = bester.hashing.waiting(),
+                    "bester login refused: every password hashing slot is busy"
+                );
+                Login::Busy
             }
             Err(e) => {
                 tracing::error!(error = %e, "bester authentication error");
-                Err(())
+                Login::Error
             }
         }
     }
@@ -501,15 +585,11 @@ impl Connection {
                 Flow::Continue,
             ),
             Builtin::Authenticate(Some(creds)) => match self.login(&creds).await {
-                Ok(true) => (Outcome::ok(self.whoami()), Flow::Continue),
-                Ok(false) => (
-                    Outcome::error(Status::AuthenticationFailed, "wrong username or password"),
-                    Flow::Close("authentication failed"),
-                ),
-                Err(()) => (
-                    Outcome::error(Status::InternalError, "authentication unavailable"),
-                    Flow::Continue,
-                ),
+                Login::Ok => (Outcome::ok(self.whoami()), Flow::Continue),
+                // The connection stays logged in as before when the hub could not check.
+                login @ (Login::Busy | Login::Error) => (login.refusal(), Flow::Continue),
+                login @ Login::Failed => (login.refusal(), Flow::Close("authentication failed")),
+                login @ Login::Throttled(_) => (login.refusal(), Flow::Close("login throttled")),
             },
             Builtin::Logout => {
                 tracing::info!(user = ?user, "bester user logged out");
@@ -540,18 +620,25 @@ impl Connection {
             return Outcome::error(Status::BadRequest, reason);
         }
         let store = &self.hub.store;
-        match auth::verify_user(store, user.as_str(), old).await {
+        let hashing = &self.hub.bester.hashing;
+        let busy = || {
+            crate::metrics::inc(&self.hub.metrics.bester_logins_busy);
+            tracing::warn!(%user, "bester password change refused: every password hashing slot is busy");
+            Outcome::error(Status::Busy, "the hub is busy; try again later")
+        };
+        match auth::verify_user(hashing, store, user.as_str(), old).await {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::warn!(%user, "bester password change refused: wrong password");
                 return Outcome::error(Status::WrongPassword, "the old password is wrong");
             }
+            Err(AuthError::Busy) => return busy(),
             Err(e) => {
                 tracing::error!(error = %e, "bester password change failed");
                 return Outcome::error(Status::InternalError, "password change failed");
             }
         }
-        let result = match auth::hash(new).await {
+        let result = match auth::hash(hashing, new).await {
             Ok(hash) => store
                 .set_bester_password(user.as_str(), &hash)
                 .await
@@ -564,6 +651,7 @@ impl Connection {
                 Outcome::ok(json!({}))
             }
             Ok(false) => Outcome::error(Status::WrongPassword, "the user no longer exists"),
+            Err(AuthError::Busy) => busy(),
             Err(e) => {
                 tracing::error!(error = %e, "bester password change failed");
                 Outcome::error(Status::InternalError, "password change failed")

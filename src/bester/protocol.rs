@@ -314,6 +314,13 @@ pub enum Status {
     AuthenticationRequired,
     /// Wrong username or password, or an unknown peer or wrong secret; closes.
     AuthenticationFailed,
+    /// Too many failed logins lately from this address or for this username: refused
+    /// without checking the password; `data.retry_after_ms` says when to try again.
+    /// Closes.
+    Throttled,
+    /// The hub is overloaded: no password-hashing slot became free in time, or too many
+    /// connections from this address. Try again later. Closes during login.
+    Busy,
     /// `change_password` with a wrong old password.
     WrongPassword,
     /// JSON, but not a valid message or arguments.
@@ -346,6 +353,8 @@ impl Status {
             Status::Ok => "ok",
             Status::AuthenticationRequired => "authentication_required",
             Status::AuthenticationFailed => "authentication_failed",
+            Status::Throttled => "throttled",
+            Status::Busy => "busy",
             Status::WrongPassword => "wrong_password",
             Status::BadRequest => "bad_request",
             Status::Malformed => "malformed",

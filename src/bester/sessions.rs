@@ -4,6 +4,7 @@
 //! is closed rather than letting memory grow or the sender wait.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -12,6 +13,33 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Username;
+use crate::registry::DeviceView;
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Tcp(SocketAddr),
+    /// The Unix socket (no address).
+    Unix,
+}
+
+impl Remote {
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Remote::Tcp(a) => Some(a.ip()),
+            Remote::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remote::Tcp(a) => a.fmt(f),
+            Remote::Unix => f.write_str("unix"),
+        }
+    }
+}
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +68,8 @@ struct Entry {
     /// Cancelled to make the connection's tasks stop (slow reader, user removed, shutdown).
     kill: CancellationToken,
     identity: Identity,
+    remote: Remote,
+    connected_at: time::OffsetDateTime,
 }
 
 #[derive(Default)]
@@ -62,8 +92,8 @@ impl Sessions {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new, anonymous connection; returns its id.
-    pub fn open(&self, tx: mpsc::Sender<Bytes>, kill: CancellationToken) -> u64 {
+    /// Registers a new, anonymous connection from `remote`; returns its id.
+    pub fn open(&self, tx: mpsc::Sender<Bytes>, kill: CancellationToken, remote: Remote) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock().entries.insert(
             id,
@@ -71,6 +101,8 @@ impl Sessions {
                 tx,
                 kill,
                 identity: Identity::Anonymous,
+                remote,
+                connected_at: time::OffsetDateTime::now_utc(),
             },
         );
         id
@@ -170,6 +202,38 @@ impl Sessions {
         ids.len()
     }
 
+    /// Every live connection as `/api/devices` lists it (door `bester`): a user's
+    /// connection is named after the user, a peer's `server:<peer>`, one not logged in
+    /// `bester-<id>`.
+    pub fn views(&self) -> Vec<DeviceView> {
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .map(|(id, e)| {
+                let (name, user) = match &e.identity {
+                    Identity::User(u) => (u.to_string(), Some(u.to_string())),
+                    Identity::Peer(p) => (format!("server:{p}"), None),
+                    Identity::Anonymous => (format!("bester-{id}"), None),
+                };
+                DeviceView {
+                    name,
+                    door: "bester",
+                    user,
+                    relay_name: None,
+                    compendium_address: None,
+                    remote: e.remote.to_string(),
+                    connected_at: crate::domain::format_ts(e.connected_at),
+                    topics: Vec::new(),
+                    packets_sent: 0,
+                    packets_received: 0,
+                    // Bester users log in with passwords, not device tokens.
+                    token_id: None,
+                }
+            })
+            .collect()
+    }
+
     /// Live connections, authenticated or not.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
@@ -202,8 +266,9 @@ mod tests {
         let s = Sessions::default();
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, mut rx2) = mpsc::channel(4);
-        let a = s.open(tx1, CancellationToken::new());
-        let b = s.open(tx2, CancellationToken::new());
+        let remote = Remote::Tcp("127.0.0.1:5000".parse().unwrap());
+        let a = s.open(tx1, CancellationToken::new(), remote);
+        let b = s.open(tx2, CancellationToken::new(), Remote::Unix);
         assert_eq!(
             s.deliver("bob", &Bytes::from_static(b"x")),
             Delivery::NotConnected
@@ -211,6 +276,13 @@ mod tests {
         s.set_identity(a, user("bob"));
         s.set_identity(b, user("bob"));
         assert_eq!(s.users(), vec!["bob".to_owned()]);
+        let mut views = s.views();
+        views.sort_by(|x, y| x.remote.cmp(&y.remote));
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].remote, "127.0.0.1:5000");
+        assert_eq!(views[1].remote, "unix");
+        assert!(views.iter().all(|v| v.door == "bester" && v.name == "bob"));
+        assert_eq!(views[0].user.as_deref(), Some("bob"));
         assert_eq!(
             s.deliver("bob", &Bytes::from_static(b"x")),
             Delivery::Delivered(2)
@@ -228,7 +300,7 @@ mod tests {
         let s = Sessions::default();
         let (tx, _rx) = mpsc::channel(1);
         let kill = CancellationToken::new();
-        let id = s.open(tx, kill.clone());
+        let id = s.open(tx, kill.clone(), Remote::Unix);
         s.set_identity(id, user("slow"));
         assert_eq!(
             s.deliver("slow", &Bytes::from_static(b"1")),

@@ -35,6 +35,39 @@ pub const DEFAULT_NAME: &str = "homehub";
 /// Longest handler type, hub name or peer name.
 const MAX_NAME: usize = 64;
 
+/// Memory one argon2id hash of the hub's parameters takes (argon2's default m = 19 MiB).
+pub const HASH_MEMORY: usize = argon2::Params::DEFAULT_M_COST as usize * 1024;
+/// Memory all password hashes running at once may take together: this bounds the number of
+/// hashing slots whatever the CPU count (issue 12: a login flood must not take the hub's
+/// memory). 48 MiB allows two hashes.
+pub const HASH_MEMORY_BUDGET: usize = 48 * 1024 * 1024;
+/// How long a login (or password change) waits for a hashing slot before it is answered
+/// `busy`.
+pub const HASH_WAIT: Duration = Duration::from_secs(3);
+/// Requests that may wait for a hashing slot, per slot; with that many waiting, the next
+/// is answered `busy` at once. At 20–60 ms per hash, 32 waiters are served within
+/// [`HASH_WAIT`].
+pub const HASH_QUEUE_PER_SLOT: usize = 32;
+
+/// Failed logins a remote address or a username may have before its attempts are delayed.
+pub const THROTTLE_FREE_FAILURES: u32 = 5;
+/// Delay after the first failure beyond the free ones; it doubles with every further one.
+pub const THROTTLE_BASE_DELAY: Duration = Duration::from_secs(1);
+/// Longest delay between two attempts of a throttled address or username.
+pub const THROTTLE_MAX_DELAY: Duration = Duration::from_secs(60);
+/// An address or username without a failed login for this long is forgotten.
+pub const THROTTLE_QUIET: Duration = Duration::from_secs(15 * 60);
+/// Addresses (and, separately, usernames) tracked at most; the least recently active are
+/// forgotten first when a flood brings more.
+pub const THROTTLE_MAX_KEYS: usize = 10_000;
+
+/// Hashing slots: one per CPU less one (so hashes never take every core from the sockets),
+/// at least one, and no more than [`HASH_MEMORY_BUDGET`] allows.
+pub fn hash_slots(cpus: usize) -> usize {
+    let by_memory = (HASH_MEMORY_BUDGET / HASH_MEMORY).max(1);
+    cpus.saturating_sub(1).clamp(1, by_memory)
+}
+
 /// Everything the Bester door needs to know, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -52,6 +85,11 @@ pub struct Settings {
     pub queue: usize,
     /// Relay packets of this many characters or more are not bridged (the relay's limit).
     pub relay_max_packet: usize,
+    /// Password hashes that may run at once ([`hash_slots`] of the CPU count).
+    pub hash_slots: usize,
+    /// Live connections per remote address (`HOMEHUB_MAX_CONNS_PER_IP`, shared with the
+    /// WebSocket doors; 0 = unlimited). The Unix socket counts as one address.
+    pub max_conns_per_ip: usize,
     /// Message handlers by `payload.type`.
     pub handlers: HashMap<String, HandlerSpec>,
     /// Peer servers by name.
@@ -210,6 +248,8 @@ impl Settings {
             login_timeout: config.bester_login_timeout,
             queue: config.outbound_queue.max(1),
             relay_max_packet: config.relay_max_packet,
+            hash_slots: hash_slots(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            max_conns_per_ip: config.max_conns_per_ip,
             handlers,
             peers,
         })
@@ -250,6 +290,15 @@ mod tests {
         assert_eq!(s.peer_for_target("b").unwrap().name, "b");
         assert!(s.peer_for_target("10.0.0.3:2222").is_none());
         assert!(!format!("{:?}", s.peers["b"]).contains("0123"));
+    }
+
+    #[test]
+    fn hashing_slots_follow_the_cpus_within_the_memory_budget() {
+        assert_eq!(hash_slots(1), 1);
+        assert_eq!(hash_slots(2), 1);
+        assert_eq!(hash_slots(3), 2);
+        assert_eq!(hash_slots(64), 2);
+        assert!(hash_slots(64) * HASH_MEMORY <= HASH_MEMORY_BUDGET);
     }
 
     #[test]

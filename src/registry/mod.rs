@@ -217,11 +217,26 @@ impl Conn {
     }
 }
 
-/// What the admin API shows about a connected device.
+impl Door {
+    /// The door's name in `/api/devices`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Phoenix => "phoenix",
+            Door::Relay => "relay",
+            Door::Compendium => "compendium",
+        }
+    }
+}
+
+/// What the admin API shows about a connected device (or Bester connection).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
     pub name: String,
-    pub door: Door,
+    /// [`Door::as_str`], or `bester`.
+    pub door: &'static str,
+    /// The Bester user a Bester connection is logged in as (absent for other doors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The name the device registered on the relay, if any.
     pub relay_name: Option<String>,
     /// The Compendium address the connection holds, if any.
@@ -243,7 +258,8 @@ struct Inner {
     /// Phoenix devices by socket name: at most one live connection per name (a newer one
     /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
-    /// Live connections per remote address.
+    /// Live connections per remote address: every `Conn`, and the Bester connections
+    /// counted by [`Registry::admit_ip`] (one cap, `HOMEHUB_MAX_CONNS_PER_IP`, for both).
     per_ip: HashMap<IpAddr, usize>,
     /// Topic → subscribed connections by id.
     topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
@@ -301,12 +317,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
         let name = name.unwrap_or_else(|| {
-            let door = match door {
-                Door::Phoenix => "phoenix",
-                Door::Relay => "relay",
-                Door::Compendium => "compendium",
-            };
-            DeviceName::parse(&format!("{door}-{id}")).unwrap_or_else(|| unreachable!())
+            DeviceName::parse(&format!("{}-{id}", door.as_str())).unwrap_or_else(|| unreachable!())
         });
         let conn = Arc::new(Conn {
             id,
@@ -350,13 +361,8 @@ impl Registry {
     /// is still the current one for its name, and from the given topics.
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.lock();
-        if inner.conns.remove(&conn.id).is_some()
-            && let Some(n) = inner.per_ip.get_mut(&conn.remote.ip())
-        {
-            *n -= 1;
-            if *n == 0 {
-                inner.per_ip.remove(&conn.remote.ip());
-            }
+        if inner.conns.remove(&conn.id).is_some() {
+            inner.release_ip(conn.remote.ip());
         }
         if inner
             .devices
@@ -537,7 +543,8 @@ impl Registry {
                         (Door::Relay, Some(n)) => n.clone(),
                         _ => c.name.to_string(),
                     },
-                    door: c.door,
+                    door: c.door.as_str(),
+                    user: None,
                     relay_name,
                     compendium_address: match c.door {
                         Door::Compendium => self.compendium.address_of(c.id),
@@ -584,7 +591,27 @@ impl Registry {
         self.lock().topics.get(topic).is_some_and(|s| !s.is_empty())
     }
 
-    /// Live connections from `ip`.
+    /// Counts one more live connection from `ip` that is not a registry [`Conn`] (a Bester
+    /// connection), unless `ip` already has `max` (0 = unlimited); the caller gives it back
+    /// with [`Registry::release_ip`]. Check and count are one step, so a burst of accepts
+    /// cannot overshoot the cap.
+    pub fn admit_ip(&self, ip: IpAddr, max: usize) -> bool {
+        let mut inner = self.lock();
+        let n = inner.per_ip.entry(ip).or_insert(0);
+        // A refused address has `max` (≥ 1) connections, so its entry stays meaningful.
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a connection counted by [`Registry::admit_ip`].
+    pub fn release_ip(&self, ip: IpAddr) {
+        self.lock().release_ip(ip);
+    }
+
+    /// Live connections from `ip` (WebSocket and Bester).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
         self.lock().per_ip.get(&ip).copied().unwrap_or(0)
     }
@@ -592,6 +619,17 @@ impl Registry {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.lock().conns.len()
+    }
+}
+
+impl Inner {
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
     }
 }
 
@@ -642,6 +680,23 @@ mod tests {
         assert!(!other.is_killed() && !open.is_killed());
         assert_eq!(r.kill_token("t3"), 0);
         assert_eq!(other.token_id(), Some("t2"));
+    }
+
+    #[test]
+    fn other_doors_share_the_per_address_count() {
+        let r = registry();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ws = conn(&r);
+        assert!(r.admit_ip(ip, 2), "one WebSocket and one more");
+        assert!(!r.admit_ip(ip, 2), "the cap counts both");
+        assert!(r.admit_ip("127.0.0.2".parse().unwrap(), 2));
+        assert_eq!(r.connections_from(ip), 2);
+        r.disconnect(&ws, []);
+        assert!(r.admit_ip(ip, 2));
+        r.release_ip(ip);
+        r.release_ip(ip);
+        assert_eq!(r.connections_from(ip), 0);
+        assert!(r.admit_ip(ip, 0), "0 is unlimited");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! hub from a real configuration file, and a small Bester client over a real TCP socket.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,6 +241,25 @@ impl TestHub {
         BesterClient::connect(self.bester()).await
     }
 
+    /// A raw connection from another loopback address (e.g. 127.0.0.2).
+    pub async fn connect_from(&self, ip: &str) -> BesterClient {
+        BesterClient::connect_from(self.bester(), ip.parse().expect("an IP address")).await
+    }
+
+    /// A value of `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::Client::new()
+            .get(self.http("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        metric_value(&text, name).unwrap_or(0.0)
+    }
+
     /// A connection authenticated as `name` (password [`PASSWORD`]).
     pub async fn login(&self, name: &str) -> BesterClient {
         let mut c = self.connect().await;
@@ -258,9 +277,38 @@ impl Drop for TestHub {
     }
 }
 
+/// The value of `name` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// `header.status` of a frame.
 pub fn status(frame: &Value) -> &str {
     frame["header"]["status"].as_str().unwrap_or("<none>")
+}
+
+/// A TCP connection to `addr` from the local address `ip`.
+pub async fn tcp_from(addr: SocketAddr, ip: IpAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// The length-prefixed frame of a first message that logs in as `username`.
+pub fn login_frame(username: &str, password: &str) -> Vec<u8> {
+    let body = json!({
+        "header": {
+            "authentication": { "username": username, "password": password },
+            "scope": "client"
+        },
+        "payload": { "type": "authenticate", "data": null }
+    })
+    .to_string();
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(body.as_bytes());
+    frame
 }
 
 /// A Bester client over TCP: length-prefixed JSON frames.
@@ -274,6 +322,12 @@ pub struct BesterClient {
 impl BesterClient {
     pub async fn connect(addr: SocketAddr) -> BesterClient {
         Self::over(TcpStream::connect(addr).await.expect("connect to bester"))
+    }
+
+    /// A client whose socket is bound to `ip` (any 127.x address on Linux) before it
+    /// connects, so the hub sees another remote address.
+    pub async fn connect_from(addr: SocketAddr, ip: IpAddr) -> BesterClient {
+        Self::over(tcp_from(addr, ip).await.expect("connect to bester"))
     }
 
     /// A client on an already connected stream (e.g. one with socket options set).

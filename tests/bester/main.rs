@@ -6,5 +6,8 @@ mod admin;
 mod auth;
 mod common;
 mod federation;
+mod flood;
 mod framing;
 mod handlers;
+mod limits;
+mod visibility;

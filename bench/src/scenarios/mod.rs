@@ -1,7 +1,8 @@
-//! The scenarios of issue 4 (S1–S7) and what they share: device specs, the rate ladder
+//! The scenarios of issue 4 (S1–S7), issue 12's login flood (S8), and what they share: device specs, the rate ladder
 //! that finds a maximum sustained rate, and number formatting.
 
 pub mod broadcast;
+pub mod flood;
 pub mod idle;
 pub mod joins;
 pub mod relay;
@@ -16,7 +17,7 @@ use crate::session::{Role, Spec};
 use crate::stats::Lat;
 
 /// Every scenario id, in run order.
-pub const ALL: [&str; 8] = ["S1", "S2", "S3", "S4", "S5", "S5b", "S6", "S7"];
+pub const ALL: [&str; 9] = ["S1", "S2", "S3", "S4", "S5", "S5b", "S6", "S7", "S8"];
 
 /// A device joined to `lock:<serial>` that only heartbeats.
 pub fn lock_spec(ctx: &Ctx, name_tag: &str, serial_tag: &str, i: usize) -> Spec {
