@@ -107,16 +107,16 @@ async fn lists_locks_pairings_and_devices() {
     assert_eq!(d["topics"], json!(["events", "lock:H1"]));
     drop(c);
     // The device disappears once its socket is gone.
-    for _ in 0..50 {
-        let (_, devices) = hub.admin(Method::GET, "/api/devices", None).await;
-        if devices["devices"] == json!([]) {
-            let (_, locks) = hub.admin(Method::GET, "/api/locks", None).await;
-            assert_eq!(locks[0]["online"], false);
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("device still listed after disconnect");
+    crate::common::eventually(
+        "the device is no longer listed after disconnect",
+        || async {
+            let (_, devices) = hub.admin(Method::GET, "/api/devices", None).await;
+            (devices["devices"] == json!([])).then_some(())
+        },
+    )
+    .await;
+    let (_, locks) = hub.admin(Method::GET, "/api/locks", None).await;
+    assert_eq!(locks[0]["online"], false);
 }
 
 #[tokio::test]

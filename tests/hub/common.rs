@@ -152,6 +152,27 @@ impl Drop for TestHub {
     }
 }
 
+/// Polls `probe` every 20 ms until it returns `Some`, for at most 5 s; panics naming
+/// `what` otherwise. The one way these tests wait for something the hub does in the
+/// background (a disconnect noticed, a row written, a slot freed).
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends `req` and returns its body parsed as JSON (panics on transport or JSON errors).
 pub async fn json_body(req: reqwest::RequestBuilder) -> Value {
     req.send()

@@ -267,16 +267,11 @@ async fn unpolled_sessions_expire_and_free_their_device() {
     let (_, devices) = hub.admin(Method::GET, "/api/devices", None).await;
     assert!(listed(&devices));
     // Two windows without a GET destroy the session and its channels.
-    let mut gone = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::common::eventually("the expired session is no longer listed", || async {
         let (_, devices) = hub.admin(Method::GET, "/api/devices", None).await;
-        if !listed(&devices) {
-            gone = true;
-            break;
-        }
-    }
-    assert!(gone, "expired session still listed");
+        (!listed(&devices)).then_some(())
+    })
+    .await;
     let again = p.get().await;
     assert_eq!(
         again["status"], 410,

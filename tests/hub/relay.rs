@@ -1143,18 +1143,11 @@ async fn admin_devices_shows_raw_relay_devices() {
     let _anon = hub.relay_ws().await;
     let _phx = phx_device(&hub, "phx-dev", json!({})).await;
     // Make sure the anonymous connection is known to the hub before listing.
-    let deadline = Instant::now() + LIMIT;
-    let devices = loop {
+    let devices = crate::common::eventually("both raw connections are listed", || async {
         let d = admin_devices(&hub).await;
-        if d.iter().filter(|d| d["door"] == "relay").count() == 2 {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "raw connections not listed: {d:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    };
+        (d.iter().filter(|d| d["door"] == "relay").count() == 2).then_some(d)
+    })
+    .await;
     let lamp_view = devices
         .iter()
         .find(|d| d["relay_name"] == "lamp")
