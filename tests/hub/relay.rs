@@ -1626,7 +1626,7 @@ async fn a_taken_over_phoenix_device_has_its_departure_recorded() {
     assert_eq!(r, json!({"success": true}));
     porch.recv_event("phx_close").await;
     // The displaced session's packet is added up, as for a raw holder taken over.
-    let row = overview_row(&hub, "porch", |r| r.6 == 1).await;
+    let row = overview_row(&hub, "porch", |r| r.1 == "relay" && r.6 == 1).await;
     assert_eq!((row.1.as_str(), row.6), ("relay", 1));
 }
 
