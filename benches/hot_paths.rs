@@ -5,11 +5,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use homehub::core::directory::{Claim, DeviceInfo, Packet};
+use homehub::core::{Door, Registry};
 use homehub::domain::DeviceName;
+use homehub::doors::phoenix::{Frame, OutPayload, RawRef, SharedFrame, Vsn};
 use homehub::metrics::Metrics;
-use homehub::protocol::{Frame, OutPayload, RawRef, SharedFrame, Vsn};
-use homehub::registry::relay::{Claim, DeviceInfo, Packet};
-use homehub::registry::{Door, Registry};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,7 @@ fn handshake(c: &mut Criterion) {
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
     c.bench_function("parse upgrade head", |b| {
-        b.iter(|| homehub::transport::handshake::parse(black_box(head)))
+        b.iter(|| homehub::net::upgrade::parse(black_box(head)))
     });
 }
 
@@ -112,8 +112,8 @@ fn broadcast(c: &mut Criterion) {
         b.iter(|| {
             let n = reg.broadcast("events", "event", OutPayload::Json(body.to_owned()), None);
             for (_, rx) in receivers.iter_mut() {
-                if let Some(homehub::registry::Outbound::Broadcast(shared)) = rx.try_recv() {
-                    black_box(shared.encoded(Vsn::V2));
+                if let Some(homehub::core::Outbound::Broadcast(shared)) = rx.try_recv() {
+                    black_box(Vsn::V2.encode_shared(&shared));
                 }
             }
             n
@@ -121,7 +121,7 @@ fn broadcast(c: &mut Criterion) {
     });
     let frame = Frame::broadcast("events", "event", OutPayload::Json(body.to_owned()));
     c.bench_function("shared frame: first encode", |b| {
-        b.iter(|| SharedFrame::new(frame.clone(), None).encoded(Vsn::V2))
+        b.iter(|| Vsn::V2.encode_shared(&SharedFrame::new(frame.clone(), None)))
     });
 }
 

@@ -19,22 +19,27 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Keyring;
 use crate::config::{AuthMode, Config};
-use crate::hub::{Hub, spawn_device_log};
+use crate::core::Registry;
+use crate::doors::SocketDoors;
+use crate::doors::phoenix::longpoll::LongPoll;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::net::upgrade::Edge;
+use crate::services::Hub;
+use crate::services::relay::spawn_device_log;
 use crate::store::Store;
 
 /// A bound, not yet running hub.
 pub struct Server {
     hub: Arc<Hub>,
+    bester_door: Arc<crate::doors::bester::Ctx>,
     listener: TcpListener,
-    bester: crate::bester::Listeners,
-    listen: crate::listener::ListenOptions,
+    bester: crate::doors::bester::Listeners,
+    listen: crate::net::listener::ListenOptions,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> anyhow::Result<Server> {
-        crate::listener::install_crypto_provider();
+        crate::net::listener::install_crypto_provider();
         if config.auth == AuthMode::Open
             && !config.bind.ip().is_loopback()
             && !config.allow_open_network
@@ -47,11 +52,11 @@ impl Server {
             );
         }
         let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::net::listener::tls_acceptor(cert, key)?),
             (None, None) => None,
             _ => anyhow::bail!("HOMEHUB_TLS_CERT and HOMEHUB_TLS_KEY must be set together"),
         };
-        let listen = crate::listener::ListenOptions {
+        let listen = crate::net::listener::ListenOptions {
             tls,
             handshake_timeout: config.handshake_timeout,
             max_per_ip: config.max_conns_per_ip,
@@ -69,10 +74,10 @@ impl Server {
         let store = Store::open_with(&config.database_url, &store_options)
             .await
             .with_context(|| format!("opening database {}", config.database_url))?;
-        let listener = crate::listener::bind(config.bind, listen.send_timeout)
+        let listener = crate::net::listener::bind(config.bind, listen.send_timeout)
             .with_context(|| format!("binding {}", config.bind))?;
-        let bester = crate::bester::Bester::load(&config)?;
-        let bester_listeners = crate::bester::Listeners::bind(&config).await?;
+        let bester = crate::doors::bester::Bester::load(&config)?;
+        let bester_listeners = crate::doors::bester::Listeners::bind(&config).await?;
         let key = match &config.secret_key {
             Some(k) if k.len() >= 32 => k.as_bytes().to_vec(),
             Some(_) => anyhow::bail!("HOMEHUB_SECRET_KEY must be at least 32 characters"),
@@ -83,21 +88,35 @@ impl Server {
         let device_log = spawn_device_log(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(
+            shutdown.clone(),
+            config.outbound_queue,
+            metrics.clone(),
+        ));
+        let tracker = TaskTracker::new();
+        let bester = Arc::new(crate::doors::bester::Ctx {
+            bester,
+            store: store.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            send_timeout: config.send_timeout,
+        });
         let hub = Arc::new(Hub {
-            registry: Registry::new(shutdown.clone(), config.outbound_queue, metrics.clone()),
+            registry,
             metrics,
             config,
             store,
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown,
-            bester,
-            longpoll: Default::default(),
             device_log,
             keyring,
             origins,
         });
         Ok(Server {
             hub,
+            bester_door: bester,
             listener,
             bester: bester_listeners,
             listen,
@@ -123,16 +142,21 @@ impl Server {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let hub = self.hub;
-        self.bester.spawn(&hub);
+        self.bester.spawn(&self.bester_door);
         spawn_idle_sweep(&hub);
-        let app = router(hub.clone());
+        let edge = Edge {
+            doors: Arc::new(SocketDoors::new(hub.clone())),
+            tracker: hub.tracker.clone(),
+            shutdown: hub.shutdown.clone(),
+        };
+        let app = router(hub.clone(), self.bester_door.clone(), edge.clone());
         let token = hub.shutdown.clone();
         tokio::spawn(async move {
             signal.await;
             tracing::info!("shutting down: closing sockets");
             token.cancel();
         });
-        crate::listener::serve(self.listener, app, hub.clone(), self.listen).await;
+        crate::net::listener::serve(self.listener, app, edge, self.listen).await;
         hub.tracker.close();
         let grace = hub.config.shutdown_grace;
         if tokio::time::timeout(grace, hub.tracker.wait())
@@ -184,27 +208,30 @@ fn spawn_idle_sweep(hub: &Arc<Hub>) {
 const SWEEP_AT_MOST_EVERY: Duration = Duration::from_millis(25);
 
 /// Every HTTP route of the hub.
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new()
-        // WebSocket upgrades are normally answered by the listener before this router
-        // sees them (transport::handshake); these routes answer everything else.
+pub fn router(hub: Arc<Hub>, bester: Arc<crate::doors::bester::Ctx>, edge: Edge) -> Router {
+    // WebSocket upgrades are normally answered by the listener before this router sees
+    // them (net::upgrade); these routes answer everything else on the socket paths.
+    let sockets = Router::new()
         .route(
             "/socket/websocket",
-            axum::routing::any(crate::transport::handshake::fallback),
+            axum::routing::any(crate::net::upgrade::fallback),
         )
-        .route(
-            "/relay",
-            axum::routing::get(crate::transport::handshake::fallback),
-        )
+        .route("/relay", axum::routing::get(crate::net::upgrade::fallback))
         .route(
             "/compendium",
-            axum::routing::get(crate::transport::handshake::fallback),
+            axum::routing::get(crate::net::upgrade::fallback),
         )
+        .with_state(edge);
+    let longpoll = Router::new()
         .route(
             "/socket/longpoll",
-            axum::routing::any(crate::transport::longpoll::handle),
+            axum::routing::any(crate::doors::phoenix::longpoll::handle),
         )
+        .with_state(LongPoll::new(hub.clone()));
+    Router::new()
         .nest("/api", crate::admin::router(hub.clone()))
         .merge(crate::admin::metrics_router(hub.clone()))
-        .with_state(hub)
+        .with_state(crate::admin::AdminState { hub, bester })
+        .merge(sockets)
+        .merge(longpoll)
 }

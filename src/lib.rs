@@ -1,42 +1,39 @@
 //! homehub: a smart-home hub that speaks the Phoenix Channels wire protocol.
 //!
-//! How a message travels:
+//! The tree is the architecture (docs/architecture.md). Dependencies point one way:
+//! `core ← store ← services ← doors ← net ← app`, with `admin → services`; nothing imports
+//! [`app`].
 //!
-//! * [`transport`] — the edges. `transport::websocket` upgrades `/socket/websocket`, picks
-//!   the serializer from `vsn`, and runs one task per socket.
-//! * [`protocol`] — the wire contract: [`protocol::Message`] in, [`protocol::Frame`] out;
-//!   `protocol::serializer` is the only code that reads or writes wire JSON.
-//! * [`socket`] — one Phoenix socket whatever the transport: heartbeat, join, leave,
-//!   join_ref bookkeeping, routing to channels.
-//! * [`channels`] — `channels::router` maps a topic to its channel (`lock:<serial>`,
-//!   `events`); channel handlers get typed events, never raw JSON.
-//! * [`registry`] — every live connection and topic subscription; broadcasts are encoded
-//!   once and queued on each receiver's bounded queue. Shared by every door.
+//! * [`core`] — the door-agnostic runtime: every live connection ([`core::Registry`]),
+//!   the one bounded outbound queue, topic subscriptions, addressable names (relay
+//!   devices, Compendium addresses) and Presence. Knows no protocol.
 //! * [`store`] — all SQL (SQLite through sqlx, migrations in `migrations/`).
-//! * [`bester`] — the Bester door: length-prefixed JSON over TCP, users, message handlers,
-//!   federation.
-//! * [`admin`] — the HTTP JSON admin API; [`cli`] wraps it.
-//! * [`hub`] — the shared state handlers reach ([`hub::Hub`]).
-//! * [`app`] — the composition root: binds the listeners, wires the above together, shuts
-//!   down gracefully. Nothing in the crate imports it; `main` and the tests do.
+//! * [`services`] — the hub's rules shared by doors and the admin API (the relay's one
+//!   registration rule and its `devices` records, …).
+//! * [`doors`] — one folder or file per device protocol, each owning it end to end:
+//!   [`doors::phoenix`] (codec, session, channels, WebSocket and long-poll), the raw
+//!   [`doors::relay`], [`doors::compendium`], [`doors::bester`]; [`doors::admission`] is
+//!   what every device door checks first.
+//! * [`net`] — the network edge: accept, TLS, WebSocket upgrades to the socket paths, the
+//!   WebSocket driver. Knows doors only through [`net::upgrade::Doors`].
+//! * [`admin`] — the HTTP JSON admin API and `/metrics`; [`cli`] wraps it.
+//! * [`config`], [`domain`] (the hub's nouns), [`auth`] (tokens, origins, rate limits),
+//!   [`metrics`], [`telemetry`], [`shutdown`] — leaves everything above may use.
+//! * [`app`] — the composition root: builds the parts, binds, serves, shuts down.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod bester;
-pub mod channels;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod domain;
-pub mod hub;
-pub mod listener;
+pub mod doors;
 pub mod metrics;
-pub mod protocol;
-pub mod registry;
+pub mod net;
+pub mod services;
 pub mod shutdown;
-pub mod socket;
 pub mod store;
 pub mod telemetry;
-pub mod transport;

@@ -5,6 +5,8 @@
 //! configured the API answers only clients on a loopback address (so a fresh install is
 //! usable locally and closed to the network).
 
+pub mod bester;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +22,11 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::channels::lock::topic as lock_topic;
+use crate::core::Outbound;
 use crate::domain::{DeviceName, ItemKind, LockRecord};
-use crate::hub::Hub;
-use crate::protocol::OutPayload;
-use crate::registry::Outbound;
+use crate::doors::phoenix::OutPayload;
+use crate::doors::phoenix::channels::lock::topic as lock_topic;
+use crate::services::Hub;
 use crate::store::StoreError;
 
 /// Longest pairing request lifetime an administrator may ask for.
@@ -83,23 +85,46 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// What the admin routes reach: the hub's services and the Bester door (its users and
+/// connections). Each handler extracts only the part it uses (axum's `FromRef`).
+#[derive(Clone)]
+pub struct AdminState {
+    pub hub: Arc<Hub>,
+    pub bester: Arc<crate::doors::bester::Ctx>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Hub> {
+    fn from_ref(state: &AdminState) -> Arc<Hub> {
+        state.hub.clone()
+    }
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<crate::doors::bester::Ctx> {
+    fn from_ref(state: &AdminState) -> Arc<crate::doors::bester::Ctx> {
+        state.bester.clone()
+    }
+}
+
 /// `GET /metrics` (Prometheus text format), behind the same authorization as `/api`.
-pub fn metrics_router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
+pub fn metrics_router(hub: Arc<Hub>) -> Router<AdminState> {
     Router::new()
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(hub, authorize))
 }
 
-async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+async fn metrics(
+    State(hub): State<Arc<Hub>>,
+    State(bester): State<Arc<crate::doors::bester::Ctx>>,
+) -> Response {
     let body = hub.metrics.render(
         hub.registry.connection_count(),
-        hub.bester.sessions.len(),
+        bester.bester.sessions.len(),
         hub.store.lock_join_known_hits(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
+pub fn router(hub: Arc<Hub>) -> Router<AdminState> {
     Router::new()
         .route("/locks", get(list_locks))
         .route("/locks/{serial}", get(show_lock).patch(update_lock))
@@ -114,15 +139,15 @@ pub fn router(hub: Arc<Hub>) -> Router<Arc<Hub>> {
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route(
             "/bester/users",
-            get(crate::bester::admin::list_users).post(crate::bester::admin::add_user),
+            get(crate::admin::bester::list_users).post(crate::admin::bester::add_user),
         )
         .route(
             "/bester/users/{name}",
-            axum::routing::delete(crate::bester::admin::remove_user),
+            axum::routing::delete(crate::admin::bester::remove_user),
         )
         .route(
             "/bester/users/{name}/password",
-            put(crate::bester::admin::set_password),
+            put(crate::admin::bester::set_password),
         )
         .layer(middleware::from_fn_with_state(hub, authorize))
 }
@@ -221,12 +246,17 @@ async fn set_state(
     // lock gets its intended state in its next join or `reset` reply.
     let delivered = hub.registry.push_topic(
         &lock_topic(&serial),
-        crate::channels::lock::STATE,
+        crate::doors::phoenix::channels::lock::STATE,
         OutPayload::Json(state.to_string()),
     );
     if let Some(serial) = crate::domain::Serial::parse(&serial) {
         let body = json!({ "serial": serial, "state": state });
-        crate::channels::events::announce(&hub.registry, &serial, "state", body.to_string());
+        crate::doors::phoenix::channels::events::announce(
+            &hub.registry,
+            &serial,
+            "state",
+            body.to_string(),
+        );
     }
     tracing::info!(%serial, delivered, "intended state changed");
     Ok(Json(view(&hub, lock)))
@@ -414,9 +444,12 @@ async fn list_pairings(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, Admin
 
 /// `GET /api/devices`: connected devices, their doors and joined topics, and the live
 /// Bester connections (door `bester`, with the user they are logged in as).
-async fn list_devices(State(hub): State<Arc<Hub>>) -> Json<Value> {
+async fn list_devices(
+    State(hub): State<Arc<Hub>>,
+    State(bester): State<Arc<crate::doors::bester::Ctx>>,
+) -> Json<Value> {
     let mut devices = hub.registry.devices();
-    devices.extend(hub.bester.sessions.views());
+    devices.extend(bester.bester.sessions.views());
     devices.sort_by(|a, b| a.name.cmp(&b.name));
     Json(json!({ "devices": devices }))
 }

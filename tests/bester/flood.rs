@@ -196,7 +196,7 @@ async fn flood_login(bester: SocketAddr, i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_flood_leaves_memory_heartbeats_and_other_logins_alone() {
     // reqwest needs a rustls provider; in-process hubs install it, this one runs apart.
-    homehub::listener::install_crypto_provider();
+    homehub::net::listener::install_crypto_provider();
     let mut hub = spawn_hub().await;
     let (code, body) = {
         let resp = reqwest::Client::new()

@@ -1,0 +1,16 @@
+//! The core: the door-agnostic runtime every door stands on. It owns every live connection
+//! ([`registry::Registry`], [`registry::Conn`]), the one bounded outbound queue type
+//! ([`outbox`]), topic subscriptions, the addressable names (relay devices in
+//! [`directory`], Compendium addresses in [`addresses`]) and Presence ([`presence`]). It
+//! knows no protocol: doors encode what it delivers ([`message`]) their own way.
+
+pub mod addresses;
+pub mod close_code;
+pub mod directory;
+pub mod message;
+pub mod outbox;
+pub mod presence;
+pub mod registry;
+
+pub use crate::domain::Door;
+pub use registry::{Conn, DeviceView, Outbound, Registry, SendError};

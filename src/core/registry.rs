@@ -1,0 +1,732 @@
+//! The registry: every live connection of every door, the topic subscriptions that
+//! broadcasts fan out over, the relay directory ([`relay`]), Compendium addresses
+//! ([`compendium`]) and Presence ([`presence`]). One instance per hub, shared by all doors.
+//!
+//! Only a connection's own task touches its socket. Everyone else reaches a connection
+//! through its [`Conn`] handle: a bounded outbound queue ([`Conn::send`]) and a kill switch
+//! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
+//! (policy, close code 1008) instead of letting memory grow.
+
+use super::{addresses, directory, outbox, presence};
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tungstenite::Utf8Bytes;
+
+use super::message::{Frame, OutPayload, SharedFrame};
+use crate::core::close_code;
+use crate::domain::DeviceName;
+use crate::metrics::{self, Metrics};
+
+pub use crate::domain::Door;
+
+/// Something queued for a connection's writer. Kept to 16 bytes (every variant one
+/// pointer): a busy connection's queue holds up to `HOMEHUB_OUTBOUND_QUEUE` of them.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A broadcast, encoded once for all receivers. Delivered only while the receiver
+    /// still has the topic joined.
+    Broadcast(Arc<SharedFrame>),
+    /// A push to this connection's channel instance on `topic`: the writer fills in the
+    /// current join_ref, and drops it if the topic is no longer joined.
+    Push(Box<Frame>),
+    /// A relay packet from another device; each door renders it its own way.
+    Packet(Arc<directory::Packet>),
+    /// A binary relay packet (Phoenix V2 WebSocket receivers only).
+    BinaryPacket(Arc<directory::BinaryPacket>),
+    /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
+    Text(Box<Utf8Bytes>),
+    /// The hub ends this connection's channel instance on the topic (e.g. the lock was
+    /// reassigned to another device in token mode): `phx_close`, no rejoin.
+    EndChannel(Arc<String>),
+    /// Another connection took this connection's relay name over (`"force": true`); it is
+    /// already out of the relay directory. The door tells its client.
+    RelayRevoked,
+    /// The idle sweep asks for a WebSocket ping (doors without a heartbeat of their own).
+    Ping,
+}
+
+/// Milliseconds on the hub's monotonic clock (idle bookkeeping).
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// How the idle sweep treats a connection.
+const WATCH_NONE: u8 = 0;
+const WATCH_IDLE: u8 = 1;
+const WATCH_IDLE_AND_PING: u8 = 2;
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection's outbound queue is full; the connection is being closed.
+    #[error("receiver's queue is full")]
+    Full,
+    /// The connection has gone.
+    #[error("receiver is gone")]
+    Closed,
+}
+
+/// Handle to one live connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    /// The Phoenix socket's `name`; for doors without one, `<door>-<id>` (logs only).
+    pub name: DeviceName,
+    pub door: Door,
+    /// Kept as values and rendered only for `/api/devices`: two strings per socket would
+    /// cost every idle connection two allocations.
+    pub remote: SocketAddr,
+    pub connected_at: time::OffsetDateTime,
+    /// Token mode: the id of the device token this connection was admitted with, so that
+    /// revoking the token closes it ([`Registry::kill_token`]).
+    token_id: Option<crate::auth::TokenId>,
+    /// Bounded queue drained by the connection's own task.
+    outbox: outbox::Outbox,
+    /// Cancelled to make the connection's task close the socket with `close_code`.
+    kill: CancellationToken,
+    close_code: AtomicU16,
+    metrics: Arc<Metrics>,
+    /// Whether this connection can receive binary frames (a Phoenix V2 WebSocket).
+    binary_capable: AtomicBool,
+    /// Relay packets this connection sent / received (shown to administrators).
+    packets_sent: AtomicU64,
+    packets_received: AtomicU64,
+    /// When the last inbound frame arrived ([`now_ms`]), for the shared idle sweep.
+    last_in: AtomicU64,
+    /// WATCH_NONE (long-poll sessions have their own clock), WATCH_IDLE or
+    /// WATCH_IDLE_AND_PING.
+    watch: AtomicU8,
+    /// A ping was queued since the last inbound frame.
+    pinged: AtomicBool,
+    /// The idle sweep closed this connection.
+    idled_out: AtomicBool,
+}
+
+impl Conn {
+    /// The id of the token this connection was admitted with (token mode).
+    pub fn token_id(&self) -> Option<&str> {
+        self.token_id.as_deref()
+    }
+
+    /// Marks the connection as able to receive binary frames.
+    pub fn set_binary_capable(&self) {
+        self.binary_capable.store(true, Ordering::Relaxed);
+    }
+
+    pub fn binary_capable(&self) -> bool {
+        self.binary_capable.load(Ordering::Relaxed)
+    }
+
+    pub fn count_packet_sent(&self) {
+        self.packets_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_packet_received(&self) {
+        self.packets_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (sent, received) relay packets so far.
+    pub fn packet_counts(&self) -> (u64, u64) {
+        (
+            self.packets_sent.load(Ordering::Relaxed),
+            self.packets_received.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(super) fn outbox(&self) -> &outbox::Outbox {
+        &self.outbox
+    }
+
+    /// Puts the connection under the registry's idle sweep (see [`Registry::sweep_idle`]);
+    /// with `ping`, a silent connection is pinged at half the idle time.
+    pub fn watch_idle(&self, ping: bool) {
+        self.touch();
+        let w = if ping {
+            WATCH_IDLE_AND_PING
+        } else {
+            WATCH_IDLE
+        };
+        self.watch.store(w, Ordering::Relaxed);
+    }
+
+    /// Records an inbound frame: the connection is not idle.
+    pub fn touch(&self) {
+        self.last_in.store(now_ms(), Ordering::Relaxed);
+        if self.pinged.load(Ordering::Relaxed) {
+            self.pinged.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the idle sweep closed this connection.
+    pub fn idled_out(&self) -> bool {
+        self.idled_out.load(Ordering::Relaxed)
+    }
+
+    /// Queues `out` without waiting. A full queue kills the connection (slow consumer).
+    pub fn send(&self, out: Outbound) -> Result<(), SendError> {
+        match self.outbox.push(out) {
+            Ok(()) => Ok(()),
+            Err(outbox::PushError::Full) => {
+                if !self.kill.is_cancelled() {
+                    metrics::inc(&self.metrics.slow_consumers_closed);
+                    tracing::warn!(conn = self.id, device = %self.name, "outbound queue full; closing slow connection");
+                }
+                self.kill(close_code::POLICY);
+                Err(SendError::Full)
+            }
+            Err(outbox::PushError::Closed) => Err(SendError::Closed),
+        }
+    }
+
+    /// Asks the connection's task to close the socket with `code` (first caller wins).
+    pub fn kill(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.kill.cancel();
+    }
+
+    /// Whether the connection has been asked to close.
+    pub fn is_killed(&self) -> bool {
+        self.kill.is_cancelled()
+    }
+
+    /// Resolves when the connection has been asked to close.
+    pub fn killed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.kill.cancelled()
+    }
+
+    /// The close code requested by [`Conn::kill`]; 1012 (restart) when the hub is shutting
+    /// down.
+    pub fn close_code(&self) -> u16 {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => close_code::RESTART,
+            c => c,
+        }
+    }
+}
+
+impl Door {
+    /// The door's name in `/api/devices`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Phoenix => "phoenix",
+            Door::Relay => "relay",
+            Door::Compendium => "compendium",
+        }
+    }
+}
+
+/// What the admin API shows about a connected device (or Bester connection).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceView {
+    pub name: String,
+    /// [`Door::as_str`], or `bester`.
+    pub door: &'static str,
+    /// The Bester user a Bester connection is logged in as (absent for other doors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The name the device registered on the relay, if any.
+    pub relay_name: Option<String>,
+    /// The Compendium address the connection holds, if any.
+    pub compendium_address: Option<String>,
+    pub remote: String,
+    pub connected_at: String,
+    pub topics: Vec<String>,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    /// The id of the device token the connection was admitted with (token mode), the id
+    /// `DELETE /api/tokens/{id}` takes.
+    pub token_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Every live connection, by id.
+    conns: HashMap<u64, Arc<Conn>>,
+    /// Phoenix devices by socket name: at most one live connection per name (a newer one
+    /// replaces it).
+    devices: HashMap<DeviceName, Arc<Conn>>,
+    /// Live connections per remote address: every `Conn`, and the Bester connections
+    /// counted by [`Registry::admit_ip`] (one cap, `HOMEHUB_MAX_CONNS_PER_IP`, for both).
+    per_ip: HashMap<IpAddr, usize>,
+    /// Topic → subscribed connections by id.
+    topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
+}
+
+/// The shared registry.
+pub struct Registry {
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+    shutdown: CancellationToken,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+    /// Devices addressed by name on the relay (Phoenix `relay` topic and raw `/relay`).
+    pub relay: directory::Directory,
+    /// Compendium ephemeral addresses.
+    pub compendium: addresses::Addresses,
+    /// Presence on `presence:devices`.
+    pub presence: presence::Presence,
+}
+
+impl Registry {
+    pub fn new(
+        shutdown: CancellationToken,
+        queue_capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> Registry {
+        Registry {
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Inner::default()),
+            shutdown,
+            queue_capacity: queue_capacity.max(1),
+            metrics,
+            relay: directory::Directory::default(),
+            compendium: addresses::Addresses::default(),
+            presence: presence::Presence::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps half-updated in a way that
+        // matters more than losing the hub, so recover the guard.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new connection, admitted with the token `token_id` (token mode). With a
+    /// `name` (Phoenix sockets), an older connection of the same name is closed (going
+    /// away), as devices reconnect after losing the network.
+    pub fn connect(
+        &self,
+        name: Option<DeviceName>,
+        door: Door,
+        remote: SocketAddr,
+        token_id: Option<crate::auth::TokenId>,
+    ) -> (Arc<Conn>, outbox::Receiver) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let named = name.is_some();
+        let name = name.unwrap_or_else(|| {
+            DeviceName::parse(&format!("{}-{id}", door.as_str())).unwrap_or_else(|| unreachable!())
+        });
+        let conn = Arc::new(Conn {
+            id,
+            name: name.clone(),
+            door,
+            remote,
+            connected_at: time::OffsetDateTime::now_utc(),
+            token_id,
+            outbox: outbox::Outbox::new(self.queue_capacity),
+            kill: self.shutdown.child_token(),
+            close_code: AtomicU16::new(0),
+            metrics: self.metrics.clone(),
+            binary_capable: AtomicBool::new(false),
+            packets_sent: AtomicU64::new(0),
+            packets_received: AtomicU64::new(0),
+            last_in: AtomicU64::new(now_ms()),
+            watch: AtomicU8::new(WATCH_NONE),
+            pinged: AtomicBool::new(false),
+            idled_out: AtomicBool::new(false),
+        });
+        metrics::inc(&self.metrics.connections_total);
+        let old = {
+            let mut inner = self.lock();
+            inner.conns.insert(id, conn.clone());
+            *inner.per_ip.entry(conn.remote.ip()).or_insert(0) += 1;
+            if named {
+                inner.devices.insert(name, conn.clone())
+            } else {
+                None
+            }
+        };
+        if let Some(old) = old {
+            tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
+            old.kill(close_code::GOING_AWAY);
+        }
+        let rx = outbox::Receiver::new(conn.clone());
+        (conn, rx)
+    }
+
+    /// Forgets a connection (after its task ended): removes it from the device table if it
+    /// is still the current one for its name, and from the given topics.
+    pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.lock();
+        if inner.conns.remove(&conn.id).is_some() {
+            inner.release_ip(conn.remote.ip());
+        }
+        if inner
+            .devices
+            .get(&conn.name)
+            .is_some_and(|c| c.id == conn.id)
+        {
+            inner.devices.remove(&conn.name);
+        }
+        for t in topics {
+            remove_sub(&mut inner, t, conn.id);
+        }
+    }
+
+    /// One pass of the shared idle clock (instead of a timer per socket): closes (1001)
+    /// every watched connection silent for `idle`, and queues a ping for watched ones that
+    /// asked for pings and have been silent for half of it. Returns how long until the
+    /// earliest deadline of a connection it left alone (`Duration::MAX` if none): activity
+    /// only moves deadlines later, so nothing can time out before then, except connections
+    /// watched from now on, whose first deadline is at least half the idle time away.
+    pub fn sweep_idle(&self, idle: std::time::Duration) -> std::time::Duration {
+        self.sweep_idle_at(idle, now_ms())
+    }
+
+    /// [`Registry::sweep_idle`] as if the hub's clock read `now`.
+    fn sweep_idle_at(&self, idle: std::time::Duration, now: u64) -> std::time::Duration {
+        let idle_ms = idle.as_millis() as u64;
+        let mut stale = Vec::new();
+        let mut ping = Vec::new();
+        let mut next_ms = u64::MAX;
+        {
+            let inner = self.lock();
+            for c in inner.conns.values() {
+                let watch = c.watch.load(Ordering::Relaxed);
+                if watch == WATCH_NONE {
+                    continue;
+                }
+                let silent = now.saturating_sub(c.last_in.load(Ordering::Relaxed));
+                if silent >= idle_ms {
+                    if !c.is_killed() {
+                        stale.push(c.clone());
+                    }
+                    continue;
+                }
+                next_ms = next_ms.min(idle_ms - silent);
+                if watch == WATCH_IDLE_AND_PING {
+                    if silent >= idle_ms / 2 {
+                        if !c.pinged.swap(true, Ordering::Relaxed) {
+                            ping.push(c.clone());
+                        }
+                    } else if !c.pinged.load(Ordering::Relaxed) {
+                        next_ms = next_ms.min(idle_ms / 2 - silent);
+                    }
+                }
+            }
+        }
+        for c in stale {
+            c.idled_out.store(true, Ordering::Relaxed);
+            c.kill(close_code::GOING_AWAY);
+        }
+        for c in ping {
+            let _ = c.send(Outbound::Ping);
+        }
+        if next_ms == u64::MAX {
+            std::time::Duration::MAX
+        } else {
+            std::time::Duration::from_millis(next_ms)
+        }
+    }
+
+    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) {
+        self.lock()
+            .topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(conn.id, conn.clone());
+    }
+
+    pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
+        remove_sub(&mut self.lock(), topic, conn_id);
+    }
+
+    /// Broadcasts `event` on `topic` to every subscriber except `except`; the frame is
+    /// encoded once per serializer. Returns how many connections it was queued for.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: OutPayload,
+        except: Option<u64>,
+    ) -> usize {
+        metrics::inc(&self.metrics.broadcasts);
+        let shared = SharedFrame::new(Frame::broadcast(topic, event, payload), except);
+        let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
+            Some(subs) => subs
+                .values()
+                .filter(|c| Some(c.id) != except)
+                .cloned()
+                .collect(),
+            None => return 0,
+        };
+        receivers
+            .iter()
+            .filter(|c| c.send(Outbound::Broadcast(shared.clone())).is_ok())
+            .count()
+    }
+
+    /// Pushes `event` to every channel instance joined to `topic`, each frame carrying that
+    /// instance's join_ref (`[J, null, T, E, P]`, Phoenix's intercepted broadcast). Used for
+    /// the hub's pushes to locks: some client libraries drop frames without their join_ref.
+    /// Returns how many connections it was queued for.
+    pub fn push_topic(&self, topic: &str, event: &str, payload: OutPayload) -> usize {
+        let frame = Frame::broadcast(topic, event, payload);
+        let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
+            Some(subs) => subs.values().cloned().collect(),
+            None => return 0,
+        };
+        receivers
+            .iter()
+            .filter(|c| c.send(Outbound::Push(Box::new(frame.clone()))).is_ok())
+            .count()
+    }
+
+    /// The live connection of a device.
+    pub fn device(&self, name: &DeviceName) -> Option<Arc<Conn>> {
+        self.lock().devices.get(name).cloned()
+    }
+
+    /// Closes a device's connection (the socket-id `disconnect` broadcast, §6): code 1001.
+    pub fn kick(&self, name: &DeviceName) -> bool {
+        match self.device(name) {
+            Some(conn) => {
+                conn.kill(close_code::GOING_AWAY);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes (1001) every live connection admitted with the token `token_id`, whatever
+    /// its door or device name: the token was revoked. Connections of the same device
+    /// admitted with another token stay. Returns how many were closed.
+    pub fn kill_token(&self, token_id: &str) -> usize {
+        let admitted: Vec<Arc<Conn>> = self
+            .lock()
+            .conns
+            .values()
+            .filter(|c| c.token_id() == Some(token_id))
+            .cloned()
+            .collect();
+        for conn in &admitted {
+            tracing::info!(conn = conn.id, device = %conn.name, door = ?conn.door, token = token_id, "token revoked; closing its connection");
+            conn.kill(close_code::GOING_AWAY);
+        }
+        admitted.len()
+    }
+
+    /// Every live connection with the topics it has joined, ordered by name.
+    pub fn devices(&self) -> Vec<DeviceView> {
+        let conns: Vec<Arc<Conn>>;
+        let mut topics_of: HashMap<u64, Vec<String>> = HashMap::new();
+        {
+            let inner = self.lock();
+            for (topic, subs) in &inner.topics {
+                for id in subs.keys() {
+                    topics_of.entry(*id).or_default().push(topic.clone());
+                }
+            }
+            conns = inner.conns.values().cloned().collect();
+        }
+        let mut out: Vec<DeviceView> = conns
+            .iter()
+            .map(|c| {
+                let mut topics = topics_of.remove(&c.id).unwrap_or_default();
+                topics.sort();
+                let relay_name = self.relay.name_of(c.id);
+                DeviceView {
+                    name: match (c.door, &relay_name) {
+                        (Door::Relay, Some(n)) => n.clone(),
+                        _ => c.name.to_string(),
+                    },
+                    door: c.door.as_str(),
+                    user: None,
+                    relay_name,
+                    compendium_address: match c.door {
+                        Door::Compendium => self.compendium.address_of(c.id),
+                        _ => None,
+                    },
+                    remote: c.remote.to_string(),
+                    connected_at: crate::domain::format_ts(c.connected_at),
+                    topics,
+                    packets_sent: c.packet_counts().0,
+                    packets_received: c.packet_counts().1,
+                    token_id: c.token_id().map(str::to_owned),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
+    /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
+    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<String>) {
+        let want_diff = self.has_subscribers(presence::TOPIC);
+        if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
+            self.broadcast(
+                presence::TOPIC,
+                "presence_diff",
+                OutPayload::Json(diff),
+                None,
+            );
+        }
+    }
+
+    /// The connections subscribed to `topic`.
+    pub fn subscribers(&self, topic: &str) -> Vec<Arc<Conn>> {
+        self.lock()
+            .topics
+            .get(topic)
+            .map(|subs| subs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether any connection has `topic` joined.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.lock().topics.get(topic).is_some_and(|s| !s.is_empty())
+    }
+
+    /// Counts one more live connection from `ip` that is not a registry [`Conn`] (a Bester
+    /// connection), unless `ip` already has `max` (0 = unlimited); the caller gives it back
+    /// with [`Registry::release_ip`]. Check and count are one step, so a burst of accepts
+    /// cannot overshoot the cap.
+    pub fn admit_ip(&self, ip: IpAddr, max: usize) -> bool {
+        let mut inner = self.lock();
+        let n = inner.per_ip.entry(ip).or_insert(0);
+        // A refused address has `max` (≥ 1) connections, so its entry stays meaningful.
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a connection counted by [`Registry::admit_ip`].
+    pub fn release_ip(&self, ip: IpAddr) {
+        self.lock().release_ip(ip);
+    }
+
+    /// Live connections from `ip` (WebSocket and Bester).
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.lock().per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Number of live connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+}
+
+impl Inner {
+    fn release_ip(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+fn remove_sub(inner: &mut Inner, topic: &str, conn_id: u64) {
+    if let Some(subs) = inner.topics.get_mut(topic) {
+        subs.remove(&conn_id);
+        if subs.is_empty() {
+            inner.topics.remove(topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn queued_items_stay_small() {
+        assert_eq!(std::mem::size_of::<super::Outbound>(), 16);
+    }
+
+    fn registry() -> Registry {
+        Registry::new(CancellationToken::new(), 16, Arc::new(Metrics::default()))
+    }
+
+    fn conn(r: &Registry) -> Arc<Conn> {
+        let (c, _rx) = r.connect(None, Door::Relay, "127.0.0.1:1".parse().unwrap(), None);
+        c
+    }
+
+    #[test]
+    fn kill_token_closes_only_the_connections_of_that_token() {
+        let r = registry();
+        let at: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (raw, _r1) = r.connect(None, Door::Relay, at, Some("t1".into()));
+        let (phx, _r2) = r.connect(
+            DeviceName::parse("lamp"),
+            Door::Phoenix,
+            at,
+            Some("t1".into()),
+        );
+        let (other, _r3) = r.connect(None, Door::Compendium, at, Some("t2".into()));
+        let (open, _r4) = r.connect(None, Door::Compendium, at, None);
+        assert_eq!(r.kill_token("t1"), 2);
+        assert!(raw.is_killed() && phx.is_killed());
+        assert_eq!((raw.close_code(), phx.close_code()), (1001, 1001));
+        assert!(!other.is_killed() && !open.is_killed());
+        assert_eq!(r.kill_token("t3"), 0);
+        assert_eq!(other.token_id(), Some("t2"));
+    }
+
+    #[test]
+    fn other_doors_share_the_per_address_count() {
+        let r = registry();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ws = conn(&r);
+        assert!(r.admit_ip(ip, 2), "one WebSocket and one more");
+        assert!(!r.admit_ip(ip, 2), "the cap counts both");
+        assert!(r.admit_ip("127.0.0.2".parse().unwrap(), 2));
+        assert_eq!(r.connections_from(ip), 2);
+        r.disconnect(&ws, []);
+        assert!(r.admit_ip(ip, 2));
+        r.release_ip(ip);
+        r.release_ip(ip);
+        assert_eq!(r.connections_from(ip), 0);
+        assert!(r.admit_ip(ip, 0), "0 is unlimited");
+    }
+
+    #[test]
+    fn the_sweep_says_when_the_earliest_deadline_is() {
+        let idle = Duration::from_secs(60);
+        let r = registry();
+        assert_eq!(r.sweep_idle(idle), Duration::MAX, "nothing watched");
+        let quiet = conn(&r);
+        quiet.watch_idle(false);
+        let pinged = conn(&r);
+        pinged.watch_idle(true);
+        // Both last heard from at t0.
+        let t0 = now_ms();
+        quiet.last_in.store(t0, Ordering::Relaxed);
+        pinged.last_in.store(t0, Ordering::Relaxed);
+        let at = |secs: u64| t0 + secs * 1000;
+        // At 25 s: the ping (due at 30 s of silence) comes first.
+        assert_eq!(r.sweep_idle_at(idle, at(25)), Duration::from_secs(5));
+        assert!(!pinged.pinged.load(Ordering::Relaxed));
+        // At 35 s it is pinged, once; then only the idle deadlines (60 s) count.
+        assert_eq!(r.sweep_idle_at(idle, at(35)), Duration::from_secs(25));
+        assert!(pinged.pinged.load(Ordering::Relaxed));
+        assert_eq!(r.sweep_idle_at(idle, at(36)), Duration::from_secs(24));
+        // A frame moves a deadline later.
+        pinged.last_in.store(at(40), Ordering::Relaxed);
+        pinged.pinged.store(false, Ordering::Relaxed);
+        assert_eq!(r.sweep_idle_at(idle, at(50)), Duration::from_secs(10));
+        // At 61 s the quiet one is closed and no longer anyone's deadline; the other is
+        // due its ping at 70 s.
+        assert_eq!(r.sweep_idle_at(idle, at(61)), Duration::from_secs(9));
+        assert!(quiet.is_killed() && quiet.idled_out());
+        assert!(!pinged.is_killed());
+        assert_eq!(r.sweep_idle_at(idle, at(101)), Duration::MAX);
+        assert!(pinged.is_killed());
+    }
+}

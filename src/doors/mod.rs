@@ -1,0 +1,83 @@
+//! The doors: each owns one device protocol end to end, on the core's registry and the
+//! hub's services.
+//!
+//! * [`phoenix`] — Phoenix Channels over WebSocket and long-poll: codec, session, channels.
+//! * [`relay`] — the raw `/relay` WebSocket.
+//! * [`compendium`] — the Compendium relay (`/compendium`, ephemeral hex addresses).
+//! * [`bester`] — length-prefixed JSON over TCP: users, message handlers, federation.
+//! * [`admission`] — what every device door checks before a connection is accepted.
+
+pub mod admission;
+pub mod bester;
+pub mod compendium;
+pub mod phoenix;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+
+use crate::net::upgrade::{Accepted, Doors, SocketPath};
+use crate::services::Hub;
+
+/// The WebSocket doors behind the socket paths, for the edge ([`crate::net::upgrade`]).
+pub struct SocketDoors {
+    hub: Arc<Hub>,
+}
+
+impl SocketDoors {
+    pub fn new(hub: Arc<Hub>) -> SocketDoors {
+        SocketDoors { hub }
+    }
+}
+
+impl Doors for SocketDoors {
+    fn decide(
+        &self,
+        path: SocketPath,
+        peer: SocketAddr,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Accepted, StatusCode> {
+        let hub = &self.hub;
+        let max_frame = hub.config.max_frame_bytes;
+        Ok(match path {
+            SocketPath::Phoenix => {
+                let (admitted, protocol) = phoenix::websocket::admit(hub, peer, query, headers)?;
+                let hub = hub.clone();
+                Accepted {
+                    run: Box::new(move |ws, peer| {
+                        Box::pin(phoenix::websocket::run(ws, hub, admitted, peer))
+                    }),
+                    protocol,
+                    max_frame,
+                }
+            }
+            SocketPath::Relay => {
+                let admitted = relay::admit(hub, peer, query, headers)?;
+                let hub = hub.clone();
+                Accepted {
+                    run: Box::new(move |ws, peer| Box::pin(relay::run(ws, hub, admitted, peer))),
+                    protocol: None,
+                    max_frame,
+                }
+            }
+            SocketPath::Compendium => {
+                let admitted = compendium::admit(hub, peer, query, headers)?;
+                // Messages up to the hub's frame limit reach the handler, which answers
+                // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
+                // the socket closed (1009).
+                let max_frame = max_frame.max(hub.config.compendium_max_bytes);
+                let hub = hub.clone();
+                Accepted {
+                    run: Box::new(move |ws, peer| {
+                        Box::pin(compendium::run(ws, hub, admitted, peer))
+                    }),
+                    protocol: None,
+                    max_frame,
+                }
+            }
+        })
+    }
+}

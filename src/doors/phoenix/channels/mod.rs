@@ -1,0 +1,67 @@
+//! Channels: what a joined topic does with the events a client pushes.
+//!
+//! [`router`] is the one place that knows every topic. A join returns the channel's state
+//! and the join reply; each inbound event is decoded into the channel's own typed event
+//! enum (never raw JSON past that point) and answered with a reply or an error.
+
+pub mod events;
+pub mod lock;
+pub mod presence;
+pub mod relay;
+pub mod router;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::core::Conn;
+use crate::services::Hub;
+
+/// What a handler needs: the hub and the connection it serves.
+pub struct Ctx<'a> {
+    pub hub: &'a Hub,
+    pub conn: &'a Arc<Conn>,
+}
+
+/// A refused join or a failed event: becomes a `phx_reply` with status `error` and
+/// `{"reason": ...}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// A reason for the client, sent as is.
+    #[error("{0}")]
+    Refused(String),
+    /// Event not handled by this channel (`{"reason":"unknown event"}`).
+    #[error("unknown event")]
+    UnknownEvent,
+    /// Something broke inside the hub; logged, and the client sees "internal error".
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ChannelError {
+    pub fn refused(reason: impl Into<String>) -> ChannelError {
+        ChannelError::Refused(reason.into())
+    }
+
+    /// The `response` of the error reply.
+    pub fn response(&self) -> Value {
+        serde_json::json!({ "reason": self.to_string() })
+    }
+}
+
+impl From<crate::store::StoreError> for ChannelError {
+    fn from(e: crate::store::StoreError) -> ChannelError {
+        ChannelError::Internal(e.into())
+    }
+}
+
+/// Decodes a JSON payload into a typed event body, or refuses with `reason`.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    payload: &crate::doors::phoenix::Payload,
+    reason: &str,
+) -> Result<T, ChannelError> {
+    let raw = payload
+        .json()
+        .ok_or_else(|| ChannelError::refused(format!("{reason}: binary payload not accepted")))?;
+    serde_json::from_str(raw.get()).map_err(|_| ChannelError::refused(reason))
+}

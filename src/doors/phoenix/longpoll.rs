@@ -1,0 +1,381 @@
+//! `/socket/longpoll`: the Phoenix long-poll transport (§7 of the protocol reference), for
+//! clients that cannot keep a WebSocket (`transport: LongPoll`, or the JS client's fallback).
+//!
+//! A session is a [`Session`] (the same Phoenix socket the WebSocket transport runs) owned
+//! by one task, addressed by an unguessable token. `POST` hands that task a batch of
+//! frames and returns once they are processed; replies and pushes wait in the session's
+//! outbox until a `GET` collects them (at once when some are queued, else after at most one
+//! window, `HOMEHUB_LONGPOLL_WINDOW_MS`, 10 s by default). A session nobody polls for two
+//! windows is destroyed with its channels.
+//! Every answer is HTTP 200 with the real status in the JSON body, as Phoenix does.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::json;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::core::close_code;
+use crate::core::outbox::Receiver;
+use crate::core::{Conn, Door};
+use crate::domain::DeviceName;
+use crate::doors::phoenix::session::Session;
+use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
+use crate::metrics;
+use crate::services::Hub;
+
+/// At most this many lines of one ndjson `POST` are processed (§7.6).
+const MAX_LINES: usize = 100;
+/// Header carrying the session token (Phoenix ≥ 1.8.10 clients).
+const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
+
+/// Frames posted by the client, processed in order by the session task.
+struct Batch {
+    frames: Vec<(Vec<u8>, bool)>,
+    done: oneshot::Sender<()>,
+}
+
+/// One long-poll session.
+struct LpSession {
+    token: String,
+    conn: Arc<Conn>,
+    /// POSTed batches for the session task.
+    inbox: mpsc::Sender<Batch>,
+    /// Encoded text frames waiting for a GET.
+    outbox: Mutex<VecDeque<String>>,
+    /// Wakes a parked GET when the outbox gets something.
+    ready: Notify,
+    /// Milliseconds since `epoch` of the last GET.
+    last_poll: AtomicI64,
+    epoch: Instant,
+    /// Outbox entries beyond which the client counts as not reading (closed by policy).
+    outbox_cap: usize,
+    /// How long a GET is held when nothing is queued (Phoenix's `window_ms`).
+    window: Duration,
+}
+
+impl LpSession {
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<String>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as i64;
+        self.last_poll.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as i64;
+        Duration::from_millis((now - self.last_poll.load(Ordering::Relaxed)).max(0) as u64)
+    }
+
+    fn push(&self, frames: impl IntoIterator<Item = WireFrame>) {
+        let mut outbox = self.outbox();
+        let before = outbox.len();
+        for f in frames {
+            match f {
+                WireFrame::Text(t) => outbox.push_back(t.as_str().to_owned()),
+                // Not representable in the messages array (§7.8): dropped, logged.
+                WireFrame::Binary(_) => {
+                    tracing::info!(
+                        conn = self.conn.id,
+                        "binary frame dropped on a long-poll session"
+                    )
+                }
+            }
+        }
+        if outbox.len() > self.outbox_cap {
+            tracing::warn!(
+                conn = self.conn.id,
+                "long-poll outbox full; closing slow session"
+            );
+            self.conn.kill(close_code::POLICY);
+        }
+        if outbox.len() > before {
+            self.ready.notify_waiters();
+        }
+    }
+}
+
+/// The long-poll transport's state: the hub's services and the live sessions by token.
+pub struct LongPoll {
+    hub: Arc<Hub>,
+    sessions: Sessions,
+}
+
+impl LongPoll {
+    pub fn new(hub: Arc<Hub>) -> Arc<LongPoll> {
+        Arc::new(LongPoll {
+            hub,
+            sessions: Sessions::default(),
+        })
+    }
+}
+
+/// Live long-poll sessions by token.
+#[derive(Default)]
+struct Sessions {
+    map: Mutex<HashMap<String, Arc<LpSession>>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<LpSession>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, token: &str) -> Option<Arc<LpSession>> {
+        self.lock().get(token).cloned()
+    }
+}
+
+fn json_response(body: serde_json::Value) -> Response {
+    let mut resp = (StatusCode::OK, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
+}
+
+fn status(code: u16) -> Response {
+    json_response(json!({ "status": code }))
+}
+
+/// The session token: the header first, else the last `token` query parameter (§7.5).
+fn session_token(headers: &HeaderMap, params: &crate::doors::admission::Params) -> Option<String> {
+    headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| params.get("token").map(str::to_owned))
+        .filter(|t| !t.is_empty())
+}
+
+pub async fn handle(
+    State(lp): State<Arc<LongPoll>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if method == Method::OPTIONS {
+        return preflight(&headers);
+    }
+    if method != Method::GET && method != Method::POST {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let params = crate::doors::admission::Params::parse(query.as_deref());
+    // Origin is checked on every request, not only when a session is created (§1.7).
+    if !crate::doors::admission::origin_allowed(&lp.hub, &headers) {
+        tracing::info!(%peer, "long-poll refused: origin not allowed");
+        return status(403);
+    }
+    let session = session_token(&headers, &params).and_then(|t| lp.sessions.get(&t));
+    match (method, session) {
+        (Method::GET, Some(s)) => poll(s).await,
+        (Method::GET, None) => open(&lp, peer, &params, &headers),
+        (_, Some(s)) => publish(s, &headers, &body).await,
+        (_, None) => status(410),
+    }
+}
+
+/// `OPTIONS`: CORS preflight (§7.8).
+fn preflight(headers: &HeaderMap) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("get, post, options"),
+    );
+    if let Some(req) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, req.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("3600"),
+    );
+    resp
+}
+
+/// A GET without a live session: run connect and answer 410 with a new token, or 403.
+fn open(
+    lp: &Arc<LongPoll>,
+    peer: SocketAddr,
+    params: &crate::doors::admission::Params,
+    headers: &HeaderMap,
+) -> Response {
+    let hub = &lp.hub;
+    let auth_token = headers
+        .get("x-phoenix-authtoken")
+        .and_then(|v| v.to_str().ok());
+    let crate::doors::admission::Connect {
+        name,
+        vsn,
+        token_id,
+    } = match crate::doors::admission::authorize_connect(hub, peer, params, auth_token) {
+        Ok(ok) => ok,
+        Err(crate::doors::admission::Refused) => return status(403),
+    };
+    let token = format!("{:032x}", rand::random::<u128>());
+    let (conn, rx) =
+        crate::doors::admission::connect(hub, Some(name.clone()), Door::Phoenix, peer, token_id);
+    let (inbox, inbox_rx) = mpsc::channel(8);
+    let s = Arc::new(LpSession {
+        token: token.clone(),
+        conn: conn.clone(),
+        inbox,
+        outbox: Mutex::new(VecDeque::new()),
+        ready: Notify::new(),
+        last_poll: AtomicI64::new(0),
+        epoch: Instant::now(),
+        outbox_cap: hub.config.outbound_queue.saturating_mul(4).max(64),
+        window: hub.config.longpoll_window,
+    });
+    s.touch();
+    lp.sessions.lock().insert(token.clone(), s.clone());
+    tracing::info!(conn = conn.id, device = %name, %peer, ?vsn, "long-poll session opened");
+    let task_lp = lp.clone();
+    let task_token = token.clone();
+    hub.tracker.spawn(async move {
+        run(task_lp.hub.clone(), s, rx, inbox_rx, vsn, name).await;
+        task_lp.sessions.lock().remove(&task_token);
+    });
+    json_response(json!({ "status": 410, "token": token, "messages": [] }))
+}
+
+/// A GET with a live session: everything queued now, or wait up to the window.
+async fn poll(s: Arc<LpSession>) -> Response {
+    s.touch();
+    let deadline = Instant::now() + s.window;
+    loop {
+        let ready = s.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        let messages: Vec<String> = s.outbox().drain(..).collect();
+        if !messages.is_empty() {
+            s.touch();
+            return json_response(json!({ "status": 200, "token": s.token, "messages": messages }));
+        }
+        if s.conn.is_killed() || tokio::time::timeout_at(deadline, ready).await.is_err() {
+            s.touch();
+            return json_response(json!({ "status": 204, "token": s.token, "messages": [] }));
+        }
+    }
+}
+
+/// A POST: frames in order, processed before the answer; replies come through GETs.
+async fn publish(s: Arc<LpSession>, headers: &HeaderMap, body: &[u8]) -> Response {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
+    let frames: Vec<(Vec<u8>, bool)> = if ndjson {
+        body.split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty())
+            .take(MAX_LINES)
+            .map(|line| {
+                if line.first() == Some(&b'[') {
+                    (line.to_vec(), false)
+                } else {
+                    // Any other line is a base64 V2 binary frame; undecodable base64 reaches
+                    // the decoder as an empty binary frame and is refused there.
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(line)
+                        .unwrap_or_default();
+                    (bytes, true)
+                }
+            })
+            .collect()
+    } else {
+        vec![(body.to_vec(), false)]
+    };
+    let (done, processed) = oneshot::channel();
+    if s.inbox.send(Batch { frames, done }).await.is_err() {
+        return status(410);
+    }
+    match tokio::time::timeout(s.window, processed).await {
+        Ok(Ok(())) => status(200),
+        Ok(Err(_)) => status(410),
+        Err(_) => status(408),
+    }
+}
+
+/// The session task: owns the Phoenix [`Session`] until the client stops polling, the
+/// connection is killed, or the hub shuts down.
+async fn run(
+    hub: Arc<Hub>,
+    s: Arc<LpSession>,
+    mut rx: Receiver,
+    mut inbox: mpsc::Receiver<Batch>,
+    vsn: Vsn,
+    name: DeviceName,
+) {
+    let conn = s.conn.clone();
+    let mut session = Session::new(hub.clone(), conn.clone(), vsn);
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut tick = tokio::time::interval(s.window / 2);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = conn.killed() => break "closed by the hub",
+            batch = inbox.recv() => {
+                let Some(batch) = batch else { break "gone" };
+                let mut fatal = None;
+                for (data, binary) in batch.frames {
+                    metrics::inc(&hub.metrics.frames_in);
+                    match vsn.decode(&data, binary) {
+                        Ok(m) => session.handle(m, &mut frames).await,
+                        Err(DecodeError::Malformed { ref_, topic, reason }) => {
+                            metrics::inc(&hub.metrics.decode_errors);
+                            session.malformed(ref_, &topic, reason, &mut frames);
+                        }
+                        Err(DecodeError::Fatal { reason, .. }) => {
+                            metrics::inc(&hub.metrics.decode_errors);
+                            fatal = Some(reason);
+                            break;
+                        }
+                    }
+                }
+                s.push(frames.drain(..).filter_map(|f| vsn.encode(&f)));
+                let _ = batch.done.send(());
+                if let Some(reason) = fatal {
+                    tracing::info!(conn = conn.id, reason, "undecodable long-poll frame");
+                    break "undecodable frame";
+                }
+            }
+            item = rx.recv() => {
+                s.push(session.outbound(item));
+            }
+            _ = tick.tick() => {
+                if s.idle() >= s.window * 2 {
+                    break "not polled";
+                }
+            }
+        }
+    };
+    s.ready.notify_waiters();
+    drop(session);
+    tracing::info!(conn = conn.id, device = %name, reason, "long-poll session closed");
+}

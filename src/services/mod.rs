@@ -1,0 +1,33 @@
+//! The hub's shared state ([`Hub`]): what the doors and the admin API reach through a
+//! handler context. It is built, run and shut down by the composition root
+//! ([`crate::app`]), which nothing inside the crate imports.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod relay;
+
+use crate::config::Config;
+use crate::core::Registry;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// State shared by every door and the admin API.
+pub struct Hub {
+    pub config: Config,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    /// Every socket task is spawned on this tracker so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled once, at shutdown; every connection's kill switch is a child of it.
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    /// Device-token key and revocations.
+    pub keyring: crate::auth::Keyring,
+    /// Browser origins allowed on the device doors.
+    pub origins: crate::auth::OriginPolicy,
+    /// Ordered queue of `devices` table writes (see [`DeviceWrite`]).
+    pub(crate) device_log: relay::DeviceLog,
+}
