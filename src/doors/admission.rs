@@ -16,7 +16,6 @@ use crate::core::close_code;
 use crate::core::outbox::Receiver;
 use crate::core::{Conn, Door};
 use crate::domain::DeviceName;
-use crate::doors::phoenix::Vsn;
 use crate::services::Hub;
 
 use std::collections::HashMap;
@@ -122,53 +121,6 @@ pub fn admit(
     let params = Params::parse(query);
     device_token(hub, peer, None, params.device_token.as_deref())
         .map_err(|Refused| refuse("token required or invalid"))
-}
-
-/// A Phoenix connect that [`authorize_connect`] let in.
-#[derive(Debug)]
-pub struct Connect {
-    pub name: DeviceName,
-    pub vsn: Vsn,
-    /// Token mode: the id of the token it was admitted with.
-    pub token_id: Option<TokenId>,
-}
-
-/// The Phoenix `connect`: serializer from `vsn`, a valid `name`, the device token in token
-/// mode, and the per-address limit. `Err` is a refusal (HTTP 403, long-poll 403); the
-/// reason is logged here.
-pub fn authorize_connect(
-    hub: &Hub,
-    peer: SocketAddr,
-    params: &Params,
-    auth_token: Option<&str>,
-) -> Result<Connect, Refused> {
-    let refuse = |reason: &str| {
-        crate::metrics::inc(&hub.metrics.connections_refused);
-        tracing::info!(%peer, reason, "connect refused");
-    };
-    let Some(vsn) = Vsn::negotiate(params.get("vsn")) else {
-        refuse("unsupported vsn");
-        return Err(Refused);
-    };
-    let Some(name) = params.get("name").and_then(DeviceName::parse) else {
-        refuse("missing or invalid name");
-        return Err(Refused);
-    };
-    // The `authToken` (header or subprotocol) first, else a device-token `token` param.
-    let token = auth_token.or(params.device_token.as_deref());
-    let Ok(claims) = device_token(hub, peer, Some(name.as_str()), token) else {
-        crate::metrics::inc(&hub.metrics.connections_refused);
-        return Err(Refused);
-    };
-    if !under_ip_limit(hub, peer) {
-        refuse("too many connections from this address");
-        return Err(Refused);
-    }
-    Ok(Connect {
-        name,
-        vsn,
-        token_id: claims.map(|c| c.jti.into_boxed_str()),
-    })
 }
 
 /// Registers an admitted connection (any door) in the registry together with the id of

@@ -228,11 +228,11 @@ fn open(
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok());
-    let crate::doors::admission::Connect {
+    let super::connect::Connect {
         name,
         vsn,
         token_id,
-    } = match crate::doors::admission::authorize_connect(hub, peer, params, auth_token) {
+    } = match super::connect::authorize_connect(hub, peer, params, auth_token) {
         Ok(ok) => ok,
         Err(crate::doors::admission::Refused) => return status(403),
     };

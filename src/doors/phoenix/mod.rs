@@ -10,6 +10,7 @@
 
 pub mod channels;
 pub mod codec;
+pub mod connect;
 pub mod longpoll;
 pub mod message;
 pub mod session;

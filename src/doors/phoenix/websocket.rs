@@ -55,11 +55,11 @@ pub fn admit(
         return Err(StatusCode::FORBIDDEN);
     }
     let auth_token = subprotocol_token(headers);
-    let crate::doors::admission::Connect {
+    let super::connect::Connect {
         name,
         vsn,
         token_id,
-    } = crate::doors::admission::authorize_connect(hub, peer, &params, auth_token.as_deref())
+    } = super::connect::authorize_connect(hub, peer, &params, auth_token.as_deref())
         .map_err(|_| StatusCode::FORBIDDEN)?;
     let protocol = offers_phoenix(headers).then_some(PROTOCOL);
     Ok((
