@@ -25,7 +25,6 @@ use crate::doors::phoenix::longpoll::LongPoll;
 use crate::metrics::Metrics;
 use crate::net::upgrade::Edge;
 use crate::services::Hub;
-use crate::services::relay::spawn_device_log;
 use crate::store::Store;
 
 /// A bound, not yet running hub.
@@ -85,7 +84,6 @@ impl Server {
         };
         let keyring = Keyring::new(key, store.revoked_token_ids().await?);
         let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
-        let device_log = spawn_device_log(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(Registry::new(
@@ -93,11 +91,16 @@ impl Server {
             config.outbound_queue,
             metrics.clone(),
         ));
+        let fabric: Arc<dyn crate::core::Fabric> =
+            Arc::new(crate::core::LocalFabric::new(registry.clone()));
+        let relay =
+            crate::services::relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
         let tracker = TaskTracker::new();
         let bester = Arc::new(crate::doors::bester::Ctx {
             bester,
             store: store.clone(),
             registry: registry.clone(),
+            fabric: fabric.clone(),
             metrics: metrics.clone(),
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
@@ -110,7 +113,8 @@ impl Server {
             store,
             tracker,
             shutdown,
-            device_log,
+            fabric,
+            relay,
             keyring,
             origins,
         });
@@ -168,7 +172,7 @@ impl Server {
                 "shutdown deadline passed; dropping remaining sockets"
             );
         }
-        if tokio::time::timeout(grace, hub.device_log.finish())
+        if tokio::time::timeout(grace, hub.relay.finish())
             .await
             .is_err()
         {

@@ -58,6 +58,21 @@ pub enum AdminError {
     /// 500: logged; the client sees a generic message.
     #[error("internal error")]
     Internal(#[from] StoreError),
+    /// 503: the fabric (the messaging between hub nodes) cannot carry the request.
+    #[error("fabric unavailable")]
+    Unavailable,
+}
+
+impl From<crate::core::fabric::Unavailable> for AdminError {
+    fn from(_: crate::core::fabric::Unavailable) -> AdminError {
+        AdminError::Unavailable
+    }
+}
+
+impl From<crate::core::DeliveryError> for AdminError {
+    fn from(_: crate::core::DeliveryError) -> AdminError {
+        AdminError::Unavailable
+    }
 }
 
 impl IntoResponse for AdminError {
@@ -73,6 +88,7 @@ impl IntoResponse for AdminError {
                 tracing::error!(error = %e, "admin request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            AdminError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -244,15 +260,15 @@ async fn set_state(
     };
     // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
     // lock gets its intended state in its next join or `reset` reply.
-    let delivered = hub.registry.push_topic(
+    let delivered = hub.fabric.push_topic(
         &lock_topic(&serial),
         crate::doors::phoenix::channels::lock::STATE,
         OutPayload::Json(state.to_string()),
-    );
+    )?;
     if let Some(serial) = crate::domain::Serial::parse(&serial) {
         let body = json!({ "serial": serial, "state": state });
         crate::doors::phoenix::channels::events::announce(
-            &hub.registry,
+            hub.fabric.as_ref(),
             &serial,
             "state",
             body.to_string(),
@@ -307,11 +323,11 @@ async fn start_pairing(
         Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
         Err(e) => return Err(e.into()),
     };
-    let delivered = hub.registry.push_topic(
+    let delivered = hub.fabric.push_topic(
         &lock_topic(&serial),
         "mode:pair",
         OutPayload::Json(request.mode_pair_payload().to_string()),
-    );
+    )?;
     tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
     let mut request = request;
     if delivered > 0 {
@@ -461,7 +477,7 @@ async fn disconnect_device(
     Path(name): Path<String>,
 ) -> Result<StatusCode, AdminError> {
     let name = DeviceName::parse(&name).ok_or(AdminError::NotFound("device not connected"))?;
-    if hub.registry.kick(&name) {
+    if hub.fabric.disconnect_device(&name).await? {
         tracing::info!(device = %name, "device disconnected by admin");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -572,7 +588,7 @@ async fn revoke_token(
     // The keyring first: a connection admitted just before this and registered just after
     // finds the revocation itself (`transport::connect`).
     hub.keyring.revoke(&id);
-    let closed = hub.registry.kill_token(&id);
+    let closed = hub.fabric.disconnect_token(&id).await?;
     tracing::info!(device = %record.device, %id, closed, "device token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

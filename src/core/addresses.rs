@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tungstenite::Utf8Bytes;
 
-use super::directory::RelayError;
+use super::fabric::DeliveryError;
 use super::{Conn, Outbound, SendError};
 
 #[derive(Default)]
@@ -45,16 +45,16 @@ impl Addresses {
     }
 
     /// Queues an encoded message for the holder of `addr`.
-    pub fn deliver(&self, addr: &str, text: Utf8Bytes) -> Result<(), RelayError> {
+    pub fn deliver(&self, addr: &str, text: Utf8Bytes) -> Result<(), DeliveryError> {
         let conn = self
             .lock()
             .get(addr)
             .cloned()
-            .ok_or(RelayError::UnknownTarget)?;
+            .ok_or(DeliveryError::UnknownTarget)?;
         match conn.send(Outbound::Text(Box::new(text))) {
             Ok(()) => Ok(()),
-            Err(SendError::Full) => Err(RelayError::TargetBusy),
-            Err(SendError::Closed) => Err(RelayError::UnknownTarget),
+            Err(SendError::Full) => Err(DeliveryError::TargetBusy),
+            Err(SendError::Closed) => Err(DeliveryError::UnknownTarget),
         }
     }
 

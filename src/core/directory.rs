@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde_json::value::RawValue;
 
 use super::close_code;
+use super::fabric::DeliveryError;
 use super::{Conn, Outbound, SendError};
 use crate::domain::DeviceName;
 
@@ -62,19 +63,6 @@ pub struct BinaryPacket {
 }
 
 pub use crate::domain::DeviceInfo;
-
-/// Why a relay operation failed; the text is what the sender is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RelayError {
-    #[error("unknown target")]
-    UnknownTarget,
-    /// The target's outbound queue is full (it is being disconnected as too slow).
-    #[error("target busy")]
-    TargetBusy,
-    /// A binary packet for a device that cannot receive binary frames.
-    #[error("target cannot receive binary packets")]
-    BinaryUnsupported,
-}
 
 struct Entry {
     conn: Arc<Conn>,
@@ -242,20 +230,20 @@ impl Directory {
     }
 
     /// Queues `packet` for the device registered as `target`, never waiting: a full queue
-    /// is reported to the sender as [`RelayError::TargetBusy`].
-    pub fn deliver(&self, target: &str, packet: Arc<Packet>) -> Result<(), RelayError> {
+    /// is reported to the sender as [`DeliveryError::TargetBusy`].
+    pub fn deliver(&self, target: &str, packet: Arc<Packet>) -> Result<(), DeliveryError> {
         let conn = self
             .read()
             .get(&normalize(target))
             .map(|e| e.conn.clone())
-            .ok_or(RelayError::UnknownTarget)?;
+            .ok_or(DeliveryError::UnknownTarget)?;
         match conn.send(Outbound::Packet(packet)) {
             Ok(()) => {
                 conn.count_packet_received();
                 Ok(())
             }
-            Err(SendError::Full) => Err(RelayError::TargetBusy),
-            Err(SendError::Closed) => Err(RelayError::UnknownTarget),
+            Err(SendError::Full) => Err(DeliveryError::TargetBusy),
+            Err(SendError::Closed) => Err(DeliveryError::UnknownTarget),
         }
     }
 
@@ -264,22 +252,22 @@ impl Directory {
         &self,
         target: &str,
         packet: Arc<BinaryPacket>,
-    ) -> Result<(), RelayError> {
+    ) -> Result<(), DeliveryError> {
         let conn = self
             .read()
             .get(&normalize(target))
             .map(|e| e.conn.clone())
-            .ok_or(RelayError::UnknownTarget)?;
+            .ok_or(DeliveryError::UnknownTarget)?;
         if !conn.binary_capable() {
-            return Err(RelayError::BinaryUnsupported);
+            return Err(DeliveryError::BinaryUnsupported);
         }
         match conn.send(Outbound::BinaryPacket(packet)) {
             Ok(()) => {
                 conn.count_packet_received();
                 Ok(())
             }
-            Err(SendError::Full) => Err(RelayError::TargetBusy),
-            Err(SendError::Closed) => Err(RelayError::UnknownTarget),
+            Err(SendError::Full) => Err(DeliveryError::TargetBusy),
+            Err(SendError::Closed) => Err(DeliveryError::UnknownTarget),
         }
     }
 

@@ -3,14 +3,18 @@
 //! ([`outbox`]), topic subscriptions, the addressable names (relay devices in
 //! [`directory`], Compendium addresses in [`addresses`]) and Presence ([`presence`]). It
 //! knows no protocol: doors encode what it delivers ([`message`]) their own way.
+//! Whatever crosses connections goes through [`fabric::Fabric`], the seam a cluster plugs
+//! into.
 
 pub mod addresses;
 pub mod close_code;
 pub mod directory;
+pub mod fabric;
 pub mod message;
 pub mod outbox;
 pub mod presence;
 pub mod registry;
 
 pub use crate::domain::Door;
+pub use fabric::{DeliveryError, Fabric, LocalFabric};
 pub use registry::{Conn, DeviceView, Outbound, Registry, SendError};

@@ -26,7 +26,7 @@ use tungstenite::{Message as WsMessage, Utf8Bytes};
 use futures_util::FutureExt as _;
 
 use crate::auth::RateLimiter;
-use crate::core::directory::RelayError;
+use crate::core::fabric::DeliveryError;
 use crate::core::{Conn, Door, Outbound};
 use crate::net::ws::{self, Close, Handler, WsStream};
 use crate::services::Hub;
@@ -123,7 +123,7 @@ struct Compendium {
 }
 
 impl Compendium {
-    fn handle(&mut self, data: &[u8]) -> Option<String> {
+    async fn handle(&mut self, data: &[u8]) -> Option<String> {
         if !self.limiter.allow() {
             return Some(error_json(&err(429, "rate limited")));
         }
@@ -141,9 +141,10 @@ impl Compendium {
             }
             Ok(ClientMsg::Route { addr, msg }) => {
                 let deliver = format!("{{\"type\":\"DELIVER\",\"msg\":{}}}", msg.get());
-                match registry.compendium.deliver(&addr, Utf8Bytes::from(deliver)) {
+                let text = Utf8Bytes::from(deliver);
+                match self.hub.fabric.deliver_to_address(&addr, text).await {
                     Ok(()) => None,
-                    Err(RelayError::TargetBusy) => Some(error_json(&err(503, "target busy"))),
+                    Err(DeliveryError::TargetBusy) => Some(error_json(&err(503, "target busy"))),
                     Err(_) => Some(error_json(&err(404, "no such address"))),
                 }
             }
@@ -170,7 +171,7 @@ impl Handler for Compendium {
         _binary: bool,
         out: &mut Vec<WsMessage>,
     ) -> Result<(), Close> {
-        if let Some(answer) = self.handle(data) {
+        if let Some(answer) = self.handle(data).await {
             out.push(WsMessage::Text(Utf8Bytes::from(answer)));
         }
         Ok(())

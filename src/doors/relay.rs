@@ -138,7 +138,7 @@ fn fail(message: &str) -> String {
 }
 
 impl RawRelay {
-    fn handle(&mut self, text: &str) -> String {
+    async fn handle(&mut self, text: &str) -> String {
         if !self.limiter.allow() {
             return fail("rate limited");
         }
@@ -150,7 +150,7 @@ impl RawRelay {
         };
         if packet.target.eq_ignore_ascii_case("server") {
             return match Command::decode(&packet.payload) {
-                Ok(cmd) => self.command(cmd),
+                Ok(cmd) => self.command(cmd).await,
                 Err(e) => fail(&e),
             };
         }
@@ -159,24 +159,21 @@ impl RawRelay {
         };
         let RawPacket { target, payload } = packet;
         let packet = Arc::new(Packet { sender, payload });
-        match self.hub.registry.relay.deliver(&target, packet) {
-            Ok(()) => {
-                self.conn.count_packet_sent();
-                ok(None)
-            }
+        match self.hub.relay.send(&self.conn, &target, packet).await {
+            Ok(()) => ok(None),
             Err(e) => fail(&e.to_string()),
         }
     }
 
-    fn command(&mut self, cmd: Command) -> String {
-        let relay = &self.hub.registry.relay;
+    async fn command(&mut self, cmd: Command) -> String {
+        let relay = &self.hub.relay;
         match cmd {
             Command::GetDevices => ok(Some(json!(relay.names()))),
             Command::GetDeviceInfo(name) => match relay.info(&name) {
                 Some(info) => ok(Some(info_json(&directory::normalize(&name), &info))),
                 None => fail("unknown device"),
             },
-            Command::Register(meta) => self.register(&meta),
+            Command::Register(meta) => self.register(&meta).await,
             Command::Unregister => {
                 self.unregister();
                 ok(None)
@@ -184,8 +181,8 @@ impl RawRelay {
         }
     }
 
-    /// Registers by the directory's one rule ([`crate::services::relay::register`]).
-    fn register(&mut self, meta: &Meta) -> String {
+    /// Registers by the directory's one rule ([`crate::services::relay::Relay::register`]).
+    async fn register(&mut self, meta: &Meta) -> String {
         let Some(requested) = meta.device_name.as_deref() else {
             return fail("missing device_name");
         };
@@ -199,7 +196,7 @@ impl RawRelay {
             force: meta.force,
             token_device: self.only_name.as_deref(),
         };
-        let name = match crate::services::relay::register(&self.hub, &self.conn, claim) {
+        let name = match self.hub.relay.register(&self.conn, claim).await {
             Ok(name) => name,
             Err(e) => return fail(&e.to_string()),
         };
@@ -208,20 +205,34 @@ impl RawRelay {
         if let Some(old) = self.name.replace(name.clone())
             && old != name
         {
-            self.hub.registry.presence_set(&old, self.conn.id, None);
-            crate::services::relay::unregister(&self.hub, &old, &self.conn);
+            self.presence(&old, None);
+            self.hub.relay.unregister(&old, &self.conn);
         }
         let presence = presence::meta("relay", self.online_at, Vec::new(), true);
-        self.hub
-            .registry
-            .presence_set(&name, self.conn.id, Some(presence));
+        self.presence(&name, Some(presence));
         ok(None)
+    }
+
+    /// Publishes this connection's Presence under `name` (`None`: it left).
+    fn presence(&self, name: &str, meta: Option<String>) {
+        if self
+            .hub
+            .fabric
+            .presence_set(name, self.conn.id, meta)
+            .is_err()
+        {
+            tracing::warn!(
+                conn = self.conn.id,
+                device = name,
+                "presence not published: fabric unavailable"
+            );
+        }
     }
 
     fn unregister(&mut self) {
         if let Some(name) = self.name.take() {
-            self.hub.registry.presence_set(&name, self.conn.id, None);
-            crate::services::relay::unregister(&self.hub, &name, &self.conn);
+            self.presence(&name, None);
+            self.hub.relay.unregister(&name, &self.conn);
         }
     }
 }
@@ -235,7 +246,7 @@ impl Handler for RawRelay {
     ) -> Result<(), Close> {
         let answer = match (binary, std::str::from_utf8(data)) {
             (true, _) => fail("binary frames are not supported; send JSON text"),
-            (false, Ok(text)) => self.handle(text),
+            (false, Ok(text)) => self.handle(text).await,
             (false, Err(_)) => fail("invalid utf-8"),
         };
         out.push(WsMessage::Text(Utf8Bytes::from(answer)));
@@ -249,7 +260,7 @@ impl Handler for RawRelay {
                 // The directory entry already belongs to the newcomer, and the departure
                 // was recorded when it took the name.
                 if let Some(name) = self.name.take() {
-                    self.hub.registry.presence_set(&name, self.conn.id, None);
+                    self.presence(&name, None);
                 }
                 let notice = fail("name taken over by another connection");
                 out.push(WsMessage::Text(Utf8Bytes::from(notice)));

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 pub mod relay;
 
 use crate::config::Config;
-use crate::core::Registry;
+use crate::core::{Fabric, Registry};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -28,6 +28,8 @@ pub struct Hub {
     pub keyring: crate::auth::Keyring,
     /// Browser origins allowed on the device doors.
     pub origins: crate::auth::OriginPolicy,
-    /// Ordered queue of `devices` table writes (see [`DeviceWrite`]).
-    pub(crate) device_log: relay::DeviceLog,
+    /// Everything that crosses connections (delivery, broadcast, Presence, disconnects).
+    pub fabric: Arc<dyn Fabric>,
+    /// The device relay: registration, delivery, the `devices` records.
+    pub relay: relay::Relay,
 }

@@ -6,60 +6,108 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Hub;
-use crate::core::directory::{Claim, DeviceInfo, RegisterError, Registered};
-use crate::core::{Conn, Door};
+use crate::core::directory::{BinaryPacket, Claim, DeviceInfo, Packet, RegisterError, Registered};
+use crate::core::{Conn, DeliveryError, Door, Fabric, Registry};
 use crate::store::Store;
 
-/// Puts `conn` on the relay ([`Directory::register`]) and records it: the registration,
-/// and the departure of a displaced holder (with its packet counts), in the `devices`
-/// table. Every door registers through this. `Ok` is the relay name.
-pub fn register(hub: &Hub, conn: &Arc<Conn>, claim: Claim<'_>) -> Result<String, RegisterError> {
-    let info = claim.info.clone();
-    let Registered { name, displaced } = hub.registry.relay.register(conn, claim)?;
-    if let Some(old) = displaced {
-        hub.record_relay_departure(&name, &old);
-    }
-    tracing::info!(conn = conn.id, device = %name, door = ?conn.door, "registered on the relay");
-    hub.record_relay_registration(&name, conn.door, info);
-    Ok(name)
+/// The relay service, one per hub: registration under the directory's one rule (through
+/// the fabric, so a takeover reaches the holder wherever it is), delivery, and the
+/// `devices` records. Doors and the Bester bridge call only this.
+pub struct Relay {
+    fabric: Arc<dyn Fabric>,
+    registry: Arc<Registry>,
+    log: DeviceLog,
 }
 
-/// Takes `conn` off the relay if it still holds `name`, recording the departure; `false`
-/// if it did not hold it (e.g. it was taken over, whose departure was recorded then).
-pub fn unregister(hub: &Hub, name: &str, conn: &Conn) -> bool {
-    let held = hub.registry.relay.unregister(name, conn.id);
-    if held {
-        hub.record_relay_departure(name, conn);
+impl Relay {
+    pub fn new(fabric: Arc<dyn Fabric>, registry: Arc<Registry>, store: Store) -> Relay {
+        Relay {
+            fabric,
+            registry,
+            log: spawn_device_log(store),
+        }
     }
-    held
-}
 
-impl Hub {
-    /// Records a relay registration in the store (`devices`), in the background: the
-    /// relay never waits for the disk.
-    pub fn record_relay_registration(&self, name: &str, door: Door, info: DeviceInfo) {
-        self.log_device(DeviceWrite::Registered {
-            name: name.to_owned(),
-            door,
+    /// Puts `conn` on the relay ([`Fabric::register_relay`]) and records it: the
+    /// registration, and the departure of a displaced holder (with its packet counts), in
+    /// the `devices` table. `Ok` is the relay name.
+    pub async fn register(
+        &self,
+        conn: &Arc<Conn>,
+        claim: Claim<'_>,
+    ) -> Result<String, RegisterError> {
+        let info = claim.info.clone();
+        let Registered { name, displaced } = self.fabric.register_relay(conn, claim).await?;
+        if let Some(old) = displaced {
+            self.record_departure(&name, &old);
+        }
+        tracing::info!(conn = conn.id, device = %name, door = ?conn.door, "registered on the relay");
+        self.log.push(DeviceWrite::Registered {
+            name: name.clone(),
+            door: conn.door,
             info,
         });
+        Ok(name)
+    }
+
+    /// Takes `conn` off the relay if it still holds `name`, recording the departure;
+    /// `false` if it did not hold it (e.g. it was taken over, whose departure was recorded
+    /// then).
+    pub fn unregister(&self, name: &str, conn: &Conn) -> bool {
+        let held = self.fabric.unregister_relay(name, conn.id);
+        if held {
+            self.record_departure(name, conn);
+        }
+        held
+    }
+
+    /// Sends a packet to the device registered as `target`, counting it on the sender.
+    pub async fn send(
+        &self,
+        from: &Conn,
+        target: &str,
+        packet: Arc<Packet>,
+    ) -> Result<(), DeliveryError> {
+        self.fabric.deliver(target, packet).await?;
+        from.count_packet_sent();
+        Ok(())
+    }
+
+    /// Sends a binary packet to `target` (a Phoenix V2 WebSocket receiver).
+    pub async fn send_binary(
+        &self,
+        from: &Conn,
+        target: &str,
+        packet: Arc<BinaryPacket>,
+    ) -> Result<(), DeliveryError> {
+        self.fabric.deliver_binary(target, packet).await?;
+        from.count_packet_sent();
+        Ok(())
+    }
+
+    /// The registration info of the device `name`, if it is on the relay.
+    pub fn info(&self, name: &str) -> Option<DeviceInfo> {
+        self.registry.relay.info(name)
+    }
+
+    /// Every relay device name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.registry.relay.names()
+    }
+
+    /// Writes what is queued (the departures of the sockets that just closed), then stops.
+    pub async fn finish(&self) {
+        self.log.finish().await;
     }
 
     /// Records that a relay device left, with the packets it relayed, in the background.
-    pub fn record_relay_departure(&self, name: &str, conn: &Conn) {
+    fn record_departure(&self, name: &str, conn: &Conn) {
         let (sent, received) = conn.packet_counts();
-        self.log_device(DeviceWrite::Departed {
+        self.log.push(DeviceWrite::Departed {
             name: name.to_owned(),
             sent,
             received,
         });
-    }
-
-    fn log_device(&self, write: DeviceWrite) {
-        if self.device_log.tx.try_send(write).is_err() {
-            tracing::warn!("device log queue full; a relay registration record was dropped");
-        }
     }
 }
 
@@ -79,7 +127,7 @@ enum DeviceWrite {
 }
 
 /// The queue of `devices` writes and the task that writes them in order.
-pub(crate) struct DeviceLog {
+struct DeviceLog {
     tx: tokio::sync::mpsc::Sender<DeviceWrite>,
     /// Cancelled at shutdown: the writer takes no more writes and ends once its queue is empty.
     finish: CancellationToken,
@@ -87,8 +135,14 @@ pub(crate) struct DeviceLog {
 }
 
 impl DeviceLog {
+    fn push(&self, write: DeviceWrite) {
+        if self.tx.try_send(write).is_err() {
+            tracing::warn!("device log queue full; a relay registration record was dropped");
+        }
+    }
+
     /// Writes what is queued (the departures of the sockets that just closed), then stops.
-    pub(crate) async fn finish(&self) {
+    async fn finish(&self) {
         self.finish.cancel();
         let writer = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(writer) = writer
@@ -100,7 +154,7 @@ impl DeviceLog {
 }
 
 /// Writes relay registrations and departures in the order they happened.
-pub(crate) fn spawn_device_log(store: Store) -> DeviceLog {
+fn spawn_device_log(store: Store) -> DeviceLog {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DeviceWrite>(4096);
     let finish = CancellationToken::new();
     let finishing = finish.clone();

@@ -20,7 +20,8 @@ use super::handlers::{self, CallError};
 use super::protocol::{self, Outcome, Status};
 use super::reply::{Command, HandlerReply};
 use super::sessions::Delivery;
-use crate::core::directory::{self, Packet, RelayError};
+use crate::core::DeliveryError;
+use crate::core::directory::{self, Packet};
 
 /// Who a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub async fn run(
                         data = reply_data;
                     }
                     Command::SendClients(targets) => {
-                        return send_clients(door, origin, &out_kind, &reply_data, &targets);
+                        return send_clients(door, origin, &out_kind, &reply_data, &targets).await;
                     }
                     Command::SendServers(targets) => {
                         return send_servers(door, hops, &out_kind, &reply_data, &targets).await;
@@ -134,7 +135,7 @@ fn delivery_outcome(delivered: Vec<String>, undelivered: Map<String, Value>) -> 
 }
 
 /// `sendClients`: every connection of each named user, else a relay device of that name.
-fn send_clients(
+async fn send_clients(
     door: &Ctx,
     origin: &Origin,
     kind: &str,
@@ -155,7 +156,7 @@ fn send_clients(
         let result = match door.bester.sessions.deliver(target, &frame) {
             Delivery::Delivered(_) => Ok(()),
             Delivery::Busy => Err("busy"),
-            Delivery::NotConnected => bridge(door, &from, target, kind, data),
+            Delivery::NotConnected => bridge(door, &from, target, kind, data).await,
         };
         match result {
             Ok(()) => delivered.push(target.clone()),
@@ -171,7 +172,7 @@ fn send_clients(
 /// Delivers to a relay device named `target` (see the module docs). The target is
 /// resolved by the relay's own name rule (case-insensitive; a reserved or invalid name is
 /// no device), as on every relay door.
-fn bridge(
+async fn bridge(
     door: &Ctx,
     from: &str,
     target: &str,
@@ -191,12 +192,13 @@ fn bridge(
         sender: format!("bester:{from}"),
         payload,
     });
-    door.registry
-        .relay
+    door.fabric
         .deliver(&target, packet)
+        .await
         .map_err(|e| match e {
-            RelayError::TargetBusy => "busy",
-            RelayError::UnknownTarget | RelayError::BinaryUnsupported => "not connected",
+            DeliveryError::TargetBusy => "busy",
+            DeliveryError::Unavailable => "fabric unavailable",
+            DeliveryError::UnknownTarget | DeliveryError::BinaryUnsupported => "not connected",
         })
 }
 

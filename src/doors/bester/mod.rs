@@ -62,6 +62,8 @@ pub struct Ctx {
     pub bester: Bester,
     pub store: crate::store::Store,
     pub registry: Arc<crate::core::Registry>,
+    /// Delivery to relay devices (the bridge).
+    pub fabric: Arc<dyn crate::core::Fabric>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Every connection task is spawned on this tracker so shutdown can wait for them.
     pub tracker: tokio_util::task::TaskTracker,

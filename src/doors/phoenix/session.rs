@@ -139,9 +139,24 @@ impl Session {
             _ => false,
         });
         let meta = presence::meta("phoenix", self.online_at, locks, relay);
-        self.hub
-            .registry
-            .presence_set(self.conn.name.as_str(), self.conn.id, Some(meta));
+        self.publish_presence(Some(meta));
+    }
+
+    /// Publishes this socket's Presence meta (`None`: it left).
+    fn publish_presence(&self, meta: Option<String>) {
+        let key = self.conn.name.as_str();
+        if self
+            .hub
+            .fabric
+            .presence_set(key, self.conn.id, meta)
+            .is_err()
+        {
+            tracing::warn!(
+                conn = self.conn.id,
+                device = key,
+                "presence not published: fabric unavailable"
+            );
+        }
     }
 
     /// Ends the channel instance on `topic`, if any: unsubscribes and lets the channel
@@ -451,9 +466,10 @@ impl Drop for Session {
         for topic in &topics {
             self.end_channel(topic);
         }
-        let registry = &self.hub.registry;
-        registry.presence_set(self.conn.name.as_str(), self.conn.id, None);
-        registry.disconnect(&self.conn, topics.iter().map(String::as_str));
+        self.publish_presence(None);
+        self.hub
+            .registry
+            .disconnect(&self.conn, topics.iter().map(String::as_str));
     }
 }
 

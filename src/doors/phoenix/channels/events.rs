@@ -3,7 +3,7 @@
 //! `pair:complete` `{"pair_id", "lock", "name", "type", "serial"}` (a pairing finished) and
 //! `state` `{"serial", "state"}` (an administrator changed a lock's intended state).
 
-use crate::core::Registry;
+use crate::core::Fabric;
 use crate::domain::Serial;
 use crate::doors::phoenix::OutPayload;
 
@@ -13,12 +13,15 @@ pub fn join() -> String {
 }
 
 /// Broadcasts `event` with the JSON `body` on `events` and on `events:<serial>`.
-pub fn announce(registry: &Registry, serial: &Serial, event: &str, body: String) {
-    registry.broadcast("events", event, OutPayload::Json(body.clone()), None);
-    registry.broadcast(
+pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: String) {
+    let all = fabric.broadcast("events", event, OutPayload::Json(body.clone()), None);
+    let one = fabric.broadcast(
         &format!("events:{serial}"),
         event,
         OutPayload::Json(body),
         None,
     );
+    if all.is_err() || one.is_err() {
+        tracing::warn!(%serial, event, "event not announced: fabric unavailable");
+    }
 }

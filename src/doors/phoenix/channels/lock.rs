@@ -260,7 +260,7 @@ pub async fn handle_in(
                 message: &message,
             })
             .map_err(|e| ChannelError::Internal(e.into()))?;
-            super::events::announce(&ctx.hub.registry, &ch.serial, "event", body);
+            super::events::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", body);
             Ok(json!({}).to_string())
         }
         LockIn::Report(state) => {
@@ -335,7 +335,7 @@ async fn pair_complete(
     });
     // For watchers, not for the lock (its firmware has no handler for this push).
     super::events::announce(
-        &ctx.hub.registry,
+        ctx.hub.fabric.as_ref(),
         &ch.serial,
         "pair:complete",
         announce.to_string(),

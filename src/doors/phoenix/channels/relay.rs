@@ -142,12 +142,15 @@ impl RelayIn {
 }
 
 /// Join: register the socket's name with the join params as metadata (and `force`).
-pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, String), ChannelError> {
+pub async fn join(
+    payload: &Payload,
+    ctx: &Ctx<'_>,
+) -> Result<(RelayChannel, String), ChannelError> {
     let meta: Meta = match payload.json().map(|r| r.get().trim()) {
         None | Some("null") => Meta::default(),
         Some(_) => decode_json(payload, "relay join params must be an object")?,
     };
-    let name = register(&meta, ctx)?;
+    let name = register(&meta, ctx).await?;
     Ok((
         RelayChannel {
             name,
@@ -158,7 +161,7 @@ pub fn join(payload: &Payload, ctx: &Ctx<'_>) -> Result<(RelayChannel, String), 
 }
 
 /// Registers the socket's name by the directory's rule; `Ok` is the relay name.
-fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
+async fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
     let info = meta.info().map_err(ChannelError::refused)?;
     let claim = Claim {
         name: ctx.conn.name.as_str(),
@@ -167,16 +170,19 @@ fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
         // Phoenix's connect already bound the socket's name to its token's device.
         token_device: None,
     };
-    crate::services::relay::register(ctx.hub, ctx.conn, claim)
+    ctx.hub
+        .relay
+        .register(ctx.conn, claim)
+        .await
         .map_err(|e| ChannelError::refused(e.to_string()))
 }
 
-pub fn handle_in(
+pub async fn handle_in(
     ch: &mut RelayChannel,
     event: RelayIn,
     ctx: &Ctx<'_>,
 ) -> Result<String, ChannelError> {
-    let relay = &ctx.hub.registry.relay;
+    let relay = &ctx.hub.relay;
     match event {
         RelayIn::GetDevices => Ok(json!({ "devices": relay.names() }).to_string()),
         RelayIn::GetDeviceInfo { device_name } => {
@@ -194,9 +200,9 @@ pub fn handle_in(
                 payload,
             };
             relay
-                .deliver(&target, std::sync::Arc::new(packet))
+                .send(ctx.conn, &target, std::sync::Arc::new(packet))
+                .await
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
-            ctx.conn.count_packet_sent();
             Ok(json!({}).to_string())
         }
         RelayIn::SendBinary { target, bytes } => {
@@ -208,9 +214,9 @@ pub fn handle_in(
                 bytes,
             };
             relay
-                .deliver_binary(&target, std::sync::Arc::new(packet))
+                .send_binary(ctx.conn, &target, std::sync::Arc::new(packet))
+                .await
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
-            ctx.conn.count_packet_sent();
             Ok(json!({}).to_string())
         }
         RelayIn::Register(meta) => {
@@ -221,7 +227,7 @@ pub fn handle_in(
             {
                 return Err(ChannelError::refused("a device may only register itself"));
             }
-            register(&meta, ctx)?;
+            register(&meta, ctx).await?;
             ch.registered = true;
             Ok(json!({}).to_string())
         }
@@ -246,6 +252,6 @@ pub fn info_json(name: &str, info: &DeviceInfo) -> Value {
 /// Leaving (or disconnecting) unregisters the device.
 pub fn terminate(ch: &RelayChannel, ctx: &Ctx<'_>) {
     if ch.registered {
-        crate::services::relay::unregister(ctx.hub, &ch.name, ctx.conn);
+        ctx.hub.relay.unregister(&ch.name, ctx.conn);
     }
 }

@@ -83,7 +83,7 @@ pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Join
         }
         Topic::Events(_) => (ChannelState::Events, events::join(), Vec::new()),
         Topic::Relay => {
-            let (ch, reply) = relay::join(payload, ctx)?;
+            let (ch, reply) = relay::join(payload, ctx).await?;
             (ChannelState::Relay(ch), reply, Vec::new())
         }
         Topic::Presence => (
@@ -113,7 +113,7 @@ pub async fn handle_in(
         ChannelState::Relay(ch) => {
             let max = ctx.hub.config.relay_max_packet;
             let event = relay::RelayIn::decode(&msg.event, &msg.payload, max)?;
-            relay::handle_in(ch, event, ctx)
+            relay::handle_in(ch, event, ctx).await
         }
         ChannelState::Events | ChannelState::Presence => Err(ChannelError::UnknownEvent),
     }
