@@ -22,11 +22,8 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::core::Outbound;
 use crate::domain::{DeviceName, ItemKind, LockRecord};
-use crate::doors::phoenix::OutPayload;
-use crate::doors::phoenix::channels::lock::topic as lock_topic;
-use crate::services::Hub;
+use crate::services::{Hub, ServiceError, locks, tokens};
 use crate::store::StoreError;
 
 /// Longest pairing request lifetime an administrator may ask for.
@@ -63,15 +60,26 @@ pub enum AdminError {
     Unavailable,
 }
 
-impl From<crate::core::fabric::Unavailable> for AdminError {
-    fn from(_: crate::core::fabric::Unavailable) -> AdminError {
+impl From<crate::core::DeliveryError> for AdminError {
+    fn from(_: crate::core::DeliveryError) -> AdminError {
         AdminError::Unavailable
     }
 }
 
-impl From<crate::core::DeliveryError> for AdminError {
-    fn from(_: crate::core::DeliveryError) -> AdminError {
-        AdminError::Unavailable
+impl From<ServiceError> for AdminError {
+    fn from(e: ServiceError) -> AdminError {
+        match e {
+            ServiceError::Store(e) => AdminError::Internal(e),
+            ServiceError::Unavailable => AdminError::Unavailable,
+        }
+    }
+}
+
+/// A lock service's error as the admin API answers it: an unknown lock is 404.
+fn lock_error(e: ServiceError) -> AdminError {
+    match e {
+        ServiceError::Store(StoreError::LockNotFound) => AdminError::NotFound("lock not found"),
+        e => e.into(),
     }
 }
 
@@ -208,7 +216,9 @@ pub struct LockView {
 }
 
 fn view(hub: &Hub, lock: LockRecord) -> LockView {
-    let online = hub.registry.has_subscribers(&lock_topic(&lock.serial));
+    let online = hub
+        .registry
+        .has_subscribers(&locks::lock_topic(&lock.serial));
     LockView { lock, online }
 }
 
@@ -253,28 +263,11 @@ async fn set_state(
     if !state.is_object() {
         return Err(AdminError::BadRequest("state must be a JSON object".into()));
     }
-    let lock = match hub.store.set_intended_state(&serial, &state).await {
-        Ok(lock) => lock,
-        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
-        Err(e) => return Err(e.into()),
-    };
     // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
     // lock gets its intended state in its next join or `reset` reply.
-    let delivered = hub.fabric.push_topic(
-        &lock_topic(&serial),
-        crate::doors::phoenix::channels::lock::STATE,
-        OutPayload::Json(state.to_string()),
-    )?;
-    if let Some(serial) = crate::domain::Serial::parse(&serial) {
-        let body = json!({ "serial": serial, "state": state });
-        crate::doors::phoenix::channels::events::announce(
-            hub.fabric.as_ref(),
-            &serial,
-            "state",
-            body.to_string(),
-        );
-    }
-    tracing::info!(%serial, delivered, "intended state changed");
+    let (lock, _) = locks::set_state(&hub, &serial, &state)
+        .await
+        .map_err(lock_error)?;
     Ok(Json(view(&hub, lock)))
 }
 
@@ -314,37 +307,13 @@ async fn start_pairing(
             "ttl_secs must be 1-{MAX_PAIR_TTL_SECS}"
         )));
     }
-    let request = match hub
-        .store
-        .create_pairing(&serial, &name, kind, Duration::from_secs(ttl))
-        .await
-    {
-        Ok(r) => r,
-        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
-        Err(e) => return Err(e.into()),
-    };
-    let delivered = hub.fabric.push_topic(
-        &lock_topic(&serial),
-        "mode:pair",
-        OutPayload::Json(request.mode_pair_payload().to_string()),
-    )?;
-    tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
-    let mut request = request;
-    if delivered > 0 {
-        // Best effort: the push is out whether or not this record is written.
-        match hub.store.record_pairing_delivered(&request.pair_id).await {
-            Ok(()) => {
-                request.delivered_at = Some(crate::domain::now_rfc3339());
-                request.deliveries += 1;
-            }
-            Err(e) => {
-                tracing::error!(pair_id = %request.pair_id, error = %e, "cannot record pairing delivery")
-            }
-        }
-    }
+    let (request, delivered) =
+        locks::start_pairing(&hub, &serial, &name, kind, Duration::from_secs(ttl))
+            .await
+            .map_err(lock_error)?;
     let mut out = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
-        obj.insert("delivered".into(), json!(delivered > 0));
+        obj.insert("delivered".into(), json!(delivered));
     }
     Ok((StatusCode::CREATED, Json(out)))
 }
@@ -356,13 +325,12 @@ async fn cancel_pairing(
     State(hub): State<Arc<Hub>>,
     Path(pair_id): Path<String>,
 ) -> Result<Json<crate::domain::PairingRequest>, AdminError> {
-    match hub.store.cancel_pairing(&pair_id).await {
-        Ok(request) => {
-            tracing::info!(%pair_id, serial = %request.lock, "pairing request cancelled");
-            Ok(Json(request))
+    match locks::cancel_pairing(&hub, &pair_id).await {
+        Ok(request) => Ok(Json(request)),
+        Err(ServiceError::Store(StoreError::PairingNotFound)) => {
+            Err(AdminError::NotFound("pairing request not found"))
         }
-        Err(StoreError::PairingNotFound) => Err(AdminError::NotFound("pairing request not found")),
-        Err(StoreError::PairingClosed) => Err(AdminError::Conflict(
+        Err(ServiceError::Store(StoreError::PairingClosed)) => Err(AdminError::Conflict(
             "pairing request already completed or cancelled",
         )),
         Err(e) => Err(e.into()),
@@ -506,25 +474,9 @@ async fn set_holder(
                 .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?,
         ),
     };
-    let lock = match hub
-        .store
-        .set_lock_holder(&serial, device.as_ref().map(DeviceName::as_str))
+    let lock = locks::set_holder(&hub, &serial, device.as_ref())
         .await
-    {
-        Ok(lock) => lock,
-        Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
-        Err(e) => return Err(e.into()),
-    };
-    tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
-    if hub.config.auth == crate::config::AuthMode::Token {
-        // Only the holder may have the lock's channel: other instances end (phx_close).
-        let topic = Arc::new(lock_topic(&serial));
-        for conn in hub.registry.subscribers(&topic) {
-            if Some(conn.name.as_str()) != lock.holder_device.as_deref() {
-                let _ = conn.send(Outbound::EndChannel(topic.clone()));
-            }
-        }
-    }
+        .map_err(lock_error)?;
     Ok(Json(view(&hub, lock)))
 }
 
@@ -548,18 +500,7 @@ async fn issue_token(
     if ttl == 0 {
         return Err(AdminError::BadRequest("ttl_secs must be positive".into()));
     }
-    let now = time::OffsetDateTime::now_utc();
-    let (token, claims) = hub
-        .keyring
-        .issue(device.as_str(), now.unix_timestamp(), ttl);
-    let expires_at = time::OffsetDateTime::from_unix_timestamp(claims.exp)
-        .map(crate::domain::format_ts)
-        .unwrap_or_else(|_| "9999-12-31T23:59:59.000Z".to_owned());
-    let record = hub
-        .store
-        .record_token(&claims.jti, device.as_str(), &expires_at)
-        .await?;
-    tracing::info!(device = %device, id = %record.id, "device token issued");
+    let (token, record) = tokens::issue(&hub, &device, ttl).await?;
     let mut out = serde_json::to_value(&record).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("token".into(), Value::String(token));
@@ -580,15 +521,9 @@ async fn revoke_token(
     State(hub): State<Arc<Hub>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    let tokens = hub.store.list_tokens().await?;
-    let Some(record) = tokens.into_iter().find(|t| t.id == id) else {
-        return Err(AdminError::NotFound("token not found"));
-    };
-    hub.store.revoke_token(&id).await?;
-    // The keyring first: a connection admitted just before this and registered just after
-    // finds the revocation itself (`transport::connect`).
-    hub.keyring.revoke(&id);
-    let closed = hub.fabric.disconnect_token(&id).await?;
-    tracing::info!(device = %record.device, %id, closed, "device token revoked");
+    match tokens::revoke(&hub, &id).await? {
+        Some(_) => {}
+        None => return Err(AdminError::NotFound("token not found")),
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -25,7 +25,7 @@ use tungstenite::Utf8Bytes;
 use super::close_code;
 use super::directory::{BinaryPacket, Claim, Packet, RegisterError, Registered};
 use super::message::OutPayload;
-use super::registry::{Conn, Registry};
+use super::registry::{Conn, Outbound, Registry};
 use crate::domain::DeviceName;
 
 /// Why a delivery failed; the text is what the sender is told.
@@ -115,6 +115,11 @@ pub trait Fabric: Send + Sync + 'static {
         event: &str,
         payload: OutPayload,
     ) -> Result<usize, Unavailable>;
+
+    /// Ends the channel instance on `topic` of every connection whose device is not
+    /// `keep` (a lock reassigned to another device): the door tells its client (Phoenix:
+    /// `phx_close`, no rejoin). How many local connections were told.
+    fn end_channel(&self, topic: &str, keep: Option<&str>) -> Result<usize, Unavailable>;
 
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
     /// `key`; subscribers of `presence:devices` get the `presence_diff`.
@@ -219,6 +224,18 @@ impl Fabric for LocalFabric {
         Ok(self.registry.push_topic(topic, event, payload))
     }
 
+    fn end_channel(&self, topic: &str, keep: Option<&str>) -> Result<usize, Unavailable> {
+        let topic = Arc::new(topic.to_owned());
+        let told = self
+            .registry
+            .subscribers(&topic)
+            .into_iter()
+            .filter(|conn| Some(conn.name.as_str()) != keep)
+            .filter(|conn| conn.send(Outbound::EndChannel(topic.clone())).is_ok())
+            .count();
+        Ok(told)
+    }
+
     fn presence_set(
         &self,
         key: &str,
@@ -233,8 +250,8 @@ impl Fabric for LocalFabric {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Door;
     use crate::core::outbox::Receiver;
-    use crate::core::{Door, Outbound};
     use crate::domain::DeviceInfo;
     use crate::metrics::Metrics;
     use tokio_util::sync::CancellationToken;

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod locks;
 pub mod relay;
+pub mod tokens;
 
 use crate::config::Config;
 use crate::core::{Fabric, Registry};
@@ -32,4 +34,26 @@ pub struct Hub {
     pub fabric: Arc<dyn Fabric>,
     /// The device relay: registration, delivery, the `devices` records.
     pub relay: relay::Relay,
+}
+
+/// Why a service call failed: the store refused or broke, or the fabric could not carry
+/// what crosses connections.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("fabric unavailable")]
+    Unavailable,
+}
+
+impl From<crate::core::fabric::Unavailable> for ServiceError {
+    fn from(_: crate::core::fabric::Unavailable) -> ServiceError {
+        ServiceError::Unavailable
+    }
+}
+
+impl From<crate::core::DeliveryError> for ServiceError {
+    fn from(_: crate::core::DeliveryError) -> ServiceError {
+        ServiceError::Unavailable
+    }
 }

@@ -29,7 +29,7 @@ const MAX_ACCEPT_LEN: usize = 64;
 /// The push every lock handles, whatever it accepts.
 pub const MODE_PAIR: &str = "mode:pair";
 /// The extension push of intended state (only to locks that accept it).
-pub const STATE: &str = "state";
+pub const STATE: &str = crate::services::locks::STATE_EVENT;
 
 /// State of one joined `lock:<serial>` channel.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ fn parse_accepts(payload: &Payload) -> Result<Vec<String>, ChannelError> {
 
 /// The topic of a lock.
 pub fn topic(serial: &str) -> String {
-    format!("lock:{serial}")
+    crate::services::locks::lock_topic(serial)
 }
 
 /// The join/reset reply, in the shape lock firmware reads.
@@ -260,7 +260,7 @@ pub async fn handle_in(
                 message: &message,
             })
             .map_err(|e| ChannelError::Internal(e.into()))?;
-            super::events::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", body);
+            crate::services::locks::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", body);
             Ok(json!({}).to_string())
         }
         LockIn::Report(state) => {
@@ -334,7 +334,7 @@ async fn pair_complete(
         "serial": item.serial,
     });
     // For watchers, not for the lock (its firmware has no handler for this push).
-    super::events::announce(
+    crate::services::locks::announce(
         ctx.hub.fabric.as_ref(),
         &ch.serial,
         "pair:complete",

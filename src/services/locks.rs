@@ -1,0 +1,122 @@
+//! The lock rules that both the lock channel and the admin API apply: changing a lock's
+//! intended state, pairing, reassigning its holder, and telling watchers (`events`,
+//! `events:<serial>`) what happened. Doors and admin routes stay thin: they decode, call
+//! one of these, and encode the answer.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Hub, ServiceError};
+use crate::config::AuthMode;
+use crate::core::Fabric;
+use crate::core::message::OutPayload;
+use crate::domain::{DeviceName, ItemKind, LockRecord, PairingRequest, Serial};
+
+/// The topic of a lock's channel.
+pub fn lock_topic(serial: &str) -> String {
+    format!("lock:{serial}")
+}
+
+/// The watchers' topics: everything, and one lock's.
+pub const EVENTS_TOPIC: &str = "events";
+
+fn events_topic(serial: &Serial) -> String {
+    format!("{EVENTS_TOPIC}:{serial}")
+}
+
+/// The push that tells a lock its intended state changed.
+pub const STATE_EVENT: &str = "state";
+
+/// The push that asks a lock to pair an item.
+pub const PAIR_EVENT: &str = "mode:pair";
+
+/// Broadcasts `event` with the JSON `body` on `events` and on `events:<serial>`.
+pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: String) {
+    let all = fabric.broadcast(EVENTS_TOPIC, event, OutPayload::Json(body.clone()), None);
+    let one = fabric.broadcast(&events_topic(serial), event, OutPayload::Json(body), None);
+    if all.is_err() || one.is_err() {
+        tracing::warn!(%serial, event, "event not announced: fabric unavailable");
+    }
+}
+
+/// Stores a new intended state, pushes `state` to the lock's channel instances that accept
+/// it (the others get it at their next join or `reset`) and tells watchers. Returns the
+/// lock and how many instances the push was queued for.
+pub async fn set_state(
+    hub: &Hub,
+    serial: &str,
+    state: &Value,
+) -> Result<(LockRecord, usize), ServiceError> {
+    let lock = hub.store.set_intended_state(serial, state).await?;
+    let delivered = hub.fabric.push_topic(
+        &lock_topic(serial),
+        STATE_EVENT,
+        OutPayload::Json(state.to_string()),
+    )?;
+    if let Some(serial) = Serial::parse(serial) {
+        let body = serde_json::json!({ "serial": serial, "state": state });
+        announce(hub.fabric.as_ref(), &serial, STATE_EVENT, body.to_string());
+    }
+    tracing::info!(%serial, delivered, "intended state changed");
+    Ok((lock, delivered))
+}
+
+/// Creates a pairing request and pushes `mode:pair` to the lock if it is connected (else it
+/// gets it after its next join, until the request completes, expires or is cancelled).
+/// The request comes back with its delivery recorded.
+pub async fn start_pairing(
+    hub: &Hub,
+    serial: &str,
+    name: &str,
+    kind: ItemKind,
+    ttl: Duration,
+) -> Result<(PairingRequest, bool), ServiceError> {
+    let mut request = hub.store.create_pairing(serial, name, kind, ttl).await?;
+    let delivered = hub.fabric.push_topic(
+        &lock_topic(serial),
+        PAIR_EVENT,
+        OutPayload::Json(request.mode_pair_payload().to_string()),
+    )?;
+    tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
+    if delivered > 0 {
+        // Best effort: the push is out whether or not this record is written.
+        match hub.store.record_pairing_delivered(&request.pair_id).await {
+            Ok(()) => {
+                request.delivered_at = Some(crate::domain::now_rfc3339());
+                request.deliveries += 1;
+            }
+            Err(e) => {
+                tracing::error!(pair_id = %request.pair_id, error = %e, "cannot record pairing delivery")
+            }
+        }
+    }
+    Ok((request, delivered > 0))
+}
+
+/// Cancels a pending pairing request: it is not pushed again and the lock's
+/// `pair:complete` for it is refused.
+pub async fn cancel_pairing(hub: &Hub, pair_id: &str) -> Result<PairingRequest, ServiceError> {
+    let request = hub.store.cancel_pairing(pair_id).await?;
+    tracing::info!(%pair_id, serial = %request.lock, "pairing request cancelled");
+    Ok(request)
+}
+
+/// Reassigns (or frees) a lock. In token mode only the holder may have the lock's channel,
+/// so every other device's instance of it ends.
+pub async fn set_holder(
+    hub: &Hub,
+    serial: &str,
+    device: Option<&DeviceName>,
+) -> Result<LockRecord, ServiceError> {
+    let lock = hub
+        .store
+        .set_lock_holder(serial, device.map(DeviceName::as_str))
+        .await?;
+    tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
+    if hub.config.auth == AuthMode::Token {
+        hub.fabric
+            .end_channel(&lock_topic(serial), lock.holder_device.as_deref())?;
+    }
+    Ok(lock)
+}
