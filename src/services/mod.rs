@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod relay;
+#[cfg(test)]
+pub mod testing;
 
 use crate::config::Config;
 use crate::core::{Fabric, Registry};
