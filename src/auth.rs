@@ -12,7 +12,8 @@
 
 use std::collections::HashSet;
 use std::sync::RwLock;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -260,7 +261,8 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
 }
 
 /// A token bucket: `rate` pushes per second with bursts of `burst`. Owned by one socket's
-/// task, so no locking.
+/// task, so no locking. Time is tokio's clock (the std clock outside a runtime), so tests
+/// run it on paused time.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
@@ -382,5 +384,21 @@ mod tests {
         assert!(!r.allow());
         let mut unlimited = RateLimiter::new(0, 0);
         assert!((0..10_000).all(|_| unlimited.allow()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_refills_at_its_rate_up_to_its_burst() {
+        use std::time::Duration;
+        let mut r = RateLimiter::new(2, 4);
+        assert_eq!((0..10).filter(|_| r.allow()).count(), 4, "the burst");
+        // Two tokens a second: after 499 ms not one yet, at 500 ms exactly one.
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!r.allow());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(r.allow());
+        assert!(!r.allow());
+        // A long pause refills to the burst, not beyond.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!((0..10).filter(|_| r.allow()).count(), 4);
     }
 }

@@ -14,6 +14,8 @@ pub mod message;
 pub mod outbox;
 pub mod presence;
 pub mod registry;
+#[cfg(test)]
+mod registry_tests;
 
 pub use crate::domain::Door;
 pub use fabric::{DeliveryError, Fabric, LocalFabric};

@@ -51,10 +51,11 @@ pub enum Outbound {
     Ping,
 }
 
-/// Milliseconds on the hub's monotonic clock (idle bookkeeping).
+/// Milliseconds on the hub's monotonic clock (idle bookkeeping): tokio's, so tests can
+/// pause and advance it.
 fn now_ms() -> u64 {
-    static EPOCH: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
+    static EPOCH: std::sync::LazyLock<tokio::time::Instant> =
+        std::sync::LazyLock::new(tokio::time::Instant::now);
     EPOCH.elapsed().as_millis() as u64
 }
 

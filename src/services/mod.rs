@@ -9,6 +9,8 @@ use tokio_util::task::TaskTracker;
 
 pub mod locks;
 pub mod relay;
+#[cfg(test)]
+pub mod testing;
 pub mod tokens;
 
 use crate::config::Config;

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the std clock outside a runtime): tests run the throttle on paused time.
+use tokio::time::Instant;
 
 use super::settings;
 
@@ -402,6 +405,41 @@ mod tests {
             t.begin_at(ip(999), None, t0 + Duration::from_secs(1))
                 .is_err()
         );
+    }
+
+    /// Through the public clock: [`Throttle::begin`] and [`Attempt::failed`] read tokio's
+    /// time, here paused and advanced by hand.
+    #[tokio::test(start_paused = true)]
+    async fn backoff_and_expiry_on_the_clock() {
+        use tokio::time::advance;
+        let t = Throttle::new(policy());
+        let s = Duration::from_secs;
+        let try_at = |t: &Throttle| t.begin(ip(1), Some("carol")).err().map(|e| e.retry_after);
+        for _ in 0..2 {
+            t.begin(ip(1), Some("carol")).expect("free").failed();
+        }
+        assert_eq!(try_at(&t), Some(s(1)));
+        // Each further failure, once its delay has passed, doubles the next delay (1, 2,
+        // 4, 8 s) up to the cap (8 s).
+        for (delay, next) in [(1, 2), (2, 4), (4, 8), (8, 8)] {
+            advance(s(delay) - Duration::from_millis(1)).await;
+            assert!(
+                try_at(&t).is_some(),
+                "still throttled just before {delay} s"
+            );
+            advance(Duration::from_millis(1)).await;
+            t.begin(ip(1), Some("carol")).expect("delay over").failed();
+            assert_eq!(try_at(&t), Some(s(next)));
+        }
+        // Quiet for `quiet` (100 s after the last failure): forgotten, so the two free
+        // failures are back (remembered, the first would cost the capped 8 s).
+        advance(s(99)).await;
+        assert_eq!(t.tracked(), (1, 1));
+        advance(s(1)).await;
+        for _ in 0..2 {
+            t.begin(ip(1), Some("carol")).expect("free again").failed();
+        }
+        assert_eq!(try_at(&t), Some(s(1)));
     }
 
     #[test]

@@ -8,12 +8,16 @@
 //! * [`channels`] — what each topic does (`lock:<serial>`, `events`, `relay`,
 //!   `presence:devices`).
 
+#[cfg(test)]
+mod channel_tests;
 pub mod channels;
 pub mod codec;
 pub mod connect;
 pub mod longpoll;
 pub mod message;
 pub mod session;
+#[cfg(test)]
+mod session_tests;
 pub mod websocket;
 
 pub use crate::core::message::{Frame, OutPayload, RawRef, SharedFrame, WireFrame};
