@@ -14,15 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::Keyring;
 use crate::config::{AuthMode, Config};
-use crate::core::Registry;
 use crate::doors::SocketDoors;
 use crate::doors::phoenix::longpoll::LongPoll;
-use crate::metrics::Metrics;
 use crate::net::upgrade::Edge;
 use crate::services::Hub;
 use crate::store::Store;
@@ -83,40 +79,16 @@ impl Server {
             None => store.token_key().await.context("loading the token key")?,
         };
         let keyring = Keyring::new(key, store.revoked_token_ids().await?);
-        let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
-        let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let registry = Arc::new(Registry::new(
-            shutdown.clone(),
-            config.outbound_queue,
-            metrics.clone(),
-        ));
-        let fabric: Arc<dyn crate::core::Fabric> =
-            Arc::new(crate::core::LocalFabric::new(registry.clone()));
-        let relay =
-            crate::services::relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
-        let tracker = TaskTracker::new();
+        let hub = Arc::new(Hub::new(config, store, keyring));
         let bester = Arc::new(crate::doors::bester::Ctx {
             bester,
-            store: store.clone(),
-            registry: registry.clone(),
-            fabric: fabric.clone(),
-            metrics: metrics.clone(),
-            tracker: tracker.clone(),
-            shutdown: shutdown.clone(),
-            send_timeout: config.send_timeout,
-        });
-        let hub = Arc::new(Hub {
-            registry,
-            metrics,
-            config,
-            store,
-            tracker,
-            shutdown,
-            fabric,
-            relay,
-            keyring,
-            origins,
+            store: hub.store.clone(),
+            registry: hub.registry.clone(),
+            fabric: hub.fabric.clone(),
+            metrics: hub.metrics.clone(),
+            tracker: hub.tracker.clone(),
+            shutdown: hub.shutdown.clone(),
+            send_timeout: hub.config.send_timeout,
         });
         Ok(Server {
             hub,

@@ -38,6 +38,35 @@ pub struct Hub {
     pub relay: relay::Relay,
 }
 
+impl Hub {
+    /// The hub on `store`, with a fresh registry, metrics and shutdown token, and the
+    /// in-process fabric over that registry.
+    pub fn new(config: Config, store: Store, keyring: crate::auth::Keyring) -> Hub {
+        let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(Registry::new(
+            shutdown.clone(),
+            config.outbound_queue,
+            metrics.clone(),
+        ));
+        let fabric: Arc<dyn Fabric> = Arc::new(crate::core::LocalFabric::new(registry.clone()));
+        let relay = relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
+        Hub {
+            config,
+            store,
+            registry,
+            tracker: TaskTracker::new(),
+            shutdown,
+            metrics,
+            keyring,
+            origins,
+            fabric,
+            relay,
+        }
+    }
+}
+
 /// Why a service call failed: the store refused or broke, or the fabric could not carry
 /// what crosses connections.
 #[derive(Debug, thiserror::Error)]

@@ -6,15 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use super::Hub;
-use crate::auth::{Keyring, OriginPolicy};
+use crate::auth::Keyring;
 use crate::config::Config;
-use crate::core::{Conn, Door, Fabric, LocalFabric, Registry, outbox};
+use crate::core::{Conn, Door, outbox};
 use crate::domain::DeviceName;
-use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 
 /// A hub on a temp SQLite file; the file lives as long as this value.
@@ -53,28 +49,7 @@ impl TestHub {
         let store = Store::open_with(&url, &options).await.expect("temp store");
         let key = store.token_key().await.expect("token key");
         let keyring = Keyring::new(key, Vec::new());
-        let origins = OriginPolicy::parse(&config.allowed_origins);
-        let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let registry = Arc::new(Registry::new(
-            shutdown.clone(),
-            config.outbound_queue,
-            metrics.clone(),
-        ));
-        let fabric: Arc<dyn Fabric> = Arc::new(LocalFabric::new(registry.clone()));
-        let relay = super::relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
-        let hub = Arc::new(Hub {
-            config,
-            store,
-            registry,
-            tracker: TaskTracker::new(),
-            shutdown,
-            metrics,
-            keyring,
-            origins,
-            fabric,
-            relay,
-        });
+        let hub = Arc::new(Hub::new(config, store, keyring));
         TestHub { hub, _dir: dir }
     }
 
