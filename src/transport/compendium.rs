@@ -31,9 +31,9 @@ use crate::hub::Hub;
 use crate::registry::relay::RelayError;
 use crate::registry::{Conn, Door, Outbound};
 
-/// A decoded client message.
+/// A decoded client message ([`decode`]).
 #[derive(Debug)]
-enum ClientMsg {
+pub enum ClientMsg {
     Init,
     Route {
         addr: String,
@@ -43,11 +43,11 @@ enum ClientMsg {
     Error,
 }
 
-/// An `ERR` to send back.
+/// An `ERR` to send back: `errCode` and `errMsg`.
 #[derive(Debug, PartialEq)]
-struct Err {
-    code: u16,
-    msg: String,
+pub struct Err {
+    pub code: u16,
+    pub msg: String,
 }
 
 fn err(code: u16, msg: impl Into<String>) -> Err {
@@ -62,7 +62,8 @@ fn valid_address(a: &str) -> bool {
     a.len() == 32 && a.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
+/// Decodes one client message of at most `max` bytes.
+pub fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
     if data.len() > max {
         return Err(err(413, format!("message larger than {max} bytes")));
     }
