@@ -111,6 +111,24 @@ proptest! {
         }
     }
 
+    /// Any JSON value: decodes or is refused, never panics; an array (V2) or object (V1)
+    /// whose topic and event are strings and that has a payload always decodes.
+    #[test]
+    fn arbitrary_json_never_panics(v in json_value(), topic in ".*", event in ".*") {
+        let text = v.to_string();
+        for vsn in [Vsn::V1, Vsn::V2] {
+            let _ = vsn.decode(text.as_bytes(), false);
+            let _ = vsn.decode(text.as_bytes(), true);
+        }
+        let arr = serde_json::json!([null, "1", topic, event, v, "extra"]).to_string();
+        let m = Vsn::V2.decode(arr.as_bytes(), false).unwrap();
+        prop_assert_eq!(&m.topic, &topic);
+        prop_assert_eq!(&m.event, &event);
+        let obj = serde_json::json!({"topic": topic, "event": event, "payload": v}).to_string();
+        let m = Vsn::V1.decode(obj.as_bytes(), true).unwrap();
+        prop_assert_eq!(&m.topic, &topic);
+    }
+
     /// V2 text: the hub's encoding of a frame decodes to the same refs (byte for byte),
     /// topic, event and payload (byte for byte).
     #[test]
@@ -130,6 +148,40 @@ proptest! {
         prop_assert_eq!(ref_text(&m.ref_), r);
         prop_assert_eq!(&m.topic, &topic);
         prop_assert_eq!(&m.event, &event);
+        prop_assert_eq!(json_payload(&m), payload.as_str());
+    }
+
+    /// V1 text: the same, except that V1 output never carries `join_ref`; a client's V1
+    /// object with a `join_ref` keeps it.
+    #[test]
+    fn v1_text_round_trips(
+        jr in ref_json(), r in ref_json(), topic in ".*", event in ".*", payload in json_text(),
+    ) {
+        let frame = Frame {
+            join_ref: raw_ref(&jr),
+            ref_: raw_ref(&r),
+            topic: topic.clone(),
+            event: event.clone(),
+            payload: OutPayload::Json(payload.clone()),
+        };
+        let wire = text(Vsn::V1.encode(&frame).unwrap());
+        let m = Vsn::V1.decode(wire.as_bytes(), false).unwrap();
+        prop_assert_eq!(ref_text(&m.join_ref), None);
+        prop_assert_eq!(ref_text(&m.ref_), r.clone());
+        prop_assert_eq!(&m.topic, &topic);
+        prop_assert_eq!(&m.event, &event);
+        prop_assert_eq!(json_payload(&m), payload.as_str());
+
+        let client = format!(
+            r#"{{"join_ref": {}, "ref": {}, "topic": {}, "event": {}, "payload": {}}}"#,
+            jr.as_deref().unwrap_or("null"),
+            r.as_deref().unwrap_or("null"),
+            serde_json::to_string(&topic).unwrap(),
+            serde_json::to_string(&event).unwrap(),
+            payload,
+        );
+        let m = Vsn::V1.decode(client.as_bytes(), true).unwrap();
+        prop_assert_eq!(ref_text(&m.join_ref), jr);
         prop_assert_eq!(json_payload(&m), payload.as_str());
     }
 
