@@ -105,6 +105,19 @@ proptest! {
         prop_assert_eq!(got, bodies);
     }
 
+    /// The stream ending inside a frame is `Truncated`, with the complete frames before it
+    /// delivered.
+    #[test]
+    fn end_mid_frame_is_truncated(bodies in bodies(), body in prop::collection::vec(any::<u8>(), 1..=MAX), at in any::<prop::sample::Index>()) {
+        let mut wire = encode_all(&bodies);
+        let before = wire.len();
+        codec(MAX).encode(Bytes::from(body), &mut wire).unwrap();
+        let cut = before + 1 + at.index(wire.len() - before - 1);
+        let (got, err) = read_chunked(&wire[..cut], &[cut]);
+        prop_assert_eq!(err, Some(FrameError::Truncated));
+        prop_assert_eq!(got, bodies);
+    }
+
     /// A length prefix over the cap is `TooLarge` as soon as the 4 prefix bytes are in,
     /// without waiting for (or buffering) the body; an encoder refuses such a frame too.
     #[test]
