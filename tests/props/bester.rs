@@ -145,6 +145,36 @@ proptest! {
         let _ = response_status(&bytes);
     }
 
+    /// A client's message decodes to its header, type, id, and `data` byte for byte.
+    #[test]
+    fn message_round_trips(m in client_message()) {
+        let (user, pass, scope, hops, kind, id, data) = m;
+        let text = format!(
+            r#"{{"header": {}, "payload": {{"type": {}, "id": {}, "data": {data}}}}}"#,
+            json!({"authentication": {"username": user, "password": pass}, "scope": scope, "hops": hops}),
+            serde_json::to_string(&kind).unwrap(),
+            id,
+        );
+        let msg = decode(text.as_bytes()).unwrap();
+        let want_scope = match scope.as_str() {
+            "client" => Scope::Client,
+            "server" => Scope::Server,
+            other => Scope::Unknown(other.to_owned()),
+        };
+        prop_assert_eq!(msg.header.scope, Some(want_scope));
+        let auth = msg.header.auth.unwrap();
+        prop_assert_eq!((auth.username, auth.password), (user, pass));
+        prop_assert_eq!(msg.header.hops, hops);
+        let p = msg.payload.unwrap();
+        prop_assert_eq!(p.kind, kind);
+        // An `id` of `null` is no id (the response then has none).
+        prop_assert_eq!(p.id, (!id.is_null()).then_some(id));
+        match p.request {
+            Request::Handler(d) => prop_assert_eq!(d.get(), data.as_str()),
+            other => prop_assert!(false, "{other:?}"),
+        }
+    }
+
     /// Built-ins in both shapes carry their arguments.
     #[test]
     fn change_password_round_trips(old in ".*", new in ".*", block in any::<bool>()) {
@@ -176,5 +206,17 @@ proptest! {
         if let Request::Handler(d) = p.request {
             prop_assert_eq!(d.get(), data.as_str());
         }
+    }
+
+    /// A status response reads back with its status, type, id and data.
+    #[test]
+    fn status_frame_round_trips(kind in ".*", id in prop::option::of(json_value()), data in json_value()) {
+        let frame = status_frame(&Outcome { status: Status::BadRequest, data: data.clone() }, &kind, id.as_ref());
+        let status = response_status(&frame);
+        prop_assert_eq!(status.as_deref(), Some("bad_request"));
+        let v: Value = serde_json::from_slice(&frame).unwrap();
+        prop_assert_eq!(&v["payload"]["type"], &json!(kind));
+        prop_assert_eq!(v["payload"].get("id"), id.as_ref());
+        prop_assert_eq!(&v["payload"]["data"], &data);
     }
 }
