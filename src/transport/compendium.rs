@@ -19,8 +19,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use futures_util::FutureExt as _;
@@ -67,24 +67,37 @@ pub fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
     if data.len() > max {
         return Err(err(413, format!("message larger than {max} bytes")));
     }
-    let obj: Map<String, Value> =
-        serde_json::from_slice(data).map_err(|_| err(400, "message must be a JSON object"))?;
-    let kind = match obj.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(_) => return Err(err(400, "type must be a string")),
+    // Fields stay raw: `msg` is forwarded byte for byte, as the sender wrote it.
+    #[derive(serde::Deserialize)]
+    struct Wire<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a RawValue>,
+        #[serde(rename = "EpheWssAddr", borrow)]
+        addr: Option<&'a RawValue>,
+        #[serde(borrow)]
+        msg: Option<&'a RawValue>,
+    }
+    let not_object = || err(400, "message must be a JSON object");
+    let text = std::str::from_utf8(data).map_err(|_| not_object())?;
+    if !text.trim_start().starts_with('{') {
+        return Err(not_object());
+    }
+    let wire: Wire = serde_json::from_str(text).map_err(|_| not_object())?;
+    let string = |raw: &RawValue| serde_json::from_str::<String>(raw.get()).ok();
+    let kind = match wire.kind {
+        Some(t) => string(t).ok_or_else(|| err(400, "type must be a string"))?,
         None => return Err(err(400, "missing field type")),
     };
-    match kind {
+    match kind.as_str() {
         "INIT" => Ok(ClientMsg::Init),
         "ROUTE" => {
-            let addr = match obj.get("EpheWssAddr") {
-                Some(Value::String(a)) if valid_address(a) => a.to_ascii_lowercase(),
+            let addr = match wire.addr.map(string) {
+                Some(Some(a)) if valid_address(&a) => a.to_ascii_lowercase(),
                 Some(_) => return Err(err(400, "EpheWssAddr must be 32 hex digits")),
                 None => return Err(err(400, "missing field EpheWssAddr")),
             };
-            let msg = match obj.get("msg") {
-                Some(m @ Value::Object(_)) => RawValue::from_string(m.to_string())
-                    .map_err(|_| err(400, "msg must be a JSON object"))?,
+            let msg = match wire.msg {
+                Some(m) if m.get().starts_with('{') => m.to_owned(),
                 Some(_) => return Err(err(400, "msg must be a JSON object")),
                 None => return Err(err(400, "missing field msg")),
             };

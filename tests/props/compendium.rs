@@ -23,6 +23,20 @@ proptest! {
         }
     }
 
+    /// `ROUTE` gives back the address (lower-cased) and `msg` byte for byte: numbers,
+    /// escapes, key order and whitespace exactly as the sender wrote them.
+    #[test]
+    fn route_forwards_msg_verbatim(addr in "[0-9a-fA-F]{32}", msg in json_object_text()) {
+        let text = format!(r#"{{"type": "ROUTE", "EpheWssAddr": "{addr}", "msg": {msg}}}"#);
+        match decode(text.as_bytes(), MAX) {
+            Ok(ClientMsg::Route { addr: a, msg: m }) => {
+                prop_assert_eq!(a, addr.to_ascii_lowercase());
+                prop_assert_eq!(m.get(), msg.as_str());
+            }
+            other => prop_assert!(false, "{other:?}"),
+        }
+    }
+
     /// An address that is not 32 hex digits, or a `msg` that is not an object: 400.
     #[test]
     fn bad_route_fields_are_400(addr in "[0-9a-z]{0,40}", msg in json_value()) {
