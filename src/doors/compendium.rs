@@ -19,8 +19,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 use tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use futures_util::FutureExt as _;
@@ -31,9 +31,9 @@ use crate::core::{Conn, Door, Outbound};
 use crate::net::ws::{self, Close, Handler, WsStream};
 use crate::services::Hub;
 
-/// A decoded client message.
+/// A decoded client message ([`decode`]).
 #[derive(Debug)]
-enum ClientMsg {
+pub enum ClientMsg {
     Init,
     Route {
         addr: String,
@@ -43,11 +43,11 @@ enum ClientMsg {
     Error,
 }
 
-/// An `ERR` to send back.
+/// An `ERR` to send back: `errCode` and `errMsg`.
 #[derive(Debug, PartialEq)]
-struct Err {
-    code: u16,
-    msg: String,
+pub struct Err {
+    pub code: u16,
+    pub msg: String,
 }
 
 fn err(code: u16, msg: impl Into<String>) -> Err {
@@ -62,28 +62,42 @@ fn valid_address(a: &str) -> bool {
     a.len() == 32 && a.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
+/// Decodes one client message of at most `max` bytes.
+pub fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
     if data.len() > max {
         return Err(err(413, format!("message larger than {max} bytes")));
     }
-    let obj: Map<String, Value> =
-        serde_json::from_slice(data).map_err(|_| err(400, "message must be a JSON object"))?;
-    let kind = match obj.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(_) => return Err(err(400, "type must be a string")),
+    // Fields stay raw: `msg` is forwarded byte for byte, as the sender wrote it.
+    #[derive(serde::Deserialize)]
+    struct Wire<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a RawValue>,
+        #[serde(rename = "EpheWssAddr", borrow)]
+        addr: Option<&'a RawValue>,
+        #[serde(borrow)]
+        msg: Option<&'a RawValue>,
+    }
+    let not_object = || err(400, "message must be a JSON object");
+    let text = std::str::from_utf8(data).map_err(|_| not_object())?;
+    if !text.trim_start().starts_with('{') {
+        return Err(not_object());
+    }
+    let wire: Wire = serde_json::from_str(text).map_err(|_| not_object())?;
+    let string = |raw: &RawValue| serde_json::from_str::<String>(raw.get()).ok();
+    let kind = match wire.kind {
+        Some(t) => string(t).ok_or_else(|| err(400, "type must be a string"))?,
         None => return Err(err(400, "missing field type")),
     };
-    match kind {
+    match kind.as_str() {
         "INIT" => Ok(ClientMsg::Init),
         "ROUTE" => {
-            let addr = match obj.get("EpheWssAddr") {
-                Some(Value::String(a)) if valid_address(a) => a.to_ascii_lowercase(),
+            let addr = match wire.addr.map(string) {
+                Some(Some(a)) if valid_address(&a) => a.to_ascii_lowercase(),
                 Some(_) => return Err(err(400, "EpheWssAddr must be 32 hex digits")),
                 None => return Err(err(400, "missing field EpheWssAddr")),
             };
-            let msg = match obj.get("msg") {
-                Some(m @ Value::Object(_)) => RawValue::from_string(m.to_string())
-                    .map_err(|_| err(400, "msg must be a JSON object"))?,
+            let msg = match wire.msg {
+                Some(m) if m.get().starts_with('{') => m.to_owned(),
                 Some(_) => return Err(err(400, "msg must be a JSON object")),
                 None => return Err(err(400, "missing field msg")),
             };

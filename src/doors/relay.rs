@@ -62,8 +62,36 @@ struct RawPacket {
     payload: Box<RawValue>,
 }
 
+/// What one text frame asks for ([`decode`]).
+#[derive(Debug)]
+pub enum Decoded {
+    /// Target `server` (any case): a command the hub runs.
+    Server(Command),
+    /// Any other target: `payload` exactly as sent, for the device named `target`.
+    Device {
+        target: String,
+        payload: Box<RawValue>,
+    },
+}
+
+/// Decodes one text frame of at most `max_packet` characters (exclusive, as the seed
+/// counts); `Err` is the `error_message` to answer with.
+pub fn decode(text: &str, max_packet: usize) -> Result<Decoded, String> {
+    if text.chars().count() >= max_packet {
+        return Err("packet too large".into());
+    }
+    let packet = serde_json::from_str::<RawPacket>(text)
+        .map_err(|_| "packet must be a JSON object with target and payload".to_owned())?;
+    if packet.target.eq_ignore_ascii_case("server") {
+        return Command::decode(&packet.payload).map(Decoded::Server);
+    }
+    let RawPacket { target, payload } = packet;
+    Ok(Decoded::Device { target, payload })
+}
+
 /// A command for target `server`.
-enum Command {
+#[derive(Debug)]
+pub enum Command {
     GetDevices,
     GetDeviceInfo(String),
     Register(Meta),
@@ -142,22 +170,14 @@ impl RawRelay {
         if !self.limiter.allow() {
             return fail("rate limited");
         }
-        if text.chars().count() >= self.hub.config.relay_max_packet {
-            return fail("packet too large");
-        }
-        let Ok(packet) = serde_json::from_str::<RawPacket>(text) else {
-            return fail("packet must be a JSON object with target and payload");
+        let (target, payload) = match decode(text, self.hub.config.relay_max_packet) {
+            Ok(Decoded::Server(cmd)) => return self.command(cmd).await,
+            Ok(Decoded::Device { target, payload }) => (target, payload),
+            Err(e) => return fail(&e),
         };
-        if packet.target.eq_ignore_ascii_case("server") {
-            return match Command::decode(&packet.payload) {
-                Ok(cmd) => self.command(cmd).await,
-                Err(e) => fail(&e),
-            };
-        }
         let Some(sender) = self.name.clone() else {
             return fail("register before sending");
         };
-        let RawPacket { target, payload } = packet;
         let packet = Arc::new(Packet { sender, payload });
         match self.hub.relay.send(&self.conn, &target, packet).await {
             Ok(()) => ok(None),

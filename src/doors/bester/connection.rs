@@ -22,13 +22,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Ctx;
 use super::auth::{self, AuthError, Username};
-use super::codec::{FrameError, codec};
+use super::codec::{Codec, FrameError, codec};
 use super::dispatch::{self, Origin};
 use super::federation;
 use super::protocol::{
@@ -97,7 +97,7 @@ where
 /// Writes queued frames until the queue is closed (then flushes and shuts the socket) or
 /// the kill switch fires (then drops the socket at once).
 async fn write_loop<W>(
-    mut out: FramedWrite<W, LengthDelimitedCodec>,
+    mut out: FramedWrite<W, Codec>,
     mut rx: mpsc::Receiver<Bytes>,
     kill: CancellationToken,
 ) where
@@ -222,7 +222,7 @@ fn claimed(name: &str) -> String {
 }
 
 impl Connection {
-    async fn run<R>(&mut self, reader: &mut FramedRead<R, LengthDelimitedCodec>) -> &'static str
+    async fn run<R>(&mut self, reader: &mut FramedRead<R, Codec>) -> &'static str
     where
         R: AsyncRead + Unpin,
     {

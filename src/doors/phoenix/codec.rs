@@ -196,10 +196,15 @@ fn decode_v1(text: &str) -> Result<Loose, DecodeError> {
     struct V1 {
         topic: Option<Box<RawValue>>,
         event: Option<Box<RawValue>>,
+        /// `null` is a payload like any other (§2.3): absent only when the key is.
+        #[serde(default, deserialize_with = "present")]
         payload: Option<Box<RawValue>>,
         #[serde(rename = "ref")]
         ref_: Option<Box<RawValue>>,
         join_ref: Option<Box<RawValue>>,
+    }
+    fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+        serde::Deserialize::deserialize(d).map(Some)
     }
     let v: V1 = serde_json::from_str(text).map_err(|_| DecodeError::Fatal {
         code: close_code::UNSUPPORTED,

@@ -34,7 +34,7 @@ use crate::metrics;
 use crate::services::Hub;
 
 /// At most this many lines of one ndjson `POST` are processed (§7.6).
-const MAX_LINES: usize = 100;
+pub const MAX_LINES: usize = 100;
 /// Header carrying the session token (Phoenix ≥ 1.8.10 clients).
 const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
 
@@ -285,12 +285,32 @@ async fn poll(s: Arc<LpSession>) -> Response {
 
 /// A POST: frames in order, processed before the answer; replies come through GETs.
 async fn publish(s: Arc<LpSession>, headers: &HeaderMap, body: &[u8]) -> Response {
-    let ndjson = headers
+    let frames = frames(body, is_ndjson(headers));
+    let (done, processed) = oneshot::channel();
+    if s.inbox.send(Batch { frames, done }).await.is_err() {
+        return status(410);
+    }
+    match tokio::time::timeout(s.window, processed).await {
+        Ok(Ok(())) => status(200),
+        Ok(Err(_)) => status(410),
+        Err(_) => status(408),
+    }
+}
+
+/// Whether a POST body is ndjson (`Content-Type: application/x-ndjson`, any parameters).
+pub fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
-    let frames: Vec<(Vec<u8>, bool)> = if ndjson {
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
+/// The frames of a POST body, `(bytes, binary)` in order, for [`Vsn::decode`]: the whole
+/// body as one text frame, or with `ndjson` one frame a line (at most [`MAX_LINES`]):
+/// a line starting with `[` is a text frame, any other a base64 binary frame.
+pub fn frames(body: &[u8], ndjson: bool) -> Vec<(Vec<u8>, bool)> {
+    if ndjson {
         body.split(|b| *b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
             .filter(|l| !l.is_empty())
@@ -310,15 +330,6 @@ async fn publish(s: Arc<LpSession>, headers: &HeaderMap, body: &[u8]) -> Respons
             .collect()
     } else {
         vec![(body.to_vec(), false)]
-    };
-    let (done, processed) = oneshot::channel();
-    if s.inbox.send(Batch { frames, done }).await.is_err() {
-        return status(410);
-    }
-    match tokio::time::timeout(s.window, processed).await {
-        Ok(Ok(())) => status(200),
-        Ok(Err(_)) => status(410),
-        Err(_) => status(408),
     }
 }
 
