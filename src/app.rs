@@ -124,6 +124,7 @@ impl Server {
             doors: Arc::new(SocketDoors::new(hub.clone())),
             tracker: hub.tracker.clone(),
             shutdown: hub.shutdown.clone(),
+            registry: hub.registry.clone(),
         };
         let app = router(hub.clone(), self.bester_door.clone(), edge.clone());
         let token = hub.shutdown.clone();

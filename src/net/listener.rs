@@ -5,23 +5,25 @@
 //! - A TCP connection that does not complete its TLS handshake or send a full request
 //!   head within `handshake_timeout` is dropped (real Phoenix keeps such connections
 //!   forever).
-//! - At most `max_per_ip` HTTP connections per remote address are served at once; more
-//!   are closed at accept. (Live WebSockets are capped separately, at upgrade.)
+//! - At most `max_per_ip` connections per remote address are open at once, counted by the
+//!   registry's per-address count with the live WebSockets and Bester connections (one
+//!   count, one cap); more are refused at accept (a plain 403, or just closed under TLS).
+//!   An upgrade is decided with the HTTP connection's own count given back, so it is
+//!   capped by the same rule as at admission.
 //! - With a certificate and key configured, every connection is TLS (`wss://`,
 //!   `https://`), through rustls.
 //! - The first request head of a connection is read here. A WebSocket upgrade to one of
-//!   the hub's socket paths is answered here ([`crate::net::upgrade`]) and the
-//!   socket handed to its door; anything else goes to hyper and the axum router with the
+//!   the hub's socket paths is recognised here ([`crate::net::upgrade::Sniffer`]) and
+//!   answered by tungstenite's handshake over the bytes already read ([`Rewind`]); anything else goes to hyper and the axum router with the
 //!   bytes already read put back in front ([`Rewind`]). A device's connection is almost
 //!   always exactly one upgrade, and the join-storm profile had hyper's request and
 //!   upgrade machinery at ≈ 15 % of the hub (bench/README.md).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,7 +40,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use super::upgrade::{Edge, Upgrade};
+use super::upgrade::{Edge, Sniffer, Upgrade};
+use crate::core::Registry;
 
 /// How connections are accepted.
 #[derive(Clone)]
@@ -105,26 +108,18 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Live HTTP connections per remote address.
-#[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
-
-/// Decrements its address's count when the connection ends.
+/// A connection's place in the registry's per-address count, given back when it is dropped
+/// (or handed on: an upgrade gives it back before it is decided, and the WebSocket is
+/// counted as a registry connection).
 struct IpSlot {
-    table: Arc<PerIp>,
+    registry: Arc<Registry>,
     ip: IpAddr,
 }
 
-impl PerIp {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if max > 0 && *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            table: self.clone(),
+impl IpSlot {
+    fn take(registry: &Arc<Registry>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        registry.admit_ip(ip, max).then(|| IpSlot {
+            registry: registry.clone(),
             ip,
         })
     }
@@ -132,20 +127,32 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut map = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
+        self.registry.release_ip(self.ip);
+    }
+}
+
+/// Marks a request whose connection holds an [`IpSlot`] (every connection the listener
+/// serves), so an upgrade through hyper can set it aside while it is decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counted;
+
+/// Refuses a connection over the per-address cap at accept: a plain connection is told
+/// 403 without being read (as the Bester door says `busy`), a TLS one is just closed (no
+/// handshake is spent on it).
+fn refuse(stream: &TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
+    let mut answer = Vec::new();
+    let refusal = super::upgrade::refusal(axum::http::StatusCode::FORBIDDEN);
+    if tungstenite::handshake::server::write_response(&mut answer, &refusal).is_ok() {
+        let _ = stream.try_write(&answer);
     }
 }
 
 /// Accepts connections until `shutdown` is cancelled; each is served on `tracker`.
 pub async fn serve(listener: TcpListener, app: Router, edge: Edge, opts: ListenOptions) {
     let shutdown = edge.shutdown.clone();
-    let per_ip = Arc::new(PerIp::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -159,8 +166,9 @@ pub async fn serve(listener: TcpListener, app: Router, edge: Edge, opts: ListenO
                 }
             },
         };
-        let Some(slot) = per_ip.take(peer.ip(), opts.max_per_ip) else {
+        let Some(slot) = IpSlot::take(&edge.registry, peer.ip(), opts.max_per_ip) else {
             tracing::warn!(%peer, "connection refused: too many connections from this address");
+            refuse(&stream, opts.tls.is_some());
             continue;
         };
         if !INHERITS_OPTIONS {
@@ -228,10 +236,10 @@ async fn connection(
         },
     };
     if let Some(upgrade) = head {
-        // The slot counts HTTP connections; a WebSocket is capped by the registry instead.
+        // Admission counts the address's live connections without this one; once accepted,
+        // the WebSocket is counted as a registry connection.
         drop(slot);
-        let leftover = buf.split_off(upgrade.head_len);
-        return super::upgrade::serve(io, leftover, upgrade, &edge, peer).await;
+        return super::upgrade::serve(io, buf, upgrade, &edge, peer).await;
     }
     // Boxed: hyper's connection state is large, and this future is short-lived.
     let http = http(
@@ -254,11 +262,8 @@ const HEAD_CHUNK: usize = 1024;
 /// Reads until `buf` holds a complete request head, or it is clear the request is not for
 /// this fast path: `Some` is a WebSocket upgrade to a door; `None` is anything else
 /// (another request, a head too long or malformed, a peer that closed): hyper's to answer.
-///
-/// The head is parsed once its blank line has arrived, so a client that sends it a byte
-/// at a time costs a scan of each new byte, not a parse of the whole buffer per read.
 async fn read_head(io: &mut Io, buf: &mut Vec<u8>) -> io::Result<Option<Upgrade>> {
-    let mut scanned: usize = 0;
+    let mut sniffer = Sniffer::default();
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_HEAD {
@@ -269,24 +274,12 @@ async fn read_head(io: &mut Io, buf: &mut Vec<u8>) -> io::Result<Option<Upgrade>
         if io.read_buf(buf).await? == 0 {
             return Ok(None);
         }
-        // The blank line may straddle two reads.
-        let from = scanned.saturating_sub(2);
-        scanned = buf.len();
-        if !ends_head(&buf[from..]) {
-            continue;
-        }
-        match super::upgrade::parse(buf) {
+        match sniffer.feed(buf) {
             Ok(Some(upgrade)) => return Ok(Some(upgrade)),
             Ok(None) => continue,
             Err(super::upgrade::NotUpgrade) => return Ok(None),
         }
     }
-}
-
-/// Whether `bytes` hold the blank line that ends a request head (CRLF, or bare LF as
-/// `httparse` also accepts).
-fn ends_head(bytes: &[u8]) -> bool {
-    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// A connection's byte stream: plain TCP, TLS, or (for an upgrade that arrived on a
@@ -369,8 +362,8 @@ impl Io {
     }
 }
 
-/// A stream with bytes already read from it put back in front: hyper reads the request
-/// head the listener looked at, then the stream itself.
+/// A stream with bytes already read from it put back in front: hyper, or tungstenite's
+/// handshake, reads the request head the listener looked at, then the stream itself.
 pub struct Rewind {
     prefix: Vec<u8>,
     at: usize,
@@ -378,8 +371,18 @@ pub struct Rewind {
 }
 
 impl Rewind {
-    fn new(prefix: Vec<u8>, io: Io) -> Rewind {
+    pub(crate) fn new(prefix: Vec<u8>, io: Io) -> Rewind {
         Rewind { prefix, at: 0, io }
+    }
+
+    /// The bytes put back that were not read yet, and the stream.
+    pub(crate) fn into_parts(mut self) -> (Vec<u8>, Io) {
+        let unread = if self.at == 0 {
+            self.prefix
+        } else {
+            self.prefix.split_off(self.at)
+        };
+        (unread, self.io)
     }
 }
 
@@ -446,6 +449,7 @@ async fn http<I>(
 {
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(Counted);
         app.clone().oneshot(req)
     });
     // HTTP/1.1 only: WebSockets and long-poll are HTTP/1.1, and hyper's HTTP/1 server times
@@ -477,14 +481,6 @@ mod tests {
     fn a_socket_stream_is_no_larger_than_a_tcp_stream_and_a_tag() {
         // Every idle socket holds one.
         assert!(std::mem::size_of::<Io>() <= std::mem::size_of::<TcpStream>() + 8);
-    }
-
-    #[test]
-    fn the_end_of_a_head_is_found_with_either_line_ending() {
-        assert!(ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(ends_head(b"GET / HTTP/1.1\nHost: x\n\n"));
-        assert!(ends_head(b"\n\r\n"));
-        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     }
 
     /// A head sent a byte at a time, and with bare LFs, still reaches the door or hyper.

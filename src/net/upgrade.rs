@@ -1,25 +1,28 @@
 //! WebSocket upgrades for the hub's three socket doors: `/socket/websocket` (Phoenix),
 //! `/relay` (raw device relay) and `/compendium`.
 //!
-//! The listener reads a connection's first request head and asks [`parse`] whether it is a
-//! WebSocket upgrade to one of these paths; if so the upgrade is decided and answered here
-//! ([`serve`]) without hyper, and the socket goes to its door's driver. Every other request,
+//! The listener reads a connection's first request head and asks [`Sniffer`] (over
+//! [`parse`]) whether it is a WebSocket upgrade to one of these paths, without hyper. If so,
+//! [`serve`] hands the head to tungstenite's server handshake
+//! (`accept_hdr_async_with_config`), which parses and checks the request, runs the doors'
+//! admission as its callback, and writes the 101 (or the refusal). Every other request,
 //! including a request to these paths that is not a well-formed upgrade, goes through
 //! hyper to [`fallback`], which answers it as before: 400, 403 or 405, or, for an upgrade
 //! that arrives on a connection hyper is already serving (a client reusing a kept-alive
-//! connection), the same upgrade through hyper's own upgrade mechanism. Either way the
-//! decision (origin, subprotocols, name, token, per-address cap) is [`decide`]'s, so the two
-//! paths cannot drift apart.
+//! connection), the same upgrade through hyper's own upgrade mechanism. Both paths build
+//! the 101 with tungstenite's `create_response` and [`confirm`], and the decision (origin,
+//! subprotocols, name, token, per-address cap) is [`Doors::decide`]'s, so they cannot drift
+//! apart.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::server::{self as handshake, ErrorResponse};
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::ws::{self, WsStream};
@@ -27,9 +30,11 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::net::listener::Io;
+use crate::core::Registry;
+use crate::net::listener::{Counted, Io, Rewind};
 
-/// Most headers read in a request head on the fast path (hyper takes longer heads).
+/// Most headers read in a request head on the fast path (hyper takes longer heads; the
+/// library's handshake takes up to 124, so everything sniffed here fits it).
 const MAX_HEADERS: usize = 64;
 
 /// The socket paths.
@@ -51,16 +56,12 @@ impl SocketPath {
     }
 }
 
-/// A WebSocket upgrade request read by the listener.
-#[derive(Debug)]
+/// A WebSocket upgrade request recognised by the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Upgrade {
     /// Length of the request head; bytes after it are the socket's.
     pub head_len: usize,
-    path: SocketPath,
-    query: Option<String>,
-    headers: HeaderMap,
-    /// Its `Sec-WebSocket-Accept`, from the key.
-    accept: String,
+    pub path: SocketPath,
 }
 
 /// The head is complete but not a WebSocket upgrade to a socket path (or not parseable
@@ -69,6 +70,11 @@ pub struct Upgrade {
 pub struct NotUpgrade;
 
 /// Parses a request head: `Ok(None)` means more bytes are needed.
+///
+/// It accepts exactly what tungstenite's server handshake accepts (`create_response`: the
+/// first `Connection` header lists `upgrade`, the first `Upgrade` is `websocket`, version
+/// 13, a key; a target `http::Uri` parses), restricted to GET, HTTP/1.1 and the socket
+/// paths, so a head sniffed here is never one the handshake then rejects.
 pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, NotUpgrade> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
@@ -81,45 +87,66 @@ pub fn parse(buf: &[u8]) -> Result<Option<Upgrade>, NotUpgrade> {
         return Err(NotUpgrade);
     }
     let target = req.path.ok_or(NotUpgrade)?;
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query.to_owned())),
-        None => (target, None),
-    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
     let path = SocketPath::from_path(path).ok_or(NotUpgrade)?;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| NotUpgrade)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| NotUpgrade)?;
-        headers.append(name, value);
+    let first = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let connection_upgrade = first("connection")
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .is_some_and(|v| {
+            v.split([' ', ','])
+                .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        });
+    let upgrade_websocket = first("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+    let version_13 = first("sec-websocket-version").is_some_and(|v| v == b"13");
+    let has_key = first("sec-websocket-key").is_some();
+    // The handshake turns every header into an `http` header value, and the target into a
+    // `Uri`; a head either would refuse is hyper's (which answers 400).
+    let values_ok = req.headers.iter().all(|h| {
+        h.value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+    });
+    if !(connection_upgrade && upgrade_websocket && version_13 && has_key && values_ok)
+        || Uri::try_from(target).is_err()
+    {
+        return Err(NotUpgrade);
     }
-    let accept = upgrade_key(&headers).map(accept_value).ok_or(NotUpgrade)?;
-    Ok(Some(Upgrade {
-        head_len,
-        path,
-        query,
-        headers,
-        accept,
-    }))
+    Ok(Some(Upgrade { head_len, path }))
 }
 
-/// Whether `value` lists `token` (comma-separated, case-insensitive), as `Connection` and
-/// `Upgrade` headers do.
-fn lists(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+/// Recognises an upgrade head as it arrives, however it is split into reads: feed it the
+/// whole buffer read so far after each read.
+///
+/// The head is parsed once its blank line has arrived, so a client that sends it a byte
+/// at a time costs a scan of each new byte, not a parse of the whole buffer per read.
+#[derive(Debug, Default)]
+pub struct Sniffer {
+    scanned: usize,
 }
 
-/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade (RFC 6455 §4.2.1), if the
-/// headers are one.
-fn upgrade_key(headers: &HeaderMap) -> Option<&HeaderValue> {
-    let has = |name: HeaderName, token: &str| headers.get_all(name).iter().any(|v| lists(v, token));
-    let version_13 = headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_some_and(|v| v.as_bytes() == b"13");
-    (has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket") && version_13)
-        .then(|| headers.get(header::SEC_WEBSOCKET_KEY))
-        .flatten()
+impl Sniffer {
+    /// `Ok(None)`: more bytes needed; `Ok(Some)`: an upgrade; `Err`: hyper's.
+    pub fn feed(&mut self, buf: &[u8]) -> Result<Option<Upgrade>, NotUpgrade> {
+        // The blank line may straddle two reads.
+        let from = self.scanned.saturating_sub(2);
+        self.scanned = buf.len();
+        if !ends_head(&buf[from.min(buf.len())..]) {
+            return Ok(None);
+        }
+        parse(buf)
+    }
+}
+
+/// Whether `bytes` hold the blank line that ends a request head (CRLF, or bare LF as
+/// `httparse` also accepts).
+pub(crate) fn ends_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// An accepted upgrade: the door's task for the socket, and how to open it.
@@ -147,12 +174,14 @@ pub trait Doors: Send + Sync + 'static {
 }
 
 /// What the edge needs to hand sockets to doors: the doors, the tracker every socket task
-/// is spawned on (shutdown waits for it), and the hub's kill switch.
+/// is spawned on (shutdown waits for it), the hub's kill switch, and the registry whose
+/// per-address count (`HOMEHUB_MAX_CONNS_PER_IP`) covers HTTP connections too.
 #[derive(Clone)]
 pub struct Edge {
     pub doors: Arc<dyn Doors>,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    pub registry: Arc<Registry>,
 }
 
 impl Accepted {
@@ -180,55 +209,87 @@ fn config(max_frame: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_frame))
 }
 
-fn accept_value(key: &HeaderValue) -> String {
-    tungstenite::handshake::derive_accept_key(key.as_bytes())
-}
-
-/// The headers of a 101 answer (both paths send the same).
-fn switching_headers<'a>(accept: &'a str, protocol: Option<&'a str>) -> Vec<(HeaderName, &'a str)> {
-    let mut headers = vec![
-        (header::CONNECTION, "upgrade"),
-        (header::UPGRADE, "websocket"),
-        (header::SEC_WEBSOCKET_ACCEPT, accept),
-    ];
+/// Adds the accepted subprotocol to a 101 (both paths).
+fn confirm(headers: &mut HeaderMap, protocol: Option<&'static str>) {
     if let Some(protocol) = protocol {
-        headers.push((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
     }
-    headers
 }
 
-/// Answers an upgrade the listener read: refused with a bare status and closed, or
-/// switched and handed to its door.
-pub async fn serve(mut io: Io, leftover: Vec<u8>, up: Upgrade, edge: &Edge, peer: SocketAddr) {
-    let decided = edge
+/// A refused upgrade's answer: a bare status, and the connection is closed.
+pub(crate) fn refusal(status: StatusCode) -> ErrorResponse {
+    let mut response = ErrorResponse::new(None);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Answers an upgrade the listener sniffed: tungstenite's handshake reads the head again
+/// from `buf` (the bytes read so far, cut at the head: it refuses bytes after the request),
+/// with admission as its callback; refused with a bare status and closed, or switched and
+/// handed to the door with the bytes after the head.
+// The callback's error type is tungstenite's `ErrorResponse` (an `http::Response`).
+#[allow(clippy::result_large_err)]
+pub async fn serve(io: Io, mut buf: Vec<u8>, up: Upgrade, edge: &Edge, peer: SocketAddr) {
+    let leftover = buf.split_off(up.head_len.min(buf.len()));
+    let mut accepted = None;
+    let callback = |req: &handshake::Request, mut response: handshake::Response| match edge
         .doors
-        .decide(up.path, peer, up.query.as_deref(), &up.headers);
-    let accepted = match decided {
-        Ok(accepted) => accepted,
-        Err(status) => {
-            let reason = status.canonical_reason().unwrap_or("");
-            let response = format!(
-                "HTTP/1.1 {} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                status.as_u16()
-            );
-            if io.write_response(response.as_bytes()).await.is_ok() {
-                let _ = io.shutdown().await;
-            }
-            return;
+        .decide(up.path, peer, req.uri().query(), req.headers())
+    {
+        Ok(a) => {
+            confirm(response.headers_mut(), a.protocol);
+            accepted = Some(a);
+            Ok(response)
         }
+        Err(status) => Err(refusal(status)),
     };
-    let mut response = String::from("HTTP/1.1 101 Switching Protocols\r\n");
-    for (name, value) in switching_headers(&up.accept, accepted.protocol) {
-        response.push_str(name.as_str());
-        response.push_str(": ");
-        response.push_str(value);
-        response.push_str("\r\n");
-    }
-    response.push_str("\r\n");
-    if let Err(e) = io.write_response(response.as_bytes()).await {
-        return tracing::info!(%peer, error = %e, "websocket upgrade failed");
-    }
+    // This socket only answers the handshake; `start` opens the door's with its limits.
+    let config = Some(config(ws::READ_BUFFER));
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(Rewind::new(buf, io), callback, config);
+    let ws = match handshake.await {
+        Ok(ws) => ws,
+        // Refused: the callback's answer was written, the reason logged by admission.
+        Err(tungstenite::Error::Http(_)) => return,
+        Err(e) => return tracing::info!(%peer, error = %e, "websocket upgrade failed"),
+    };
+    let Some(accepted) = accepted else {
+        return tracing::warn!(%peer, "websocket upgrade without a decision");
+    };
+    let (unread, io) = ws.into_inner().into_parts();
+    let leftover = if unread.is_empty() {
+        leftover
+    } else {
+        [unread, leftover].concat()
+    };
     accepted.start(io, leftover, &edge.tracker, peer).await;
+}
+
+/// Takes a hyper connection's own per-address count out while its upgrade is decided (the
+/// fast path decides with the HTTP connection's count given back too), and puts it back.
+struct SetAside<'a> {
+    registry: &'a Registry,
+    ip: IpAddr,
+}
+
+impl<'a> SetAside<'a> {
+    fn new(registry: &'a Registry, ip: IpAddr) -> SetAside<'a> {
+        registry.release_ip(ip);
+        SetAside { registry, ip }
+    }
+}
+
+impl Drop for SetAside<'_> {
+    fn drop(&mut self) {
+        // Unconditional (0 = no cap): the connection was counted before.
+        self.registry.admit_ip(self.ip, 0);
+    }
 }
 
 /// The socket paths' axum handler, for requests the listener did not take: anything that
@@ -246,18 +307,24 @@ pub async fn fallback(
     if req.method() != Method::GET {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let key = upgrade_key(req.headers()).cloned();
-    if key.is_none() && path != SocketPath::Phoenix {
+    // The same 101 the fast path's handshake builds, if this is a well-formed upgrade.
+    let switching = handshake::create_response_with_body(&req, axum::body::Body::empty).ok();
+    if switching.is_none() && path != SocketPath::Phoenix {
         return StatusCode::BAD_REQUEST.into_response();
     }
-    let accepted = match edge
-        .doors
-        .decide(path, peer, req.uri().query(), req.headers())
-    {
+    let decided = {
+        let _aside = req
+            .extensions()
+            .get::<Counted>()
+            .map(|_| SetAside::new(&edge.registry, peer.ip()));
+        edge.doors
+            .decide(path, peer, req.uri().query(), req.headers())
+    };
+    let accepted = match decided {
         Ok(accepted) => accepted,
         Err(status) => return status.into_response(),
     };
-    let Some(key) = key else {
+    let Some(mut response) = switching else {
         return StatusCode::BAD_REQUEST.into_response();
     };
     if req
@@ -267,7 +334,7 @@ pub async fn fallback(
     {
         return StatusCode::UPGRADE_REQUIRED.into_response();
     }
-    let protocol = accepted.protocol;
+    confirm(response.headers_mut(), accepted.protocol);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = edge.tracker.clone();
     edge.tracker.spawn(async move {
@@ -279,19 +346,13 @@ pub async fn fallback(
             Err(e) => tracing::info!(%peer, error = %e, "websocket upgrade failed"),
         }
     });
-    let accept = accept_value(&key);
-    let mut response = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    for (name, value) in switching_headers(&accept, protocol) {
-        response = response.header(name, value);
-    }
     response
-        .body(axum::body::Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const UPGRADE: &str = "GET /socket/websocket?name=a&vsn=2.0.0 HTTP/1.1\r\nHost: x\r\n\
         Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
@@ -304,9 +365,6 @@ mod tests {
         let up = parse(&buf).unwrap().unwrap();
         assert_eq!(up.head_len, UPGRADE.len());
         assert_eq!(up.path, SocketPath::Phoenix);
-        assert_eq!(up.query.as_deref(), Some("name=a&vsn=2.0.0"));
-        // RFC 6455's own example key and answer.
-        assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -329,5 +387,172 @@ mod tests {
         assert!(not(&UPGRADE.replace("Sec-WebSocket-Key", "X-Key")));
         assert!(not("\x16\x03\x01 not http at all\r\n\r\n"));
         assert!(parse(UPGRADE.replace("/socket/websocket", "/relay").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_with_either_line_ending() {
+        assert!(ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(ends_head(b"\n\r\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+    }
+
+    /// What the sniffer decides when `bytes` arrive in reads ending at `cuts` (then the
+    /// rest): the first decision, with the length read when it was made.
+    fn sniff_in_reads(bytes: &[u8], cuts: &[usize]) -> Result<Option<Upgrade>, NotUpgrade> {
+        let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+        ends.push(bytes.len());
+        ends.sort_unstable();
+        ends.dedup();
+        let mut sniffer = Sniffer::default();
+        for end in ends.into_iter().filter(|&e| e > 0) {
+            match sniffer.feed(&bytes[..end]) {
+                Ok(None) => continue,
+                decided => return decided,
+            }
+        }
+        Ok(None)
+    }
+
+    /// A blocking stream for tungstenite's own (synchronous) server handshake: reads
+    /// `input`, records what is written.
+    struct Wire {
+        input: std::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl std::io::Read for Wire {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+
+    impl std::io::Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Whether tungstenite's handshake, the one [`serve`] runs, switches on `head`.
+    fn library_switches(head: &[u8]) -> bool {
+        let wire = Wire {
+            input: std::io::Cursor::new(head.to_vec()),
+            output: Vec::new(),
+        };
+        match tungstenite::accept(wire) {
+            Ok(ws) => ws.get_ref().output.starts_with(b"HTTP/1.1 101 "),
+            Err(_) => false,
+        }
+    }
+
+    fn casing() -> impl Strategy<Value = fn(&str) -> String> {
+        prop_oneof![
+            Just((|s: &str| s.to_owned()) as fn(&str) -> String),
+            Just((|s: &str| s.to_ascii_lowercase()) as fn(&str) -> String),
+            Just((|s: &str| s.to_ascii_uppercase()) as fn(&str) -> String),
+        ]
+    }
+
+    prop_compose! {
+        /// A valid upgrade head (what any WebSocket client may send), its path, and bytes a
+        /// client may send right after it.
+        fn upgrade_head()(
+            path in prop_oneof![
+                Just(("/socket/websocket", SocketPath::Phoenix)),
+                Just(("/relay", SocketPath::Relay)),
+                Just(("/compendium", SocketPath::Compendium)),
+            ],
+            query in proptest::option::of("[a-zA-Z0-9=&._~%-]{0,40}"),
+            connection in prop_oneof![
+                Just("Upgrade"), Just("upgrade"), Just("keep-alive, Upgrade"), Just("Upgrade,keep-alive"),
+            ],
+            upgrade in prop_oneof![Just("websocket"), Just("WebSocket")],
+            case in casing(),
+            extra in proptest::collection::vec(("X-[A-Za-z0-9-]{1,12}", "[!-~][ -~]{0,30}"), 0..6),
+            shuffle in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            crlf in any::<bool>(),
+            after in proptest::collection::vec(any::<u8>(), 0..32),
+        ) -> (Vec<u8>, SocketPath, Vec<u8>) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut headers: Vec<(String, String)> = vec![
+                (case("Host"), "127.0.0.1:4000".into()),
+                (case("Connection"), connection.into()),
+                (case("Upgrade"), upgrade.into()),
+                (case("Sec-WebSocket-Version"), "13".into()),
+                (case("Sec-WebSocket-Key"), "dGhlIHNhbXBsZSBub25jZQ==".into()),
+            ];
+            headers.extend(extra);
+            // A fixed permutation from the drawn seed: header order is free.
+            let n = headers.len();
+            for i in (1..n).rev() {
+                let j = (shuffle >> (i % 32)) as usize % (i + 1);
+                headers.swap(i, j);
+            }
+            let target = match &query {
+                Some(q) => format!("{}?{q}", path.0),
+                None => path.0.to_owned(),
+            };
+            let mut head = format!("GET {target} HTTP/1.1{eol}");
+            for (name, value) in &headers {
+                head.push_str(&format!("{name}: {value}{eol}"));
+            }
+            head.push_str(eol);
+            (head.into_bytes(), path.1, after)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes never panic the decoder, and what it decides does not depend on
+        /// how the bytes were split into reads.
+        #[test]
+        fn any_bytes_are_decided_the_same_in_any_reads(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..8),
+        ) {
+            let whole = sniff_in_reads(&bytes, &[]);
+            prop_assert_eq!(sniff_in_reads(&bytes, &cuts), whole);
+            if let Ok(Some(up)) = whole {
+                prop_assert!(library_switches(&bytes[..up.head_len]));
+            }
+        }
+
+        /// Heads that are mostly right (an upgrade head with bytes changed) reach the
+        /// interesting branches; still no panic, and no dependence on the reads.
+        #[test]
+        fn damaged_upgrade_heads_are_decided_the_same_in_any_reads(
+            (head, _, after) in upgrade_head(),
+            damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            cuts in proptest::collection::vec(0usize..700, 0..8),
+        ) {
+            let mut bytes = [head, after].concat();
+            for (at, b) in damage {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            let whole = sniff_in_reads(&bytes, &[]);
+            prop_assert_eq!(sniff_in_reads(&bytes, &cuts), whole);
+            if let Ok(Some(up)) = whole {
+                prop_assert!(library_switches(&bytes[..up.head_len]));
+            }
+        }
+
+        /// A valid upgrade head is recognised, with its length and path, however it is split
+        /// into reads and whatever follows it; and tungstenite's handshake accepts it too.
+        #[test]
+        fn a_valid_upgrade_head_is_recognised_in_any_reads(
+            (head, path, after) in upgrade_head(),
+            cuts in proptest::collection::vec(0usize..700, 0..8),
+        ) {
+            let bytes = [head.clone(), after].concat();
+            let expected = Upgrade { head_len: head.len(), path };
+            prop_assert_eq!(sniff_in_reads(&bytes, &cuts), Ok(Some(expected)));
+            prop_assert!(library_switches(&head));
+        }
     }
 }
