@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use homehub::core::directory::{Claim, DeviceInfo, Packet};
 use homehub::core::{Door, Registry};
 use homehub::domain::DeviceName;
-use homehub::doors::phoenix::{Frame, OutPayload, RawRef, SharedFrame, Vsn};
+use homehub::doors::phoenix::{Frame, OutPayload, RawRef, SharedFrame, Status, Vsn};
 use homehub::metrics::Metrics;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,8 @@ fn frames(c: &mut Criterion) {
         Some(jr.clone()),
         Some(jr),
         "lock:SN-000123",
-        "ok",
-        r#"{"uuid":"6f1c7c0e-3a51-4f7e-9a57-0b4b1f9c2d11","serial":"SN-000123","name":"SN-000123","mode":1,"feature_flags":[],"config":{},"state":{"locked":true}}"#.to_owned(),
+        Status::Ok,
+        RawValue::from_string(r#"{"uuid":"6f1c7c0e-3a51-4f7e-9a57-0b4b1f9c2d11","serial":"SN-000123","name":"SN-000123","mode":1,"feature_flags":[],"config":{},"state":{"locked":true}}"#.to_owned()).expect("json"),
     );
     c.bench_function("encode v2 join reply", |b| {
         b.iter(|| Vsn::V2.encode(black_box(&reply)))
@@ -107,10 +107,13 @@ fn broadcast(c: &mut Criterion) {
         reg.subscribe("events", &conn);
         receivers.push((conn, rx));
     }
-    let body = r#"{"from":"lock-pi","message":{"kind":"opened","t":1795302979123456789}}"#;
+    let body = RawValue::from_string(
+        r#"{"from":"lock-pi","message":{"kind":"opened","t":1795302979123456789}}"#.to_owned(),
+    )
+    .expect("json");
     c.bench_function("broadcast to 1000 subscribers, encode once", |b| {
         b.iter(|| {
-            let n = reg.broadcast("events", "event", OutPayload::Json(body.to_owned()), None);
+            let n = reg.broadcast("events", "event", OutPayload::Json(body.clone()), None);
             for (_, rx) in receivers.iter_mut() {
                 if let Some(homehub::core::Outbound::Broadcast(shared)) = rx.try_recv() {
                     black_box(Vsn::V2.encode_shared(&shared));
@@ -119,7 +122,7 @@ fn broadcast(c: &mut Criterion) {
             n
         })
     });
-    let frame = Frame::broadcast("events", "event", OutPayload::Json(body.to_owned()));
+    let frame = Frame::broadcast("events", "event", OutPayload::Json(body.clone()));
     c.bench_function("shared frame: first encode", |b| {
         b.iter(|| Vsn::V2.encode_shared(&SharedFrame::new(frame.clone(), None)))
     });

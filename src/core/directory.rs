@@ -28,7 +28,7 @@ use super::{Conn, Outbound, SendError};
 use crate::domain::DeviceName;
 
 /// A packet travelling from one device to another.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Packet {
     /// The sender's relay name.
     pub sender: String,

@@ -25,6 +25,7 @@ use tungstenite::Utf8Bytes;
 use super::close_code;
 use super::directory::{BinaryPacket, Claim, Packet, RegisterError, Registered};
 use super::message::OutPayload;
+use super::presence::DeviceMeta;
 use super::registry::{Conn, Outbound, Registry};
 use crate::domain::DeviceName;
 
@@ -127,7 +128,7 @@ pub trait Fabric: Send + Sync + 'static {
         &self,
         key: &str,
         conn_id: u64,
-        fields: Option<String>,
+        fields: Option<DeviceMeta>,
     ) -> Result<(), Unavailable>;
 }
 
@@ -240,7 +241,7 @@ impl Fabric for LocalFabric {
         &self,
         key: &str,
         conn_id: u64,
-        fields: Option<String>,
+        fields: Option<DeviceMeta>,
     ) -> Result<(), Unavailable> {
         self.registry.presence_set(key, conn_id, fields);
         Ok(())
@@ -327,16 +328,11 @@ mod tests {
         let (b, _rx_b) = connect(&registry, "b");
         registry.subscribe("events", &a);
         registry.subscribe("events", &b);
-        let sent = fabric.broadcast(
-            "events",
-            "event",
-            OutPayload::Json("{}".to_owned()),
-            Some(b.id),
-        );
+        let sent = fabric.broadcast("events", "event", OutPayload::empty(), Some(b.id));
         assert_eq!(sent, Ok(1));
         assert!(matches!(rx_a.try_recv(), Some(Outbound::Broadcast(_))));
         assert_eq!(
-            fabric.broadcast("nobody", "event", OutPayload::Json("{}".to_owned()), None),
+            fabric.broadcast("nobody", "event", OutPayload::empty(), None),
             Ok(0)
         );
     }

@@ -52,17 +52,168 @@ impl RawRef {
     }
 }
 
+/// A frame's event. Phoenix's control events are variants (written without allocating);
+/// channel events the hub names are `&'static str`; only events built at run time
+/// (`packet:<sender>`) or sent by a client are allocated.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// `phx_join`
+    Join,
+    /// `phx_leave`
+    Leave,
+    /// `phx_reply`
+    Reply,
+    /// `phx_error`
+    Error,
+    /// `phx_close`
+    Close,
+    /// `heartbeat`
+    Heartbeat,
+    /// A channel event the hub names (`"event"`, `"mode:pair"`, `"presence_diff"`).
+    Named(&'static str),
+    /// A channel event built at run time or decoded from a client.
+    Custom(String),
+}
+
+impl Event {
+    const CONTROL: [(&'static str, Event); 6] = [
+        ("phx_join", Event::Join),
+        ("phx_leave", Event::Leave),
+        ("phx_reply", Event::Reply),
+        ("phx_error", Event::Error),
+        ("phx_close", Event::Close),
+        ("heartbeat", Event::Heartbeat),
+    ];
+
+    fn control(name: &str) -> Option<Event> {
+        Event::CONTROL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// The event of a decoded client frame (control events become their variant).
+    pub fn decoded(name: String) -> Event {
+        Event::control(&name).unwrap_or(Event::Custom(name))
+    }
+
+    /// An event named at run time (copied unless it is a control event).
+    pub fn from_name(name: &str) -> Event {
+        Event::control(name).unwrap_or_else(|| Event::Custom(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Event::Join => "phx_join",
+            Event::Leave => "phx_leave",
+            Event::Reply => "phx_reply",
+            Event::Error => "phx_error",
+            Event::Close => "phx_close",
+            Event::Heartbeat => "heartbeat",
+            Event::Named(name) => name,
+            Event::Custom(name) => name,
+        }
+    }
+}
+
+impl From<&'static str> for Event {
+    fn from(name: &'static str) -> Event {
+        Event::control(name).unwrap_or(Event::Named(name))
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Event {}
+
+impl PartialEq<str> for Event {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Event {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Event {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of a `phx_reply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// `{}`, as a type: serializes to an empty JSON object.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Empty {}
+
+/// `value` serialized to JSON by serde (the only way the hub writes a payload). A value
+/// serde cannot write (a map with non-string keys) is logged and sent as `{}`.
+pub fn to_json(value: &impl serde::Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "payload not serializable; sent as {{}}");
+        empty_json()
+    })
+}
+
+/// `{}`.
+pub fn empty_json() -> Box<RawValue> {
+    serde_json::value::to_raw_value(&Empty {}).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
 /// The payload of an outbound frame.
 #[derive(Debug, Clone)]
 pub enum OutPayload {
-    /// Serialized JSON text (always an object for pushes and broadcasts, §2.2).
-    Json(String),
-    /// A `phx_reply`: status plus serialized JSON response.
-    Reply { status: String, response: String },
+    /// JSON written by serde (always an object for pushes and broadcasts, §2.2).
+    Json(Box<RawValue>),
+    /// A `phx_reply`: status plus the JSON response.
+    Reply {
+        status: Status,
+        response: Box<RawValue>,
+    },
     /// A `phx_reply` whose response is bytes (binary reply, kind 1).
-    BinaryReply { status: String, response: Bytes },
+    BinaryReply { status: Status, response: Bytes },
     /// Raw bytes (binary push or broadcast, kinds 0 and 2).
     Binary(Bytes),
+}
+
+impl OutPayload {
+    /// `value` serialized by serde.
+    pub fn json(value: &impl serde::Serialize) -> OutPayload {
+        OutPayload::Json(to_json(value))
+    }
+
+    /// `{}`.
+    pub fn empty() -> OutPayload {
+        OutPayload::Json(empty_json())
+    }
 }
 
 /// One outbound frame before serialization.
@@ -71,7 +222,7 @@ pub struct Frame {
     pub join_ref: Option<RawRef>,
     pub ref_: Option<RawRef>,
     pub topic: String,
-    pub event: String,
+    pub event: Event,
     pub payload: OutPayload,
 }
 
@@ -81,18 +232,15 @@ impl Frame {
         join_ref: Option<RawRef>,
         ref_: Option<RawRef>,
         topic: &str,
-        status: &str,
-        response: String,
+        status: Status,
+        response: Box<RawValue>,
     ) -> Frame {
         Frame {
             join_ref,
             ref_,
             topic: topic.to_owned(),
-            event: "phx_reply".to_owned(),
-            payload: OutPayload::Reply {
-                status: status.to_owned(),
-                response,
-            },
+            event: Event::Reply,
+            payload: OutPayload::Reply { status, response },
         }
     }
 
@@ -102,7 +250,7 @@ impl Frame {
             join_ref: None,
             ref_: None,
             topic: topic.to_owned(),
-            event: event.to_owned(),
+            event: Event::from_name(event),
             payload,
         }
     }

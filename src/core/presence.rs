@@ -8,55 +8,138 @@
 //! the old one in `leaves`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::value::RawValue;
+
+use super::message::to_json;
 
 /// The presence topic.
 pub const TOPIC: &str = "presence:devices";
 
-/// One connection's meta. The application fields are kept as their JSON object text: a
-/// few dozen bytes per device instead of a map of values, compared and copied as a whole.
+/// What a device's Presence meta says, set by its door: the door, when it came online,
+/// the locks it has joined and whether it is on the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMeta {
+    pub door: &'static str,
+    pub online_at: i64,
+    pub locks: Vec<String>,
+    pub relay: bool,
+}
+
+/// One connection's meta.
 struct Meta {
     /// Rendered as 16 hex digits.
     phx_ref: u64,
-    fields: Box<str>,
+    fields: DeviceMeta,
 }
 
 /// A key's metas by connection id: almost always exactly one, so a list grown one entry
 /// at a time rather than a hash map.
 type Metas = Vec<(u64, Meta)>;
 
-fn ref_str(phx_ref: u64) -> String {
-    format!("{phx_ref:016x}")
-}
+/// A `phx_ref`: 16 hex digits.
+struct Ref(u64);
 
-impl Meta {
-    /// The meta as Phoenix sends it: the fields plus `phx_ref` (and `phx_ref_prev`).
-    fn write(&self, out: &mut String, prev: Option<u64>) {
-        let inner = self.fields.trim_end().strip_suffix('}').unwrap_or("{");
-        out.push_str(inner);
-        if inner.trim() != "{" {
-            out.push(',');
-        }
-        let _ = write!(out, "\"phx_ref\":\"{}\"", ref_str(self.phx_ref));
-        if let Some(prev) = prev {
-            let _ = write!(out, ",\"phx_ref_prev\":\"{}\"", ref_str(prev));
-        }
-        out.push('}');
+impl Serialize for Ref {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:016x}", self.0))
     }
 }
 
-fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// A meta as Phoenix sends it: the fields plus `phx_ref` (and `phx_ref_prev`).
+#[derive(serde::Serialize)]
+struct WireMeta<'a> {
+    door: &'a str,
+    online_at: i64,
+    locks: &'a [String],
+    relay: bool,
+    phx_ref: Ref,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phx_ref_prev: Option<Ref>,
 }
 
-/// `{"<key>":{"metas":[<meta>]}}`
-fn entry(key: &str, meta: &Meta, prev: Option<u64>) -> String {
-    let mut out = format!("{{{}:{{\"metas\":[", json_str(key));
-    meta.write(&mut out, prev);
-    out.push_str("]}}");
-    out
+impl Meta {
+    fn wire(&self, prev: Option<u64>) -> WireMeta<'_> {
+        WireMeta {
+            door: self.fields.door,
+            online_at: self.fields.online_at,
+            locks: &self.fields.locks,
+            relay: self.fields.relay,
+            phx_ref: Ref(self.phx_ref),
+            phx_ref_prev: prev.map(Ref),
+        }
+    }
+}
+
+/// The metas of one key: `[<meta>, ...]`.
+enum MetaList<'a> {
+    /// One meta (a diff), with its `phx_ref_prev`.
+    One(&'a Meta, Option<u64>),
+    /// All of a key's metas (the state).
+    All(&'a Metas),
+}
+
+impl Serialize for MetaList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MetaList::One(meta, prev) => {
+                let mut seq = s.serialize_seq(Some(1))?;
+                seq.serialize_element(&meta.wire(*prev))?;
+                seq.end()
+            }
+            MetaList::All(metas) => s.collect_seq(metas.iter().map(|(_, m)| m.wire(None))),
+        }
+    }
+}
+
+/// `{"metas": [...]}`
+#[derive(serde::Serialize)]
+struct KeyMetas<'a> {
+    metas: MetaList<'a>,
+}
+
+/// `{"<key>": {"metas": [<meta>]}}`, or `{}`.
+struct Entry<'a>(Option<(&'a str, &'a Meta, Option<u64>)>);
+
+impl Serialize for Entry<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(usize::from(self.0.is_some())))?;
+        if let Some((key, meta, prev)) = self.0 {
+            map.serialize_entry(
+                key,
+                &KeyMetas {
+                    metas: MetaList::One(meta, prev),
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// The `presence_diff` payload.
+#[derive(serde::Serialize)]
+struct Diff<'a> {
+    joins: Entry<'a>,
+    leaves: Entry<'a>,
+}
+
+/// The `presence_state` payload: every key with all its metas.
+struct State<'a>(&'a HashMap<String, Metas>);
+
+impl Serialize for State<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(key, metas)| {
+            (
+                key,
+                KeyMetas {
+                    metas: MetaList::All(metas),
+                },
+            )
+        }))
+    }
 }
 
 pub struct Presence {
@@ -87,15 +170,14 @@ impl Presence {
     }
 
     /// Tracks (`Some`), updates, or untracks (`None`) the meta of one connection under
-    /// `key`; `fields` is a JSON object's text. Returns the `presence_diff` payload when
-    /// something changed and `want_diff`.
+    /// `key`. Returns the `presence_diff` payload when something changed and `want_diff`.
     pub fn set(
         &self,
         key: &str,
         conn_id: u64,
-        fields: Option<String>,
+        fields: Option<DeviceMeta>,
         want_diff: bool,
-    ) -> Option<String> {
+    ) -> Option<Box<RawValue>> {
         let mut entries = self.lock();
         if !entries.contains_key(key) {
             fields.as_ref()?;
@@ -105,17 +187,14 @@ impl Presence {
         let at = metas.iter().position(|(id, _)| *id == conn_id);
         let old = match fields {
             Some(fields) => {
-                if at.is_some_and(|i| *metas[i].1.fields == *fields) {
+                if at.is_some_and(|i| metas[i].1.fields == fields) {
                     return None;
                 }
                 let new = Meta {
                     phx_ref: self.next_ref(),
-                    fields: fields.into_boxed_str(),
+                    fields,
                 };
-                let joins = want_diff.then(|| {
-                    let prev = at.map(|i| metas[i].1.phx_ref);
-                    entry(key, &new, prev)
-                });
+                let prev = at.map(|i| metas[i].1.phx_ref);
                 let old = match at {
                     Some(i) => Some(std::mem::replace(&mut metas[i].1, new)),
                     None => {
@@ -124,12 +203,15 @@ impl Presence {
                         None
                     }
                 };
-                let joins = joins?;
-                let leaves = match &old {
-                    Some(old) => entry(key, old, None),
-                    None => "{}".to_owned(),
+                if !want_diff {
+                    return None;
+                }
+                let i = at.unwrap_or(metas.len() - 1);
+                let diff = Diff {
+                    joins: Entry(Some((key, &metas[i].1, prev))),
+                    leaves: Entry(old.as_ref().map(|old| (key, old, None))),
                 };
-                return Some(format!("{{\"joins\":{joins},\"leaves\":{leaves}}}"));
+                return Some(to_json(&diff));
             }
             None => at.map(|i| metas.swap_remove(i).1),
         };
@@ -137,28 +219,17 @@ impl Presence {
             entries.remove(key);
         }
         let old = old?;
-        want_diff.then(|| format!("{{\"joins\":{{}},\"leaves\":{}}}", entry(key, &old, None)))
+        want_diff.then(|| {
+            to_json(&Diff {
+                joins: Entry(None),
+                leaves: Entry(Some((key, &old, None))),
+            })
+        })
     }
 
     /// The `presence_state` payload: every key with all its metas.
-    pub fn state_json(&self) -> String {
-        let entries = self.lock();
-        let mut out = String::from("{");
-        for (i, (key, metas)) in entries.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{}:{{\"metas\":[", json_str(key));
-            for (j, (_, meta)) in metas.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                meta.write(&mut out, None);
-            }
-            out.push_str("]}");
-        }
-        out.push('}');
-        out
+    pub fn state_json(&self) -> Box<RawValue> {
+        to_json(&State(&self.lock()))
     }
 }
 
@@ -167,36 +238,52 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn fields(v: Value) -> String {
-        v.to_string()
+    fn fields(online_at: i64) -> DeviceMeta {
+        DeviceMeta {
+            door: "phoenix",
+            online_at,
+            locks: vec!["A1".to_owned()],
+            relay: false,
+        }
+    }
+
+    fn parse(raw: impl AsRef<RawValue>) -> Value {
+        serde_json::from_str(raw.as_ref().get()).unwrap()
     }
 
     #[test]
     fn track_update_untrack_produce_phoenix_diffs() {
         let p = Presence::default();
-        let d: Value =
-            serde_json::from_str(&p.set("a", 1, Some(fields(json!({"x": 1}))), true).unwrap())
-                .unwrap();
+        let d = parse(p.set("a", 1, Some(fields(1)), true).unwrap());
         let r1 = d["joins"]["a"]["metas"][0]["phx_ref"]
             .as_str()
             .unwrap()
             .to_owned();
+        assert_eq!(r1.len(), 16);
+        assert_eq!(d["joins"]["a"]["metas"][0]["locks"], json!(["A1"]));
+        assert_eq!(d["joins"]["a"]["metas"][0]["door"], "phoenix");
         assert_eq!(d["leaves"], json!({}));
-        assert!(p.set("a", 1, Some(fields(json!({"x": 1}))), true).is_none());
-        let d: Value =
-            serde_json::from_str(&p.set("a", 1, Some(fields(json!({"x": 2}))), true).unwrap())
-                .unwrap();
+        assert!(p.set("a", 1, Some(fields(1)), true).is_none());
+        let d = parse(p.set("a", 1, Some(fields(2)), true).unwrap());
         let joined = &d["joins"]["a"]["metas"][0];
-        assert_eq!(joined["x"], 2);
+        assert_eq!(joined["online_at"], 2);
         assert_eq!(joined["phx_ref_prev"], r1.as_str());
         assert_ne!(joined["phx_ref"], r1.as_str());
         assert_eq!(d["leaves"]["a"]["metas"][0]["phx_ref"], r1.as_str());
-        let state: Value = serde_json::from_str(&p.state_json()).unwrap();
+        assert!(d["leaves"]["a"]["metas"][0].get("phx_ref_prev").is_none());
+        let state = parse(p.state_json());
         assert_eq!(state["a"]["metas"].as_array().unwrap().len(), 1);
-        let d: Value = serde_json::from_str(&p.set("a", 1, None, true).unwrap()).unwrap();
+        let d = parse(p.set("a", 1, None, true).unwrap());
         assert_eq!(d["joins"], json!({}));
-        assert_eq!(d["leaves"]["a"]["metas"][0]["x"], 2);
-        assert_eq!(p.state_json(), "{}");
+        assert_eq!(d["leaves"]["a"]["metas"][0]["online_at"], 2);
+        assert_eq!(p.state_json().get(), "{}");
         assert!(p.set("a", 1, None, true).is_none());
+    }
+
+    #[test]
+    fn keys_are_escaped_by_serde() {
+        let p = Presence::default();
+        let d = parse(p.set("a\"b", 1, Some(fields(1)), true).unwrap());
+        assert!(d["joins"]["a\"b"]["metas"].is_array());
     }
 }

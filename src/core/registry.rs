@@ -188,7 +188,8 @@ impl Conn {
     }
 
     /// Asks the connection's task to close the socket with `code` (first caller wins).
-    pub fn kill(&self, code: u16) {
+    pub fn kill(&self, code: close_code::CloseCode) {
+        let code = u16::from(code);
         let _ = self
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
@@ -207,10 +208,10 @@ impl Conn {
 
     /// The close code requested by [`Conn::kill`]; 1012 (restart) when the hub is shutting
     /// down.
-    pub fn close_code(&self) -> u16 {
+    pub fn close_code(&self) -> close_code::CloseCode {
         match self.close_code.load(Ordering::Acquire) {
             0 => close_code::RESTART,
-            c => c,
+            c => c.into(),
         }
     }
 }
@@ -563,7 +564,7 @@ impl Registry {
 
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
     /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
-    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<String>) {
+    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<presence::DeviceMeta>) {
         let want_diff = self.has_subscribers(presence::TOPIC);
         if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
             self.broadcast(
@@ -674,7 +675,10 @@ mod tests {
         let (open, _r4) = r.connect(None, Door::Compendium, at, None);
         assert_eq!(r.kill_token("t1"), 2);
         assert!(raw.is_killed() && phx.is_killed());
-        assert_eq!((raw.close_code(), phx.close_code()), (1001, 1001));
+        assert_eq!(
+            (u16::from(raw.close_code()), u16::from(phx.close_code())),
+            (1001, 1001)
+        );
         assert!(!other.is_killed() && !open.is_killed());
         assert_eq!(r.kill_token("t3"), 0);
         assert_eq!(other.token_id(), Some("t2"));

@@ -48,7 +48,7 @@ async fn a_silent_connection_is_closed_after_the_idle_time() {
     advance(2 * MARGIN).await;
     r.sweep_idle(IDLE);
     assert!(quiet.is_killed() && quiet.idled_out());
-    assert_eq!(quiet.close_code(), 1001);
+    assert_eq!(quiet.close_code(), crate::core::close_code::GOING_AWAY);
     assert!(!busy.is_killed(), "a frame moved its deadline");
     advance(IDLE).await;
     r.sweep_idle(IDLE);

@@ -19,7 +19,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde_json::json;
 use serde_json::value::RawValue;
 use tungstenite::{Message as WsMessage, Utf8Bytes};
 
@@ -54,6 +53,33 @@ fn err(code: u16, msg: impl Into<String>) -> Err {
     Err {
         code,
         msg: msg.into(),
+    }
+}
+
+/// A message the hub sends, written by serde (`msg` passes through byte for byte).
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "type")]
+pub enum ServerMsg<'a> {
+    #[serde(rename = "INITRESP")]
+    InitResp {
+        #[serde(rename = "EpheWssAddr")]
+        addr: &'a str,
+    },
+    #[serde(rename = "DELIVER")]
+    Deliver { msg: &'a RawValue },
+    #[serde(rename = "ERR")]
+    Err {
+        #[serde(rename = "errCode")]
+        code: u16,
+        #[serde(rename = "errMsg")]
+        msg: &'a str,
+    },
+}
+
+impl ServerMsg<'_> {
+    /// The message's JSON text.
+    pub fn to_text(&self) -> String {
+        Box::<str>::from(crate::core::message::to_json(self)).into_string()
     }
 }
 
@@ -149,13 +175,12 @@ impl Compendium {
                 }
                 let addr = registry.compendium.allocate(&self.conn);
                 tracing::info!(conn = self.conn.id, %addr, "compendium address allocated");
-                let resp = json!({ "type": "INITRESP", "EpheWssAddr": addr }).to_string();
+                let resp = ServerMsg::InitResp { addr: &addr }.to_text();
                 self.addr = Some(addr);
                 Some(resp)
             }
             Ok(ClientMsg::Route { addr, msg }) => {
-                let deliver = format!("{{\"type\":\"DELIVER\",\"msg\":{}}}", msg.get());
-                let text = Utf8Bytes::from(deliver);
+                let text = Utf8Bytes::from(ServerMsg::Deliver { msg: &msg }.to_text());
                 match self.hub.fabric.deliver_to_address(&addr, text).await {
                     Ok(()) => None,
                     Err(DeliveryError::TargetBusy) => Some(error_json(&err(503, "target busy"))),
@@ -175,7 +200,11 @@ impl Compendium {
 }
 
 fn error_json(e: &Err) -> String {
-    json!({ "type": "ERR", "errCode": e.code, "errMsg": e.msg }).to_string()
+    ServerMsg::Err {
+        code: e.code,
+        msg: &e.msg,
+    }
+    .to_text()
 }
 
 impl Handler for Compendium {
@@ -229,6 +258,23 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_messages_are_written_by_serde_and_msg_passes_through() {
+        let msg = RawValue::from_string(r#"{"b": 1.50, "a": "\u00e9"}"#.to_owned()).unwrap();
+        assert_eq!(
+            ServerMsg::Deliver { msg: &msg }.to_text(),
+            r#"{"type":"DELIVER","msg":{"b": 1.50, "a": "\u00e9"}}"#
+        );
+        assert_eq!(
+            ServerMsg::InitResp { addr: "ab" }.to_text(),
+            r#"{"type":"INITRESP","EpheWssAddr":"ab"}"#
+        );
+        assert_eq!(
+            error_json(&err(404, "no \"such\" address")),
+            r#"{"type":"ERR","errCode":404,"errMsg":"no \"such\" address"}"#
+        );
+    }
 
     #[test]
     fn validates_every_field() {

@@ -234,7 +234,7 @@ impl RawRelay {
     }
 
     /// Publishes this connection's Presence under `name` (`None`: it left).
-    fn presence(&self, name: &str, meta: Option<String>) {
+    fn presence(&self, name: &str, meta: Option<crate::core::presence::DeviceMeta>) {
         if self
             .hub
             .fabric

@@ -33,7 +33,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Close the connection with this code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
-    pub code: u16,
+    pub code: close_code::CloseCode,
     pub reason: &'static str,
 }
 
@@ -64,6 +64,8 @@ pub trait Handler: Send {
 enum End {
     /// The hub closes: send this close frame (if the handler wants one).
     Close(Close),
+    /// The connection was killed ([`Conn::kill`], the idle sweep, shutdown).
+    Killed,
     /// The client sent a close frame with this code (1005: none given).
     ByClient(u16),
     /// The connection dropped without a close frame (1006, never sent on the wire).
@@ -91,7 +93,7 @@ fn classify(err: tungstenite::Error) -> End {
         }),
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Dropped,
         tungstenite::Error::Protocol(_) => End::Close(Close {
-            code: 1002,
+            code: close_code::PROTOCOL,
             reason: "protocol error",
         }),
         _ => End::Dropped,
@@ -163,15 +165,11 @@ pub fn drive<H: Handler>(
     async move {
         conn.watch_idle(ping);
         let mut out: Vec<WsMessage> = Vec::new();
-        let killed = Close {
-            code: 0,
-            reason: "closed by the hub",
-        };
 
         let end: End = loop {
             tokio::select! {
                 biased;
-                _ = conn.killed() => break End::Close(killed),
+                _ = conn.killed() => break End::Killed,
                 inbound = socket.next() => {
                     let msg = match inbound {
                         None => break End::Dropped,
@@ -219,42 +217,38 @@ pub fn drive<H: Handler>(
                     note_send_timeout(&e, &conn, &metrics);
                 }
                 break if conn.is_killed() {
-                    End::Close(killed)
+                    End::Killed
                 } else {
                     End::Dropped
                 };
             }
         };
 
-        let mut close = match end {
+        let close = match end {
             End::Close(close) => close,
+            End::Killed if conn.idled_out() => Close {
+                code: close_code::GOING_AWAY,
+                reason: "idle timeout",
+            },
+            End::Killed => Close {
+                code: conn.close_code(),
+                reason: "closed by the hub",
+            },
             End::ByClient(code) => return (Some(code), handler),
             End::Dropped => return (Some(ABNORMAL), handler),
         };
-        if close.code == 0 {
-            close = if conn.idled_out() {
-                Close {
-                    code: close_code::GOING_AWAY,
-                    reason: "idle timeout",
-                }
-            } else {
-                Close {
-                    code: conn.close_code(),
-                    ..close
-                }
-            };
-        }
+        let code = u16::from(close.code);
         if !handler.wants_close_frame() {
             // Dropping the socket ends the TCP connection (FIN) without a close frame.
-            return (Some(close.code), handler);
+            return (Some(code), handler);
         }
         let frame = CloseFrame {
-            code: close.code.into(),
+            code: close.code,
             reason: close.reason.into(),
         };
         let _ =
             tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
-        (Some(close.code), handler)
+        (Some(code), handler)
     }
 }
 

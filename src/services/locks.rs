@@ -32,9 +32,10 @@ pub const STATE_EVENT: &str = "state";
 pub const PAIR_EVENT: &str = "mode:pair";
 
 /// Broadcasts `event` with the JSON `body` on `events` and on `events:<serial>`.
-pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: String) {
-    let all = fabric.broadcast(EVENTS_TOPIC, event, OutPayload::Json(body.clone()), None);
-    let one = fabric.broadcast(&events_topic(serial), event, OutPayload::Json(body), None);
+pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: &impl serde::Serialize) {
+    let body = OutPayload::json(body);
+    let all = fabric.broadcast(EVENTS_TOPIC, event, body.clone(), None);
+    let one = fabric.broadcast(&events_topic(serial), event, body, None);
     if all.is_err() || one.is_err() {
         tracing::warn!(%serial, event, "event not announced: fabric unavailable");
     }
@@ -49,14 +50,12 @@ pub async fn set_state(
     state: &Value,
 ) -> Result<(LockRecord, usize), ServiceError> {
     let lock = hub.store.set_intended_state(serial, state).await?;
-    let delivered = hub.fabric.push_topic(
-        &lock_topic(serial),
-        STATE_EVENT,
-        OutPayload::Json(state.to_string()),
-    )?;
+    let delivered =
+        hub.fabric
+            .push_topic(&lock_topic(serial), STATE_EVENT, OutPayload::json(state))?;
     if let Some(serial) = Serial::parse(serial) {
         let body = serde_json::json!({ "serial": serial, "state": state });
-        announce(hub.fabric.as_ref(), &serial, STATE_EVENT, body.to_string());
+        announce(hub.fabric.as_ref(), &serial, STATE_EVENT, &body);
     }
     tracing::info!(%serial, delivered, "intended state changed");
     Ok((lock, delivered))
@@ -76,7 +75,7 @@ pub async fn start_pairing(
     let delivered = hub.fabric.push_topic(
         &lock_topic(serial),
         PAIR_EVENT,
-        OutPayload::Json(request.mode_pair_payload().to_string()),
+        OutPayload::json(&request.mode_pair_payload()),
     )?;
     tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
     if delivered > 0 {

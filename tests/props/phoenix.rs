@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use homehub::core::close_code;
 use homehub::doors::phoenix::{
-    DecodeError, Frame, Message, OutPayload, Payload, RawRef, Vsn, WireFrame,
+    DecodeError, Event, Frame, Message, OutPayload, Payload, RawRef, Status, Vsn, WireFrame,
 };
 use proptest::prelude::*;
 use serde_json::value::RawValue;
@@ -141,8 +141,8 @@ proptest! {
             join_ref: raw_ref(&jr),
             ref_: raw_ref(&r),
             topic: topic.clone(),
-            event: event.clone(),
-            payload: OutPayload::Json(payload.clone()),
+            event: Event::from_name(&event),
+            payload: OutPayload::Json(RawValue::from_string(payload.clone()).unwrap()),
         };
         let wire = text(Vsn::V2.encode(&frame).unwrap());
         let m = Vsn::V2.decode(wire.as_bytes(), false).unwrap();
@@ -163,8 +163,8 @@ proptest! {
             join_ref: raw_ref(&jr),
             ref_: raw_ref(&r),
             topic: topic.clone(),
-            event: event.clone(),
-            payload: OutPayload::Json(payload.clone()),
+            event: Event::from_name(&event),
+            payload: OutPayload::Json(RawValue::from_string(payload.clone()).unwrap()),
         };
         let wire = text(Vsn::V1.encode(&frame).unwrap());
         let m = Vsn::V1.decode(wire.as_bytes(), false).unwrap();
@@ -218,28 +218,29 @@ proptest! {
     fn v2_binary_frames_round_trip(
         jr in short_string(), r in short_string(), topic in short_string(),
         event in short_string(), payload in prop::collection::vec(any::<u8>(), 0..64),
-        long in "[a-z]{256,300}",
+        long in "[a-z]{256,300}", ok in any::<bool>(),
     ) {
         let bytes = Bytes::from(payload.clone());
         let push = Frame {
             join_ref: Some(RawRef::from_str_value(&jr)),
             ref_: None,
             topic: topic.clone(),
-            event: event.clone(),
+            event: Event::from_name(&event),
             payload: OutPayload::Binary(bytes.clone()),
         };
         let got = parse_s2c(&binary(Vsn::V2.encode(&push).unwrap()));
         prop_assert_eq!(got, (0, jr.clone(), String::new(), topic.clone(), event.clone(), payload.clone()));
 
+        let status = if ok { Status::Ok } else { Status::Error };
         let reply = Frame {
             join_ref: Some(RawRef::from_str_value(&jr)),
             ref_: Some(RawRef::from_str_value(&r)),
             topic: topic.clone(),
             event: "phx_reply".into(),
-            payload: OutPayload::BinaryReply { status: event.clone(), response: bytes.clone() },
+            payload: OutPayload::BinaryReply { status, response: bytes.clone() },
         };
         let got = parse_s2c(&binary(Vsn::V2.encode(&reply).unwrap()));
-        prop_assert_eq!(got, (1, jr, r, topic.clone(), event.clone(), payload.clone()));
+        prop_assert_eq!(got, (1, jr, r, topic.clone(), status.as_str().to_owned(), payload.clone()));
 
         let broadcast = Frame::broadcast(&topic, &event, OutPayload::Binary(bytes.clone()));
         let got = parse_s2c(&binary(Vsn::V2.encode(&broadcast).unwrap()));

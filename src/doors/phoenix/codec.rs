@@ -1,6 +1,8 @@
 //! V1 (JSON objects) and V2 (JSON arrays + binary) serializers (§1.2, §2.2–§2.5).
 //!
-//! This is the only code that reads or writes wire JSON. Decoding is lenient where Phoenix
+//! This is the only code that reads Phoenix wire JSON, and the only code that writes the
+//! frame around a payload (refs, topic, event, reply status); payloads arrive here already
+//! written by serde (`OutPayload::Json`, reply responses). Decoding is lenient where Phoenix
 //! is (extra array elements, any JSON as payload, refs of any JSON type echoed verbatim) and
 //! turns everything else into a [`DecodeError`] that says whether the frame can still be
 //! answered (topic and ref recovered) or the connection must close, and with which code.
@@ -11,8 +13,8 @@ use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
 use super::message::{Message, Payload};
-use crate::core::close_code;
-use crate::core::message::{Frame, OutPayload, RawRef, SharedFrame, WireFrame};
+use crate::core::close_code::{self, CloseCode};
+use crate::core::message::{Event, Frame, OutPayload, RawRef, SharedFrame, WireFrame};
 
 /// The serializer of one connection, chosen once from the `vsn` connect param (§1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +33,10 @@ pub enum DecodeError {
         reason: &'static str,
     },
     /// Nothing to answer: close the connection with `code`.
-    Fatal { code: u16, reason: &'static str },
+    Fatal {
+        code: CloseCode,
+        reason: &'static str,
+    },
 }
 
 impl Vsn {
@@ -140,7 +145,7 @@ impl Loose {
             join_ref: self.join_ref.and_then(RawRef::from_raw),
             ref_,
             topic,
-            event,
+            event: Event::decoded(event),
             payload: Payload::Json(payload),
         })
     }
@@ -249,7 +254,7 @@ fn decode_binary(data: &[u8]) -> Result<Message, DecodeError> {
         join_ref: Some(RawRef::from_str_value(fields[0])),
         ref_: Some(RawRef::from_str_value(fields[1])),
         topic: fields[2].to_owned(),
-        event: fields[3].to_owned(),
+        event: Event::decoded(fields[3].to_owned()),
         payload: Payload::Binary(Bytes::copy_from_slice(&data[pos..])),
     })
 }
@@ -285,12 +290,12 @@ fn string_writer(out: &mut String) -> impl std::io::Write + '_ {
 
 fn push_payload(out: &mut String, p: &OutPayload) {
     match p {
-        OutPayload::Json(json) => out.push_str(json),
+        OutPayload::Json(json) => out.push_str(json.get()),
         OutPayload::Reply { status, response } => {
             out.push_str("{\"status\":");
-            push_str_json(out, status);
+            push_str_json(out, status.as_str());
             out.push_str(",\"response\":");
-            out.push_str(response);
+            out.push_str(response.get());
             out.push('}');
         }
         // Not reachable: binary payloads are encoded as binary frames.
@@ -300,15 +305,16 @@ fn push_payload(out: &mut String, p: &OutPayload) {
 
 fn payload_len(p: &OutPayload) -> usize {
     match p {
-        OutPayload::Json(j) => j.len(),
-        OutPayload::Reply { response, .. } => response.len() + 32,
+        OutPayload::Json(j) => j.get().len(),
+        OutPayload::Reply { response, .. } => response.get().len() + 32,
         _ => 2,
     }
 }
 
 fn encode_v2_text(f: &Frame) -> String {
-    let mut out =
-        String::with_capacity(32 + f.topic.len() + f.event.len() + payload_len(&f.payload));
+    let mut out = String::with_capacity(
+        32 + f.topic.len() + f.event.as_str().len() + payload_len(&f.payload),
+    );
     out.push('[');
     push_ref(&mut out, &f.join_ref);
     out.push(',');
@@ -316,7 +322,7 @@ fn encode_v2_text(f: &Frame) -> String {
     out.push(',');
     push_str_json(&mut out, &f.topic);
     out.push(',');
-    push_str_json(&mut out, &f.event);
+    push_str_json(&mut out, f.event.as_str());
     out.push(',');
     push_payload(&mut out, &f.payload);
     out.push(']');
@@ -325,12 +331,13 @@ fn encode_v2_text(f: &Frame) -> String {
 
 /// V1 output never carries `join_ref` (§2.3).
 fn encode_v1_text(f: &Frame) -> String {
-    let mut out =
-        String::with_capacity(48 + f.topic.len() + f.event.len() + payload_len(&f.payload));
+    let mut out = String::with_capacity(
+        48 + f.topic.len() + f.event.as_str().len() + payload_len(&f.payload),
+    );
     out.push_str("{\"topic\":");
     push_str_json(&mut out, &f.topic);
     out.push_str(",\"event\":");
-    push_str_json(&mut out, &f.event);
+    push_str_json(&mut out, f.event.as_str());
     out.push_str(",\"payload\":");
     push_payload(&mut out, &f.payload);
     out.push_str(",\"ref\":");
@@ -358,6 +365,7 @@ fn encode_binary(f: &Frame) -> Option<Bytes> {
             out.put_u8(short(&join_ref)?);
             out.put_u8(short(&ref_)?);
             out.put_u8(short(&f.topic)?);
+            let status = status.as_str();
             out.put_u8(short(status)?);
             out.put_slice(join_ref.as_bytes());
             out.put_slice(ref_.as_bytes());
@@ -368,19 +376,19 @@ fn encode_binary(f: &Frame) -> Option<Bytes> {
         OutPayload::Binary(bytes) if f.join_ref.is_none() => {
             out.put_u8(2);
             out.put_u8(short(&f.topic)?);
-            out.put_u8(short(&f.event)?);
+            out.put_u8(short(f.event.as_str())?);
             out.put_slice(f.topic.as_bytes());
-            out.put_slice(f.event.as_bytes());
+            out.put_slice(f.event.as_str().as_bytes());
             out.put_slice(bytes);
         }
         OutPayload::Binary(bytes) => {
             out.put_u8(0);
             out.put_u8(short(&join_ref)?);
             out.put_u8(short(&f.topic)?);
-            out.put_u8(short(&f.event)?);
+            out.put_u8(short(f.event.as_str())?);
             out.put_slice(join_ref.as_bytes());
             out.put_slice(f.topic.as_bytes());
-            out.put_slice(f.event.as_bytes());
+            out.put_slice(f.event.as_str().as_bytes());
             out.put_slice(bytes);
         }
         _ => return None,
@@ -391,6 +399,7 @@ fn encode_binary(f: &Frame) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::message::Status;
 
     fn text(w: WireFrame) -> String {
         match w {
@@ -437,15 +446,24 @@ mod tests {
         }
         assert!(matches!(
             Vsn::V2.decode(b"not json", false),
-            Err(DecodeError::Fatal { code: 1003, .. })
+            Err(DecodeError::Fatal {
+                code: CloseCode::Unsupported,
+                ..
+            })
         ));
         assert!(matches!(
             Vsn::V2.decode(b"[1,2]", false),
-            Err(DecodeError::Fatal { code: 1003, .. })
+            Err(DecodeError::Fatal {
+                code: CloseCode::Unsupported,
+                ..
+            })
         ));
         assert!(matches!(
             Vsn::V1.decode(b"{\"topic\":\"\xff\"}", true),
-            Err(DecodeError::Fatal { code: 1007, .. })
+            Err(DecodeError::Fatal {
+                code: CloseCode::Invalid,
+                ..
+            })
         ));
     }
 
@@ -482,7 +500,13 @@ mod tests {
     #[test]
     fn encodes_v2_and_v1_shapes() {
         let jr = RawRef::from_str_value("3");
-        let f = Frame::reply(Some(jr.clone()), Some(jr), "room:lobby", "ok", "{}".into());
+        let f = Frame::reply(
+            Some(jr.clone()),
+            Some(jr),
+            "room:lobby",
+            Status::Ok,
+            crate::core::message::empty_json(),
+        );
         assert_eq!(
             text(Vsn::V2.encode(&f).unwrap()),
             r#"["3","3","room:lobby","phx_reply",{"status":"ok","response":{}}]"#
@@ -494,7 +518,7 @@ mod tests {
             serde_json::json!({"topic":"room:lobby","event":"phx_reply",
                 "payload":{"status":"ok","response":{}},"ref":"3"})
         );
-        let b = Frame::broadcast("t", "e", OutPayload::Json("{\"a\":1}".into()));
+        let b = Frame::broadcast("t", "e", OutPayload::json(&serde_json::json!({"a": 1})));
         assert_eq!(
             text(Vsn::V2.encode(&b).unwrap()),
             r#"[null,null,"t","e",{"a":1}]"#
@@ -510,7 +534,7 @@ mod tests {
             topic: "file:1".into(),
             event: "phx_reply".into(),
             payload: OutPayload::BinaryReply {
-                status: "ok".into(),
+                status: Status::Ok,
                 response: Bytes::from_static(&[1, 2]),
             },
         };

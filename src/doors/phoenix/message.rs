@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::core::message::RawRef;
+use crate::core::message::{Event, RawRef};
 
 /// A message payload from a client: JSON (kept raw, decoded by the channel into a typed
 /// struct, or forwarded verbatim) or bytes from a V2 binary frame.
@@ -28,6 +28,6 @@ pub struct Message {
     pub join_ref: Option<RawRef>,
     pub ref_: Option<RawRef>,
     pub topic: String,
-    pub event: String,
+    pub event: Event,
     pub payload: Payload,
 }

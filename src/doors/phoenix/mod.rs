@@ -20,6 +20,8 @@ pub mod session;
 mod session_tests;
 pub mod websocket;
 
-pub use crate::core::message::{Frame, OutPayload, RawRef, SharedFrame, WireFrame};
+pub use crate::core::message::{
+    Empty, Event, Frame, OutPayload, RawRef, SharedFrame, Status, WireFrame, empty_json, to_json,
+};
 pub use codec::{DecodeError, Vsn};
 pub use message::{Message, Payload};

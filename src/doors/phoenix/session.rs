@@ -10,12 +10,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use serde_json::value::RawValue;
 
 use crate::auth::RateLimiter;
+use crate::core::presence::DeviceMeta;
 use crate::core::{Conn, Outbound};
 use crate::doors::phoenix::channels::router::{self, ChannelState, Topic};
-use crate::doors::phoenix::channels::{ChannelError, Ctx, presence};
-use crate::doors::phoenix::{Frame, Message, OutPayload, RawRef, Vsn, WireFrame};
+use crate::doors::phoenix::channels::{ChannelError, Ctx, Reason, presence};
+use crate::doors::phoenix::{
+    Event, Frame, Message, OutPayload, RawRef, Status, Vsn, WireFrame, empty_json, to_json,
+};
 use crate::metrics;
 use crate::services::Hub;
 
@@ -89,8 +93,9 @@ pub struct Session {
     limiter: RateLimiter,
 }
 
-fn ok_empty() -> String {
-    "{}".to_owned()
+/// `{"reason": reason}`.
+fn reason(reason: &str) -> Box<RawValue> {
+    to_json(&Reason { reason })
 }
 
 /// Topics whose joining or leaving changes the device's Presence meta.
@@ -143,7 +148,7 @@ impl Session {
     }
 
     /// Publishes this socket's Presence meta (`None`: it left).
-    fn publish_presence(&self, meta: Option<String>) {
+    fn publish_presence(&self, meta: Option<DeviceMeta>) {
         let key = self.conn.name.as_str();
         if self
             .hub
@@ -174,29 +179,35 @@ impl Session {
 
     /// Ends the instance on `topic` and returns the `[J, J, T, event, payload]` frame that
     /// tells the client; Presence follows.
-    fn close_instance(&mut self, topic: &str, event: &str, payload: &str) -> Option<Frame> {
+    fn close_instance(
+        &mut self,
+        topic: &str,
+        event: Event,
+        payload: Box<RawValue>,
+    ) -> Option<Frame> {
         let joined = self.end_channel(topic)?;
         if affects_presence(topic) {
             self.sync_presence();
         }
-        Some(close_frame(
-            topic,
-            &joined.join_ref,
-            event,
-            payload.to_owned(),
-        ))
+        Some(close_frame(topic, &joined.join_ref, event, payload))
     }
 
     fn end_by_hub(&mut self, topic: &str) -> Option<WireFrame> {
-        let frame = self.close_instance(topic, "phx_close", "{}")?;
+        let frame = self.close_instance(topic, Event::Close, empty_json())?;
         tracing::info!(conn = self.conn.id, %topic, "channel ended by the hub");
         self.vsn.encode(&frame)
     }
 
     /// Handles one client message; frames to send are appended to `out`, in order.
     pub async fn handle(&mut self, msg: Message, out: &mut Vec<Frame>) {
-        if msg.topic == "phoenix" && msg.event == "heartbeat" {
-            out.push(Frame::reply(None, msg.ref_, "phoenix", "ok", ok_empty()));
+        if msg.topic == "phoenix" && msg.event == Event::Heartbeat {
+            out.push(Frame::reply(
+                None,
+                msg.ref_,
+                "phoenix",
+                Status::Ok,
+                empty_json(),
+            ));
             return;
         }
         if !self.limiter.allow() {
@@ -205,24 +216,26 @@ impl Session {
                 .channels
                 .get(&msg.topic)
                 .and_then(|j| j.push_ref.clone());
-            let response = r#"{"reason":"rate limited"}"#.to_owned();
             out.push(Frame::reply(
-                join_ref, msg.ref_, &msg.topic, "error", response,
+                join_ref,
+                msg.ref_,
+                &msg.topic,
+                Status::Error,
+                reason("rate limited"),
             ));
             return;
         }
-        match msg.event.as_str() {
-            "phx_join" => self.join(msg, out).await,
-            "phx_leave" => self.leave(msg, out),
+        match msg.event {
+            Event::Join => self.join(msg, out).await,
+            Event::Leave => self.leave(msg, out),
             _ => self.handle_in(msg, out).await,
         }
     }
 
     /// An error reply for a frame that could not be decoded but named a topic.
-    pub fn malformed(&self, ref_: Option<RawRef>, topic: &str, reason: &str, out: &mut Vec<Frame>) {
-        tracing::info!(conn = self.conn.id, %topic, reason, "malformed message");
-        let response = serde_json::json!({ "reason": reason }).to_string();
-        out.push(Frame::reply(None, ref_, topic, "error", response));
+    pub fn malformed(&self, ref_: Option<RawRef>, topic: &str, why: &str, out: &mut Vec<Frame>) {
+        tracing::info!(conn = self.conn.id, %topic, reason = why, "malformed message");
+        out.push(Frame::reply(None, ref_, topic, Status::Error, reason(why)));
     }
 
     fn unmatched(msg: &Message, out: &mut Vec<Frame>) {
@@ -230,8 +243,8 @@ impl Session {
             None,
             msg.ref_.clone(),
             &msg.topic,
-            "error",
-            r#"{"reason":"unmatched topic"}"#.to_owned(),
+            Status::Error,
+            reason("unmatched topic"),
         ));
     }
 
@@ -247,8 +260,8 @@ impl Session {
                 msg.join_ref.clone(),
                 msg.ref_.clone(),
                 &msg.topic,
-                "error",
-                r#"{"reason":"too many channels joined"}"#.to_owned(),
+                Status::Error,
+                reason("too many channels joined"),
             ));
             return;
         }
@@ -280,7 +293,7 @@ impl Session {
                     push_ref.clone(),
                     msg.ref_.clone(),
                     &msg.topic,
-                    "ok",
+                    Status::Ok,
                     reply,
                 ));
                 for (event, payload) in pushes {
@@ -288,7 +301,7 @@ impl Session {
                         join_ref: push_ref.clone(),
                         ref_: None,
                         topic: msg.topic.clone(),
-                        event: event.to_owned(),
+                        event: Event::from(event),
                         payload: OutPayload::Json(payload),
                     });
                 }
@@ -310,8 +323,8 @@ impl Session {
                     msg.join_ref.clone(),
                     msg.ref_.clone(),
                     &msg.topic,
-                    "error",
-                    e.response().to_string(),
+                    Status::Error,
+                    e.response(),
                 ));
             }
         }
@@ -319,8 +332,8 @@ impl Session {
             out.push(close_frame(
                 &msg.topic,
                 &old.join_ref,
-                "phx_close",
-                ok_empty(),
+                Event::Close,
+                empty_json(),
             ));
         }
         if affects_presence(&msg.topic) {
@@ -340,10 +353,10 @@ impl Session {
             msg.join_ref.clone(),
             msg.ref_.clone(),
             &msg.topic,
-            "ok",
-            ok_empty(),
+            Status::Ok,
+            empty_json(),
         ));
-        if let Some(close) = self.close_instance(&msg.topic, "phx_close", "{}") {
+        if let Some(close) = self.close_instance(&msg.topic, Event::Close, empty_json()) {
             tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "left");
             out.push(close);
         }
@@ -368,16 +381,16 @@ impl Session {
             .catch_unwind()
             .await;
         let (status, response) = match handled {
-            Ok(Ok(v)) => ("ok", v),
+            Ok(Ok(v)) => (Status::Ok, v),
             Ok(Err(e)) => {
                 self.log_error(&msg, &e, "event refused");
-                ("error", e.response().to_string())
+                (Status::Error, e.response())
             }
             Err(_) => {
                 // The channel instance is gone; the client rejoins on phx_error (§3.5).
                 tracing::error!(conn = self.conn.id, topic = %msg.topic, event = %msg.event, "channel crashed");
-                let crash = r#"{"reason":"channel_crash"}"#;
-                out.extend(self.close_instance(&msg.topic, "phx_error", crash));
+                let crash = reason("channel_crash");
+                out.extend(self.close_instance(&msg.topic, Event::Error, crash));
                 return;
             }
         };
@@ -429,8 +442,8 @@ impl Session {
                     join_ref: joined.push_ref.clone(),
                     ref_: None,
                     topic: "relay".to_owned(),
-                    event: "packet".to_owned(),
-                    payload: OutPayload::Json(packet.body_json()),
+                    event: Event::Named("packet"),
+                    payload: OutPayload::json(&*packet),
                 };
                 self.vsn.encode(&frame)
             }
@@ -440,7 +453,7 @@ impl Session {
                     join_ref: joined.push_ref.clone(),
                     ref_: None,
                     topic: "relay".to_owned(),
-                    event: format!("packet:{}", packet.sender),
+                    event: Event::Custom(format!("packet:{}", packet.sender)),
                     payload: OutPayload::Binary(packet.bytes.clone()),
                 };
                 self.vsn.encode(&frame)
@@ -474,12 +487,17 @@ impl Drop for Session {
 }
 
 /// `[J, J, T, "phx_close" | "phx_error", payload]`: the channel instance ended (§3.5).
-fn close_frame(topic: &str, join_ref: &Option<RawRef>, event: &str, payload: String) -> Frame {
+fn close_frame(
+    topic: &str,
+    join_ref: &Option<RawRef>,
+    event: Event,
+    payload: Box<RawValue>,
+) -> Frame {
     Frame {
         join_ref: join_ref.clone(),
         ref_: join_ref.clone(),
         topic: topic.to_owned(),
-        event: event.to_owned(),
+        event,
         payload: OutPayload::Json(payload),
     }
 }

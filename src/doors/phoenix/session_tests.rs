@@ -256,7 +256,7 @@ async fn broadcasts_reach_joined_topics_only_until_they_are_left() {
     let hub = TestHub::new().await;
     let mut c = Client::new(&hub, "lamp");
     c.one(json!(["3", "3", "events", "phx_join", {}])).await;
-    let body = || crate::core::message::OutPayload::Json(r#"{"n":1}"#.to_owned());
+    let body = || crate::core::message::OutPayload::json(&json!({"n": 1}));
     hub.registry.broadcast("events", "state", body(), None);
     hub.registry.broadcast("events:A1", "state", body(), None);
     assert_eq!(

@@ -163,7 +163,7 @@ impl Handler for PhoenixHandler {
                 metrics::inc(&hub_metrics.decode_errors);
                 tracing::info!(
                     conn = self.session.conn().id,
-                    code,
+                    code = u16::from(code),
                     reason,
                     "undecodable frame"
                 );

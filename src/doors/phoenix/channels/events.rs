@@ -6,6 +6,6 @@
 //! ([`crate::services::locks::announce`]).
 
 /// Anyone connected may watch; nothing is pushed by clients on these topics.
-pub fn join() -> String {
-    "{}".to_owned()
+pub fn join() -> Box<serde_json::value::RawValue> {
+    crate::core::message::empty_json()
 }

@@ -13,10 +13,11 @@
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{ChannelError, Ctx, decode_json};
+use super::{ChannelError, Ctx, Reply, decode_json, ok};
 use crate::config::AuthMode;
+use crate::core::message::to_json;
 use crate::domain::{LockRecord, Serial, parse_ts};
 use crate::doors::phoenix::Payload;
 
@@ -87,7 +88,7 @@ pub fn topic(serial: &str) -> String {
 }
 
 /// The join/reset reply, in the shape lock firmware reads.
-pub fn lock_reply(lock: &LockRecord) -> String {
+pub fn lock_reply(lock: &LockRecord) -> Box<RawValue> {
     #[derive(serde::Serialize)]
     struct Reply<'a> {
         uuid: &'a str,
@@ -107,7 +108,7 @@ pub fn lock_reply(lock: &LockRecord) -> String {
         config: &lock.config,
         state: &lock.intended_state,
     };
-    serde_json::to_string(&reply).unwrap_or_else(|_| "{}".to_owned())
+    to_json(&reply)
 }
 
 /// A successful lock join: the channel, the reply, and the pushes that follow the reply
@@ -115,8 +116,8 @@ pub fn lock_reply(lock: &LockRecord) -> String {
 /// administrator started pairing receives it now).
 pub struct LockJoined {
     pub channel: LockChannel,
-    pub reply: String,
-    pub pushes: Vec<(&'static str, String)>,
+    pub reply: Box<RawValue>,
+    pub pushes: Vec<(&'static str, Box<RawValue>)>,
 }
 
 /// Join: create-or-load the lock, record the holder device, reply with the lock, then push
@@ -150,7 +151,7 @@ pub async fn join(
         .iter()
         .map(|request| {
             tracing::info!(%serial, pair_id = %request.pair_id, "pending pairing request sent after join");
-            (MODE_PAIR, request.mode_pair_payload().to_string())
+            (MODE_PAIR, to_json(&request.mode_pair_payload()))
         })
         .collect();
     let channel = LockChannel {
@@ -217,11 +218,7 @@ impl LockIn {
     }
 }
 
-pub async fn handle_in(
-    ch: &LockChannel,
-    event: LockIn,
-    ctx: &Ctx<'_>,
-) -> Result<String, ChannelError> {
+pub async fn handle_in(ch: &LockChannel, event: LockIn, ctx: &Ctx<'_>) -> Reply {
     let store = &ctx.hub.store;
     match event {
         LockIn::Reset => {
@@ -242,7 +239,7 @@ pub async fn handle_in(
                 .decide_access(&ch.serial, &req.device, ctx.conn.name.as_str())
                 .await?;
             tracing::info!(serial = %ch.serial, item = %req.device, granted = decision.access, "access decision");
-            Ok(json!({ "access": decision.access, "user": decision.user }).to_string())
+            Ok(to_json(&decision))
         }
         LockIn::Event(message) => {
             let value: Value = serde_json::from_str(message.get())
@@ -255,19 +252,18 @@ pub async fn handle_in(
                 from: &'a str,
                 message: &'a RawValue,
             }
-            let body = serde_json::to_string(&Announce {
+            let body = Announce {
                 from: ctx.conn.name.as_str(),
                 message: &message,
-            })
-            .map_err(|e| ChannelError::Internal(e.into()))?;
-            crate::services::locks::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", body);
-            Ok(json!({}).to_string())
+            };
+            crate::services::locks::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", &body);
+            ok()
         }
         LockIn::Report(state) => {
             store
                 .set_reported_state(&ch.serial, &Value::Object(state))
                 .await?;
-            Ok(json!({}).to_string())
+            ok()
         }
     }
 }
@@ -275,11 +271,7 @@ pub async fn handle_in(
 /// Checks `pair:complete` against the pending request: the pair_id must name an unexpired,
 /// uncompleted request for this lock, every key the hub sent must come back unchanged, and
 /// the item's `serial` must be present. Keys the lock adds are ignored.
-async fn pair_complete(
-    ch: &LockChannel,
-    body: PairComplete,
-    ctx: &Ctx<'_>,
-) -> Result<String, ChannelError> {
+async fn pair_complete(ch: &LockChannel, body: PairComplete, ctx: &Ctx<'_>) -> Reply {
     let fields = body.fields;
     let pair_id = fields
         .get("pair_id")
@@ -326,19 +318,30 @@ async fn pair_complete(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(serial = %ch.serial, item = %item.serial, pair_id, "pairing completed");
-    let announce = json!({
-        "pair_id": item.pair_id,
-        "lock": item.lock,
-        "name": item.name,
-        "type": item.kind,
-        "serial": item.serial,
-    });
+    let announce = PairAnnounce {
+        pair_id: &item.pair_id,
+        lock: &item.lock,
+        name: &item.name,
+        kind: &item.kind,
+        serial: &item.serial,
+    };
     // For watchers, not for the lock (its firmware has no handler for this push).
     crate::services::locks::announce(
         ctx.hub.fabric.as_ref(),
         &ch.serial,
         "pair:complete",
-        announce.to_string(),
+        &announce,
     );
-    Ok(json!({}).to_string())
+    ok()
+}
+
+/// `pair:complete` on `events`: the item that was paired.
+#[derive(serde::Serialize)]
+struct PairAnnounce<'a> {
+    pair_id: &'a str,
+    lock: &'a str,
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a crate::domain::ItemKind,
+    serial: &'a str,
 }

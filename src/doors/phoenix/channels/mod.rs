@@ -12,15 +12,30 @@ pub mod router;
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::core::Conn;
+use crate::core::message::{empty_json, to_json};
 use crate::services::Hub;
 
 /// What a handler needs: the hub and the connection it serves.
 pub struct Ctx<'a> {
     pub hub: &'a Hub,
     pub conn: &'a Arc<Conn>,
+}
+
+/// A reply's JSON response, written by serde (see [`crate::core::message::to_json`]).
+pub type Reply = Result<Box<RawValue>, ChannelError>;
+
+/// `{}`: the response of an event that has nothing to say.
+pub fn ok() -> Reply {
+    Ok(empty_json())
+}
+
+/// `{"reason": ...}`: why a join or an event was refused.
+#[derive(Debug, serde::Serialize)]
+pub struct Reason<'a> {
+    pub reason: &'a str,
 }
 
 /// A refused join or a failed event: becomes a `phx_reply` with status `error` and
@@ -44,8 +59,10 @@ impl ChannelError {
     }
 
     /// The `response` of the error reply.
-    pub fn response(&self) -> Value {
-        serde_json::json!({ "reason": self.to_string() })
+    pub fn response(&self) -> Box<RawValue> {
+        to_json(&Reason {
+            reason: &self.to_string(),
+        })
     }
 }
 

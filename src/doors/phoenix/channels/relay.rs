@@ -5,13 +5,12 @@
 //! Registration follows the directory's one rule ([`crate::services::relay::register`]): reserved names,
 //! case, `"force": true` takeover. Leaving or disconnecting unregisters it.
 
+use super::{ChannelError, Ctx, Reply, decode_json, ok};
+use crate::core::directory::{self, BinaryPacket, Claim, DeviceInfo, Packet};
+use crate::core::message::{empty_json, to_json};
+use crate::doors::phoenix::Payload;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
-
-use super::{ChannelError, Ctx, decode_json};
-use crate::core::directory::{self, BinaryPacket, Claim, DeviceInfo, Packet};
-use crate::doors::phoenix::Payload;
 
 /// Longest `description`, `version` or `interface` accepted.
 pub const MAX_META_LEN: usize = 256;
@@ -145,7 +144,7 @@ impl RelayIn {
 pub async fn join(
     payload: &Payload,
     ctx: &Ctx<'_>,
-) -> Result<(RelayChannel, String), ChannelError> {
+) -> Result<(RelayChannel, Box<RawValue>), ChannelError> {
     let meta: Meta = match payload.json().map(|r| r.get().trim()) {
         None | Some("null") => Meta::default(),
         Some(_) => decode_json(payload, "relay join params must be an object")?,
@@ -156,7 +155,7 @@ pub async fn join(
             name,
             registered: true,
         },
-        "{}".to_owned(),
+        empty_json(),
     ))
 }
 
@@ -177,19 +176,26 @@ async fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
         .map_err(|e| ChannelError::refused(e.to_string()))
 }
 
-pub async fn handle_in(
-    ch: &mut RelayChannel,
-    event: RelayIn,
-    ctx: &Ctx<'_>,
-) -> Result<String, ChannelError> {
+pub async fn handle_in(ch: &mut RelayChannel, event: RelayIn, ctx: &Ctx<'_>) -> Reply {
     let relay = &ctx.hub.relay;
     match event {
-        RelayIn::GetDevices => Ok(json!({ "devices": relay.names() }).to_string()),
+        RelayIn::GetDevices => {
+            #[derive(serde::Serialize)]
+            struct Devices {
+                devices: Vec<String>,
+            }
+            Ok(to_json(&Devices {
+                devices: relay.names(),
+            }))
+        }
         RelayIn::GetDeviceInfo { device_name } => {
             let info = relay
                 .info(&device_name)
                 .ok_or_else(|| ChannelError::refused("unknown device"))?;
-            Ok(info_json(&directory::normalize(&device_name), &info).to_string())
+            Ok(to_json(&info_reply(
+                &directory::normalize(&device_name),
+                &info,
+            )))
         }
         RelayIn::Send { target, payload } => {
             if !ch.registered {
@@ -203,7 +209,7 @@ pub async fn handle_in(
                 .send(ctx.conn, &target, std::sync::Arc::new(packet))
                 .await
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
-            Ok(json!({}).to_string())
+            ok()
         }
         RelayIn::SendBinary { target, bytes } => {
             if !ch.registered {
@@ -217,7 +223,7 @@ pub async fn handle_in(
                 .send_binary(ctx.conn, &target, std::sync::Arc::new(packet))
                 .await
                 .map_err(|e| ChannelError::refused(e.to_string()))?;
-            Ok(json!({}).to_string())
+            ok()
         }
         RelayIn::Register(meta) => {
             if meta
@@ -229,24 +235,38 @@ pub async fn handle_in(
             }
             register(&meta, ctx).await?;
             ch.registered = true;
-            Ok(json!({}).to_string())
+            ok()
         }
         RelayIn::Unregister => {
             terminate(ch, ctx);
             ch.registered = false;
-            Ok(json!({}).to_string())
+            ok()
         }
     }
 }
 
-/// `get_device_info` answer.
-pub fn info_json(name: &str, info: &DeviceInfo) -> Value {
-    json!({
-        "name": name,
-        "description": info.description,
-        "version": info.version,
-        "interface": info.interface,
-    })
+/// The `get_device_info` answer.
+#[derive(Debug, serde::Serialize)]
+pub struct InfoReply<'a> {
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub interface: Option<&'a str>,
+}
+
+/// The `get_device_info` answer for `name`, as a value (the raw `/relay` door wraps it).
+pub fn info_json(name: &str, info: &DeviceInfo) -> serde_json::Value {
+    serde_json::to_value(info_reply(name, info)).unwrap_or_default()
+}
+
+/// The `get_device_info` answer for `name`.
+pub fn info_reply<'a>(name: &'a str, info: &'a DeviceInfo) -> InfoReply<'a> {
+    InfoReply {
+        name,
+        description: info.description.as_deref(),
+        version: info.version.as_deref(),
+        interface: info.interface.as_deref(),
+    }
 }
 
 /// Leaving (or disconnecting) unregisters the device.

@@ -1,7 +1,10 @@
 //! The topic router: parses a topic once into a [`Topic`] and dispatches joins, events and
 //! terminations to the channel that owns it. The only place that knows every topic.
 
-use super::{ChannelError, Ctx, events, lock, presence, relay};
+use serde_json::value::RawValue;
+
+use super::{ChannelError, Ctx, Reply, events, lock, presence, relay};
+use crate::core::message::{Event, empty_json};
 use crate::core::presence::TOPIC as PRESENCE_TOPIC;
 use crate::domain::Serial;
 use crate::doors::phoenix::{Message, Payload};
@@ -49,9 +52,9 @@ pub enum ChannelState {
 impl ChannelState {
     /// Whether a hub push of `event` may reach this channel instance: a lock instance takes
     /// only what its firmware handles (see [`lock::LockChannel::accepts_push`]).
-    pub fn accepts_push(&self, event: &str) -> bool {
+    pub fn accepts_push(&self, event: &Event) -> bool {
         match self {
-            ChannelState::Lock(ch) => ch.accepts_push(event),
+            ChannelState::Lock(ch) => ch.accepts_push(event.as_str()),
             _ => true,
         }
     }
@@ -61,10 +64,9 @@ impl ChannelState {
 /// right after the reply.
 pub struct Joined {
     pub state: ChannelState,
-    /// JSON text.
-    pub reply: String,
-    /// (event, JSON payload) pushes to send right after the reply, in order.
-    pub pushes: Vec<(&'static str, String)>,
+    pub reply: Box<RawValue>,
+    /// (event, payload) pushes to send right after the reply, in order.
+    pub pushes: Vec<(&'static str, Box<RawValue>)>,
 }
 
 /// Runs the join of `topic`.
@@ -88,7 +90,7 @@ pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Join
         }
         Topic::Presence => (
             ChannelState::Presence,
-            "{}".to_owned(),
+            empty_json(),
             vec![("presence_state", presence::state(ctx))],
         ),
     };
@@ -100,19 +102,15 @@ pub async fn join(topic: Topic, payload: &Payload, ctx: &Ctx<'_>) -> Result<Join
 }
 
 /// Handles a non-reserved event on a joined channel; `Ok` is the `ok` reply's response.
-pub async fn handle_in(
-    state: &mut ChannelState,
-    msg: &Message,
-    ctx: &Ctx<'_>,
-) -> Result<String, ChannelError> {
+pub async fn handle_in(state: &mut ChannelState, msg: &Message, ctx: &Ctx<'_>) -> Reply {
     match state {
         ChannelState::Lock(ch) => {
-            let event = lock::LockIn::decode(&msg.event, &msg.payload)?;
+            let event = lock::LockIn::decode(msg.event.as_str(), &msg.payload)?;
             lock::handle_in(ch, event, ctx).await
         }
         ChannelState::Relay(ch) => {
             let max = ctx.hub.config.relay_max_packet;
-            let event = relay::RelayIn::decode(&msg.event, &msg.payload, max)?;
+            let event = relay::RelayIn::decode(msg.event.as_str(), &msg.payload, max)?;
             relay::handle_in(ch, event, ctx).await
         }
         ChannelState::Events | ChannelState::Presence => Err(ChannelError::UnknownEvent),
