@@ -19,6 +19,10 @@ pub const TOO_BIG: CloseCode = CloseCode::Size;
 pub const INTERNAL: CloseCode = CloseCode::Error;
 /// Service restart: graceful shutdown (§6, drain).
 pub const RESTART: CloseCode = CloseCode::Restart;
+/// No status received: the client's close frame carried no code (logged, never sent).
+pub const NO_STATUS: CloseCode = CloseCode::Status;
+/// Abnormal closure: the connection ended without a close frame (logged, never sent).
+pub const ABNORMAL: CloseCode = CloseCode::Abnormal;
 
 #[cfg(test)]
 mod tests {
@@ -35,10 +39,12 @@ mod tests {
             TOO_BIG,
             INTERNAL,
             RESTART,
+            NO_STATUS,
+            ABNORMAL,
         ];
         assert_eq!(
             codes.map(u16::from),
-            [1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012]
+            [1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1005, 1006]
         );
     }
 }

@@ -250,7 +250,7 @@ pub fn run(
                 hub.registry.compendium.release(&addr, conn.id);
             }
             hub.registry.disconnect(&conn, []);
-            tracing::info!(conn = conn.id, close_code = ?code, "compendium disconnected");
+            tracing::info!(conn = conn.id, close_code = ?code.map(u16::from), "compendium disconnected");
         },
     )
 }

@@ -321,7 +321,7 @@ pub fn run(
             // A closed connection unregisters its device at once.
             handler.unregister();
             hub.registry.disconnect(&conn, []);
-            tracing::info!(conn = conn.id, close_code = ?code, "relay disconnected");
+            tracing::info!(conn = conn.id, close_code = ?code.map(u16::from), "relay disconnected");
         },
     )
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::Message as WsMessage;
 use tungstenite::protocol::CloseFrame;
 
-use crate::core::close_code;
+use crate::core::close_code::{self, CloseCode};
 use crate::core::outbox::Receiver;
 use crate::core::{Conn, Outbound};
 use crate::metrics::{self, Metrics};
@@ -33,7 +33,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Close the connection with this code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
-    pub code: close_code::CloseCode,
+    pub code: CloseCode,
     pub reason: &'static str,
 }
 
@@ -67,15 +67,10 @@ enum End {
     /// The connection was killed ([`Conn::kill`], the idle sweep, shutdown).
     Killed,
     /// The client sent a close frame with this code (1005: none given).
-    ByClient(u16),
+    ByClient(CloseCode),
     /// The connection dropped without a close frame (1006, never sent on the wire).
     Dropped,
 }
-
-/// Close code of a connection that ended without a close frame (RFC 6455 §7.1.5).
-pub const ABNORMAL: u16 = 1006;
-/// Close code logged for a client close frame without a code.
-const NO_STATUS: u16 = 1005;
 
 /// What a read error means: 1009 too big, 1007 bad UTF-8, 1002 protocol violation (each
 /// answered with a close frame), or a connection that is simply gone (TCP closed or reset
@@ -158,7 +153,7 @@ pub fn drive<H: Handler>(
     mut handler: H,
     metrics: Arc<Metrics>,
     ping: bool,
-) -> impl Future<Output = (Option<u16>, H)> + Send {
+) -> impl Future<Output = (Option<CloseCode>, H)> + Send {
     // An `async` block, not an `async fn`: an async fn's state machine keeps its arguments
     // twice (rust-lang/rust#62958), which would cost every idle socket another copy of its
     // WebSocket and handler.
@@ -187,7 +182,7 @@ pub fn drive<H: Handler>(
                         WsMessage::Text(t) => Box::pin(handler.on_frame(t.as_bytes(), false, &mut out)).await,
                         WsMessage::Binary(b) => Box::pin(handler.on_frame(b, true, &mut out)).await,
                         WsMessage::Close(frame) => {
-                            break End::ByClient(frame.as_ref().map_or(NO_STATUS, |f| f.code.into()))
+                            break End::ByClient(frame.as_ref().map_or(close_code::NO_STATUS, |f| f.code))
                         }
                         WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => Ok(()),
                     };
@@ -235,12 +230,11 @@ pub fn drive<H: Handler>(
                 reason: "closed by the hub",
             },
             End::ByClient(code) => return (Some(code), handler),
-            End::Dropped => return (Some(ABNORMAL), handler),
+            End::Dropped => return (Some(close_code::ABNORMAL), handler),
         };
-        let code = u16::from(close.code);
         if !handler.wants_close_frame() {
             // Dropping the socket ends the TCP connection (FIN) without a close frame.
-            return (Some(code), handler);
+            return (Some(close.code), handler);
         }
         let frame = CloseFrame {
             code: close.code,
@@ -248,7 +242,7 @@ pub fn drive<H: Handler>(
         };
         let _ =
             tokio::time::timeout(CLOSE_TIMEOUT, socket.send(WsMessage::Close(Some(frame)))).await;
-        (Some(code), handler)
+        (Some(close.code), handler)
     }
 }
 

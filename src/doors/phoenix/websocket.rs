@@ -220,6 +220,6 @@ pub fn run(
     .map(move |(code, handler)| {
         // Ending the session leaves its channels and Presence.
         drop(handler);
-        tracing::info!(conn = conn.id, device = %conn.name, close_code = ?code, "disconnected");
+        tracing::info!(conn = conn.id, device = %conn.name, close_code = ?code.map(u16::from), "disconnected");
     })
 }
