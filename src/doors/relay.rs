@@ -157,7 +157,7 @@ struct RawRelay {
 fn ok(response: Option<Value>) -> String {
     match response {
         Some(r) => json!({ "success": true, "response": r }).to_string(),
-        None => r#"{"success":true}"#.to_owned(),
+        None => json!({ "success": true }).to_string(),
     }
 }
 
