@@ -35,7 +35,7 @@ pub struct Hub {
     /// Everything that crosses connections (delivery, broadcast, Presence, disconnects).
     pub fabric: Arc<dyn Fabric>,
     /// The device relay: registration, delivery, the `devices` records.
-    pub relay: relay::Relay,
+    pub relay: Arc<relay::Relay>,
 }
 
 impl Hub {
@@ -51,7 +51,11 @@ impl Hub {
             metrics.clone(),
         ));
         let fabric: Arc<dyn Fabric> = Arc::new(crate::core::LocalFabric::new(registry.clone()));
-        let relay = relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
+        let relay = Arc::new(relay::Relay::new(
+            fabric.clone(),
+            registry.clone(),
+            store.clone(),
+        ));
         Hub {
             config,
             store,
