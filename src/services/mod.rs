@@ -11,6 +11,8 @@ pub mod locks;
 pub mod relay;
 #[cfg(test)]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 
 use crate::config::Config;
