@@ -6,30 +6,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use homehub::app::Server;
 use homehub::config::Config;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+pub use crate::support::eventually;
+use crate::support::{Running, config_in};
+
 pub const TOKEN: &str = "test-admin-token";
 const WAIT: Duration = Duration::from_secs(5);
 
-fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        homehub::telemetry::init_blocking();
-    }
-}
-
-/// A running hub. Dropping it without `stop` aborts the server task.
+/// A running hub (`support::Running`) with its temp directory.
 pub struct TestHub {
     pub addr: SocketAddr,
     pub dir: std::sync::Arc<tempfile::TempDir>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Running,
 }
 
 impl TestHub {
@@ -48,37 +42,19 @@ impl TestHub {
         bind: SocketAddr,
         tweak: impl FnOnce(&mut Config),
     ) -> TestHub {
-        init_logs();
-        let db: PathBuf = dir.path().join("homehub.db");
-        let mut config = Config::default_for(bind, &format!("sqlite://{}", db.display()));
-        config.admin_token = Some(TOKEN.to_owned());
+        let mut config = config_in(dir.path(), bind, TOKEN);
         tweak(&mut config);
-        let server = Server::bind(config).await.expect("bind hub");
-        let addr = server.local_addr().expect("local addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
+        let server = Running::start(config).await;
         TestHub {
-            addr,
+            addr: server.addr,
             dir,
-            stop: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
     /// Graceful shutdown (as on SIGTERM), waiting for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("hub stops in time")
-                .expect("hub task")
-                .expect("hub ran cleanly");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     /// Stops this hub and starts a new one on the same database file and port.
@@ -94,7 +70,7 @@ impl TestHub {
     }
 
     pub fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.server.http(path)
     }
 
     /// Runs the `homehub` admin CLI against this hub (blocking: call it from
@@ -132,44 +108,12 @@ impl TestHub {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method, self.http(path)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.server.admin(method, path, body).await
     }
-}
 
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Polls `probe` every 20 ms until it returns `Some`, for at most 5 s; panics naming
-/// `what` otherwise. The one way these tests wait for something the hub does in the
-/// background (a disconnect noticed, a row written, a slot freed).
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    /// A value of `/metrics` (`None` when absent).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.server.metric(name).await
     }
 }
 
