@@ -155,6 +155,14 @@ pub struct TestHub {
     server: Running,
 }
 
+/// `http`, `admin`, `metric`: the shared harness's.
+impl std::ops::Deref for TestHub {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.server
+    }
+}
+
 impl TestHub {
     pub fn bester(&self) -> SocketAddr {
         self.bester_addr.expect("bester listener enabled")
@@ -163,20 +171,6 @@ impl TestHub {
     /// Graceful shutdown (as on SIGTERM), waiting for it to finish.
     pub async fn stop(self) {
         self.server.stop().await;
-    }
-
-    pub fn http(&self, path: &str) -> String {
-        self.server.http(path)
-    }
-
-    /// Admin request with the token; returns (status, JSON body or Null).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.server.admin(method, path, body).await
     }
 
     /// Adds a Bester user through the admin API.

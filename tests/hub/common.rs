@@ -26,6 +26,14 @@ pub struct TestHub {
     server: Running,
 }
 
+/// `http`, `admin`, `metric`: the shared harness's.
+impl std::ops::Deref for TestHub {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.server
+    }
+}
+
 impl TestHub {
     pub async fn start() -> TestHub {
         Self::start_with(|_| {}).await
@@ -69,10 +77,6 @@ impl TestHub {
         format!("ws://{}/socket/websocket?{query}", self.addr)
     }
 
-    pub fn http(&self, path: &str) -> String {
-        self.server.http(path)
-    }
-
     /// Runs the `homehub` admin CLI against this hub (blocking: call it from
     /// `spawn_blocking`); returns its exit code and stdout.
     pub fn cli_runner(&self) -> impl Fn(&[&str]) -> (Option<i32>, String) + Clone + Send + 'static {
@@ -99,21 +103,6 @@ impl TestHub {
     /// V2 client named `name`.
     pub async fn client(&self, name: &str) -> TestClient {
         TestClient::connect(&self.ws_url(&format!("vsn=2.0.0&name={name}"))).await
-    }
-
-    /// Admin request with the token; returns (status, JSON body or Null).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        self.server.admin(method, path, body).await
-    }
-
-    /// A value of `/metrics` (`None` when absent).
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        self.server.metric(name).await
     }
 }
 
