@@ -78,7 +78,7 @@ impl Doors for SocketDoors {
                 // Messages up to the hub's frame limit reach the handler, which answers
                 // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
                 // the socket closed (1009).
-                let max_frame = max_frame.max(hub.config.compendium_max_bytes);
+                let max_frame = max_frame.max(hub.config.compendium.max_bytes);
                 let hub = hub.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {

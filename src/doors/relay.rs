@@ -167,7 +167,7 @@ impl Ctx {
             fabric: hub.fabric.clone(),
             registry: hub.registry.clone(),
             metrics: hub.metrics.clone(),
-            max_packet: hub.config.relay_max_packet,
+            max_packet: hub.config.relay.max_packet,
             rate: (hub.config.rate_limit, hub.config.rate_burst),
         }
     }

@@ -119,9 +119,9 @@ impl HubBuilder {
         let config_path = self.dir.path().join("bester.json");
         std::fs::write(&config_path, file.to_string()).expect("write bester.json");
         let mut config = config_in(self.dir.path(), "127.0.0.1:0".parse().unwrap(), TOKEN);
-        config.bester_bind = Some("127.0.0.1:0".parse().unwrap());
-        config.bester_config = Some(config_path);
-        config.bester_handler_timeout = std::time::Duration::from_millis(3_000);
+        config.bester.bind = Some("127.0.0.1:0".parse().unwrap());
+        config.bester.config = Some(config_path);
+        config.bester.handler_timeout = std::time::Duration::from_millis(3_000);
         for tweak in self.tweaks {
             tweak(&mut config);
         }

@@ -121,7 +121,7 @@ async fn a_slow_handler_times_out_while_others_carry_on() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .fixture_handler("slow", "slow")
-        .config(|c| c.bester_handler_timeout = std::time::Duration::from_millis(1_500))
+        .config(|c| c.bester.handler_timeout = std::time::Duration::from_millis(1_500))
         .start()
         .await;
     with_users(&hub, &["alice", "bob", "carol"]).await;
@@ -224,7 +224,7 @@ async fn send_handler_chains_are_followed_up_to_the_limit() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .example_handler("shout")
-        .config(|c| c.bester_max_chain = 3)
+        .config(|c| c.bester.max_chain = 3)
         .start()
         .await;
     with_users(&hub, &["alice", "bob"]).await;

@@ -179,7 +179,7 @@ async fn the_unix_socket_counts_as_one_address() {
     let hub = HubBuilder::new()
         .config(move |c| {
             c.max_conns_per_ip = 2;
-            c.bester_socket = Some(socket);
+            c.bester.socket = Some(socket);
         })
         .start()
         .await;

@@ -214,7 +214,7 @@ async fn invalid_messages_get_err_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn oversize_messages_get_err_413_and_the_connection_stays_open() {
-    let hub = TestHub::start_with(|c| c.compendium_max_bytes = 1000).await;
+    let hub = TestHub::start_with(|c| c.compendium.max_bytes = 1000).await;
     let mut c = hub.compendium_ws().await;
     let mut holder = hub.compendium_ws().await;
     let addr = init(&mut holder).await;

@@ -248,7 +248,7 @@ async fn join_with_null_join_ref_uses_ref_for_pushes() {
 
 #[tokio::test]
 async fn too_many_channels() {
-    let hub = TestHub::start_with(|c| c.max_channels = 3).await;
+    let hub = TestHub::start_with(|c| c.phoenix.max_channels = 3).await;
     let mut c = hub.client("many").await;
     for i in 0..3 {
         let r = c

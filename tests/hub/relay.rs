@@ -321,7 +321,7 @@ async fn phoenix_send_of_1024_chars_or_more_is_refused() {
 
 #[tokio::test]
 async fn relay_max_packet_can_be_configured_lower_on_both_doors() {
-    let hub = TestHub::start_with(|c| c.relay_max_packet = 64).await;
+    let hub = TestHub::start_with(|c| c.relay.max_packet = 64).await;
     let mut a = phx_device(&hub, "a", json!({})).await;
     let mut b = phx_device(&hub, "b", json!({})).await;
     let (status, _) = phx(&mut a, "2", "send", packet_of_len("b", 63)).await;

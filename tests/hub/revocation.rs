@@ -278,7 +278,7 @@ impl Poller {
 async fn revoking_a_token_ends_its_long_poll_sessions_and_only_those() {
     let hub = TestHub::start_with(|c| {
         c.auth = homehub::config::AuthMode::Token;
-        c.longpoll_window = std::time::Duration::from_millis(300);
+        c.phoenix.longpoll_window = std::time::Duration::from_millis(300);
     })
     .await;
     let (t1, id1) = issue(&hub, "lamp", None).await;

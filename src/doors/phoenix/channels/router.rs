@@ -111,7 +111,7 @@ pub async fn handle_in(
             lock::handle_in(ch, event, ctx).await
         }
         ChannelState::Relay(ch) => {
-            let max = ctx.hub.config.relay_max_packet;
+            let max = ctx.hub.config.relay.max_packet;
             let event = relay::RelayIn::decode(&msg.event, &msg.payload, max)?;
             relay::handle_in(ch, event, ctx).await
         }
