@@ -1,5 +1,5 @@
 //! Configuration: one struct, parsed once from flags and the environment (`.env` is loaded
-//! first when present). Every field is listed in `.env.example` with its default.
+//! first when present), with a sub-struct per door for the settings only that door reads. Every field is listed in `.env.example` with its default.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,19 +72,6 @@ pub struct Config {
     )]
     pub send_timeout: Duration,
 
-    /// Channels one connection may have joined at once (Phoenix's default is 100).
-    #[arg(long, env = "HOMEHUB_MAX_CHANNELS", default_value_t = 100)]
-    pub max_channels: usize,
-
-    /// Relay packets whose JSON is this many characters or more are refused (the seed's
-    /// limit is 1024).
-    #[arg(long, env = "HOMEHUB_RELAY_MAX_PACKET", default_value_t = 1024)]
-    pub relay_max_packet: usize,
-
-    /// Largest Compendium message in bytes; larger ones get `ERR` 413.
-    #[arg(long, env = "HOMEHUB_COMPENDIUM_MAX_BYTES", default_value_t = 65_536)]
-    pub compendium_max_bytes: usize,
-
     /// Lifetime of a pairing request when the admin does not give `ttl_secs`.
     #[arg(
         long = "pair-ttl-secs",
@@ -105,19 +92,6 @@ pub struct Config {
     )]
     pub lock_feature_flags: Vec<String>,
 
-    /// How the hub ends a Phoenix socket it closes (admin disconnect, idle timeout,
-    /// replacement, shutdown): `auto` sends a WebSocket close frame, except to clients
-    /// that send their JSON in binary frames (the lock firmware's Erlang client, which
-    /// never notices a close frame and would stay offline), whose TCP connection is ended
-    /// without one; `always` sends close frames to every client.
-    #[arg(
-        long,
-        env = "HOMEHUB_CLOSE_FRAMES",
-        value_enum,
-        default_value_t = CloseFrames::Auto
-    )]
-    pub close_frames: CloseFrames,
-
     /// Seconds a graceful shutdown waits for connections to close before giving up.
     #[arg(
         long = "shutdown-grace-secs",
@@ -126,18 +100,6 @@ pub struct Config {
         value_parser = parse_secs
     )]
     pub shutdown_grace: Duration,
-
-    /// Address of the Bester TCP listener (length-prefixed JSON, docs/bester.md); an empty
-    /// value disables it.
-    // `std::option::Option` (not `Option`) so clap keeps the default and lets the parser
-    // turn an empty value into `None`.
-    #[arg(
-        long,
-        env = "HOMEHUB_BESTER_BIND",
-        default_value = "127.0.0.1:2222",
-        value_parser = parse_optional_addr
-    )]
-    pub bester_bind: std::option::Option<SocketAddr>,
 
     /// `open` or `token`: whether devices need a token to connect (see README, Security).
     #[arg(long, env = "HOMEHUB_AUTH", value_enum, default_value = "open")]
@@ -198,56 +160,164 @@ pub struct Config {
     #[arg(long, env = "HOMEHUB_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// Settings of the Phoenix door (`/socket/websocket`, `/socket/longpoll`).
+    #[command(flatten)]
+    pub phoenix: PhoenixSettings,
+
+    /// Settings of the raw device relay (`/relay`) and the Phoenix `relay` topic.
+    #[command(flatten)]
+    pub relay: RelaySettings,
+
+    /// Settings of the Compendium relay (`/compendium`).
+    #[command(flatten)]
+    pub compendium: CompendiumSettings,
+
+    /// Settings of the Bester door (length-prefixed JSON over TCP, docs/bester.md).
+    #[command(flatten)]
+    pub bester: BesterSettings,
+}
+
+/// The Phoenix door (`/socket/websocket`, `/socket/longpoll`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Phoenix door")]
+pub struct PhoenixSettings {
+    /// Channels one connection may have joined at once (Phoenix's default is 100).
+    #[arg(
+        id = "max_channels",
+        long = "max-channels",
+        env = "HOMEHUB_MAX_CHANNELS",
+        default_value_t = 100
+    )]
+    pub max_channels: usize,
+
+    /// How the hub ends a Phoenix socket it closes (admin disconnect, idle timeout,
+    /// replacement, shutdown): `auto` sends a WebSocket close frame, except to clients
+    /// that send their JSON in binary frames (the lock firmware's Erlang client, which
+    /// never notices a close frame and would stay offline), whose TCP connection is ended
+    /// without one; `always` sends close frames to every client.
+    #[arg(
+        id = "close_frames",
+        long = "close-frames",
+        env = "HOMEHUB_CLOSE_FRAMES",
+        value_enum,
+        default_value_t = CloseFrames::Auto
+    )]
+    pub close_frames: CloseFrames,
+
     /// Milliseconds a long-poll GET is held when nothing is queued; a session not polled for
     /// two windows is closed.
     #[arg(
+        id = "longpoll_window",
         long = "longpoll-window-ms",
         env = "HOMEHUB_LONGPOLL_WINDOW_MS",
         default_value = "10000",
         value_parser = parse_millis_at_least_10
     )]
     pub longpoll_window: Duration,
+}
+
+/// The raw device relay (`/relay`) and the Phoenix `relay` topic.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Device relay")]
+pub struct RelaySettings {
+    /// Relay packets whose JSON is this many characters or more are refused (the seed's
+    /// limit is 1024).
+    #[arg(
+        id = "relay_max_packet",
+        long = "relay-max-packet",
+        env = "HOMEHUB_RELAY_MAX_PACKET",
+        default_value_t = 1024
+    )]
+    pub max_packet: usize,
+}
+
+/// The Compendium relay (`/compendium`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Compendium relay")]
+pub struct CompendiumSettings {
+    /// Largest Compendium message in bytes; larger ones get `ERR` 413.
+    #[arg(
+        id = "compendium_max_bytes",
+        long = "compendium-max-bytes",
+        env = "HOMEHUB_COMPENDIUM_MAX_BYTES",
+        default_value_t = 65_536
+    )]
+    pub max_bytes: usize,
+}
+
+/// The Bester door (length-prefixed JSON over TCP, docs/bester.md).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Bester door")]
+pub struct BesterSettings {
+    /// Address of the Bester TCP listener (length-prefixed JSON, docs/bester.md); an empty
+    /// value disables it.
+    // `std::option::Option` (not `Option`) so clap keeps the default and lets the parser
+    // turn an empty value into `None`.
+    #[arg(
+        id = "bester_bind",
+        long = "bester-bind",
+        env = "HOMEHUB_BESTER_BIND",
+        default_value = "127.0.0.1:2222",
+        value_parser = parse_optional_addr
+    )]
+    pub bind: std::option::Option<SocketAddr>,
 
     /// Path of an additional Bester listener on a Unix socket (unset: none).
-    #[arg(long, env = "HOMEHUB_BESTER_SOCKET")]
-    pub bester_socket: Option<PathBuf>,
+    #[arg(
+        id = "bester_socket",
+        long = "bester-socket",
+        env = "HOMEHUB_BESTER_SOCKET"
+    )]
+    pub socket: Option<PathBuf>,
 
     /// JSON file with the Bester message handlers, federation peers and this hub's name
     /// (format in docs/bester.md; unset: no handlers, no peers).
-    #[arg(long, env = "HOMEHUB_BESTER_CONFIG")]
-    pub bester_config: Option<PathBuf>,
+    #[arg(
+        id = "bester_config",
+        long = "bester-config",
+        env = "HOMEHUB_BESTER_CONFIG"
+    )]
+    pub config: Option<PathBuf>,
 
     /// Largest Bester message in bytes (the 4-byte length prefix); a larger prefix gets
     /// `too_large` and the connection is closed. Also caps handler and peer replies.
     #[arg(
-        long,
+        id = "bester_max_frame_bytes",
+        long = "bester-max-frame-bytes",
         env = "HOMEHUB_BESTER_MAX_FRAME_BYTES",
         default_value_t = 1_048_576
     )]
-    pub bester_max_frame_bytes: usize,
+    pub max_frame_bytes: usize,
 
     /// Milliseconds a Bester message handler (or a peer server) has to answer one message.
     #[arg(
+        id = "bester_handler_timeout",
         long = "bester-handler-timeout-ms",
         env = "HOMEHUB_BESTER_HANDLER_TIMEOUT_MS",
         default_value = "5000",
         value_parser = parse_millis_at_least_1
     )]
-    pub bester_handler_timeout: Duration,
+    pub handler_timeout: Duration,
 
     /// Most message handlers one Bester message may pass through (`sendHandler` chains),
     /// and most server-to-server hops.
-    #[arg(long, env = "HOMEHUB_BESTER_MAX_CHAIN", default_value_t = 8)]
-    pub bester_max_chain: usize,
+    #[arg(
+        id = "bester_max_chain",
+        long = "bester-max-chain",
+        env = "HOMEHUB_BESTER_MAX_CHAIN",
+        default_value_t = 8
+    )]
+    pub max_chain: usize,
 
     /// Seconds a new Bester connection has to authenticate before it is closed.
     #[arg(
+        id = "bester_login_timeout",
         long = "bester-login-timeout-secs",
         env = "HOMEHUB_BESTER_LOGIN_TIMEOUT_SECS",
         default_value = "10",
         value_parser = parse_secs_at_least_1
     )]
-    pub bester_login_timeout: Duration,
+    pub login_timeout: Duration,
 }
 
 /// `HOMEHUB_BESTER_BIND`: a socket address, or empty for "disabled".
@@ -264,7 +334,7 @@ fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
 impl Config {
     /// The shipped defaults (an empty command line; `HOMEHUB_*` variables still apply)
     /// with the addresses a test or an embedding chooses: `bind`, `database_url`, and no
-    /// Bester listener (many hubs run at once in the tests; set `bester_bind` to have one).
+    /// Bester listener (many hubs run at once in the tests; set `bester.bind` to have one).
     /// Panics if a `HOMEHUB_*` variable in the environment is invalid.
     pub fn default_for(bind: SocketAddr, database_url: &str) -> Config {
         #[derive(clap::Parser)]
@@ -277,7 +347,7 @@ impl Config {
             .unwrap_or_else(|e| panic!("the shipped defaults must parse: {e}"));
         config.bind = bind;
         config.database_url = database_url.to_owned();
-        config.bester_bind = None;
+        config.bester.bind = None;
         config
     }
 }
@@ -392,9 +462,12 @@ mod tests {
     fn the_shipped_defaults_parse_into_typed_settings() {
         let config = Config::default_for("127.0.0.1:0".parse().expect("addr"), "sqlite::memory:");
         assert_eq!(config.idle_timeout, Duration::from_secs(60));
-        assert_eq!(config.longpoll_window, Duration::from_millis(10_000));
-        assert_eq!(config.bester_handler_timeout, Duration::from_millis(5_000));
-        assert_eq!(config.close_frames, CloseFrames::Auto);
+        assert_eq!(
+            config.phoenix.longpoll_window,
+            Duration::from_millis(10_000)
+        );
+        assert_eq!(config.bester.handler_timeout, Duration::from_millis(5_000));
+        assert_eq!(config.phoenix.close_frames, CloseFrames::Auto);
         assert_eq!(config.lock_feature_flags, ["lock"]);
         assert_eq!(config.auth, AuthMode::Open);
     }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::domain::{DeviceName, ItemKind, LockRecord};
 use crate::services::{Hub, ServiceError, locks, tokens};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Longest pairing request lifetime an administrator may ask for.
 const MAX_PAIR_TTL_SECS: u64 = 86_400;
@@ -120,6 +120,12 @@ pub struct AdminState {
 impl axum::extract::FromRef<AdminState> for Arc<Hub> {
     fn from_ref(state: &AdminState) -> Arc<Hub> {
         state.hub.clone()
+    }
+}
+
+impl axum::extract::FromRef<AdminState> for Store {
+    fn from_ref(state: &AdminState) -> Store {
+        state.hub.store.clone()
     }
 }
 
@@ -421,8 +427,8 @@ async fn update_lock(
 }
 
 /// `GET /api/pairings`
-async fn list_pairings(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, AdminError> {
-    let (requests, items) = hub.store.list_pairings().await?;
+async fn list_pairings(State(store): State<Store>) -> Result<Json<Value>, AdminError> {
+    let (requests, items) = store.list_pairings().await?;
     Ok(Json(json!({ "requests": requests, "items": items })))
 }
 
@@ -509,8 +515,8 @@ async fn issue_token(
 }
 
 /// `GET /api/tokens`: issued tokens (ids, devices, expiry, revocation), never the tokens.
-async fn list_tokens(State(hub): State<Arc<Hub>>) -> Result<Json<Value>, AdminError> {
-    Ok(Json(json!({ "tokens": hub.store.list_tokens().await? })))
+async fn list_tokens(State(store): State<Store>) -> Result<Json<Value>, AdminError> {
+    Ok(Json(json!({ "tokens": store.list_tokens().await? })))
 }
 
 /// `DELETE /api/tokens/{id}`: revokes a token and closes (1001) every live connection

@@ -168,7 +168,7 @@ impl Compendium {
             return Some(error_json(&err(429, "rate limited")));
         }
         let registry = &self.hub.registry;
-        match decode(data, self.hub.config.compendium_max_bytes) {
+        match decode(data, self.hub.config.compendium.max_bytes) {
             Ok(ClientMsg::Init) => {
                 if let Some(old) = self.addr.take() {
                     registry.compendium.release(&old, self.conn.id);

@@ -18,17 +18,20 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
 
+use crate::core::Door;
 use crate::net::upgrade::{Accepted, Doors, SocketPath};
 use crate::services::Hub;
 
 /// The WebSocket doors behind the socket paths, for the edge ([`crate::net::upgrade`]).
 pub struct SocketDoors {
     hub: Arc<Hub>,
+    relay: relay::Ctx,
 }
 
 impl SocketDoors {
     pub fn new(hub: Arc<Hub>) -> SocketDoors {
-        SocketDoors { hub }
+        let relay = relay::Ctx::new(&hub);
+        SocketDoors { hub, relay }
     }
 }
 
@@ -55,10 +58,17 @@ impl Doors for SocketDoors {
                 }
             }
             SocketPath::Relay => {
-                let admitted = relay::admit(hub, peer, query, headers)?;
+                let relay::Admitted {
+                    only_name,
+                    token_id,
+                } = relay::admit(hub, peer, query, headers)?;
                 let hub = hub.clone();
+                let ctx = self.relay.clone();
                 Accepted {
-                    run: Box::new(move |ws, peer| Box::pin(relay::run(ws, hub, admitted, peer))),
+                    run: Box::new(move |ws, peer| {
+                        let conn = admission::connect(&hub, None, Door::Relay, peer, token_id);
+                        Box::pin(relay::run(ws, ctx, only_name, conn, peer))
+                    }),
                     protocol: None,
                     max_frame,
                 }
@@ -68,7 +78,7 @@ impl Doors for SocketDoors {
                 // Messages up to the hub's frame limit reach the handler, which answers
                 // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
                 // the socket closed (1009).
-                let max_frame = max_frame.max(hub.config.compendium_max_bytes);
+                let max_frame = max_frame.max(hub.config.compendium.max_bytes);
                 let hub = hub.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {

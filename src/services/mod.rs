@@ -11,6 +11,8 @@ pub mod locks;
 pub mod relay;
 #[cfg(test)]
 pub mod testing;
+#[cfg(test)]
+mod tests;
 pub mod tokens;
 
 use crate::config::Config;
@@ -35,7 +37,7 @@ pub struct Hub {
     /// Everything that crosses connections (delivery, broadcast, Presence, disconnects).
     pub fabric: Arc<dyn Fabric>,
     /// The device relay: registration, delivery, the `devices` records.
-    pub relay: relay::Relay,
+    pub relay: Arc<relay::Relay>,
 }
 
 impl Hub {
@@ -51,7 +53,11 @@ impl Hub {
             metrics.clone(),
         ));
         let fabric: Arc<dyn Fabric> = Arc::new(crate::core::LocalFabric::new(registry.clone()));
-        let relay = relay::Relay::new(fabric.clone(), registry.clone(), store.clone());
+        let relay = Arc::new(relay::Relay::new(
+            fabric.clone(),
+            registry.clone(),
+            store.clone(),
+        ));
         Hub {
             config,
             store,

@@ -259,7 +259,7 @@ async fn a_password_change_takes_effect_at_the_next_login() {
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_login_timeout() {
     let hub = HubBuilder::new()
-        .config(|c| c.bester_login_timeout = std::time::Duration::from_secs(1))
+        .config(|c| c.bester.login_timeout = std::time::Duration::from_secs(1))
         .start()
         .await;
     let mut c = hub.connect().await;
@@ -277,7 +277,7 @@ async fn unix_socket_listener_speaks_the_same_protocol() {
     let path = dir.path().join("bester.sock");
     let p = path.clone();
     let hub = HubBuilder::new()
-        .config(move |c| c.bester_socket = Some(p))
+        .config(move |c| c.bester.socket = Some(p))
         .start()
         .await;
     hub.add_user("alice", PASSWORD).await;

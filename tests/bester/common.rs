@@ -8,12 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use homehub::app::Server;
+use crate::support::{Running, config_in, eventually_within};
 use homehub::config::Config;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "bester-test-token";
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -30,12 +29,6 @@ fn fixture_script() -> String {
         "/tests/bester/fixtures/misbehave.py"
     )
     .to_owned()
-}
-
-fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        homehub::telemetry::init_blocking();
-    }
 }
 
 /// A change to the hub's settings.
@@ -119,68 +112,55 @@ impl HubBuilder {
     }
 
     pub async fn start(self) -> TestHub {
-        init_logs();
         let mut file = json!({ "handlers": self.handlers, "peers": self.peers });
         if let Some(name) = &self.name {
             file["name"] = json!(name);
         }
         let config_path = self.dir.path().join("bester.json");
         std::fs::write(&config_path, file.to_string()).expect("write bester.json");
-        let db = self.dir.path().join("homehub.db");
-        let mut config = Config::default_for(
-            "127.0.0.1:0".parse().unwrap(),
-            &format!("sqlite://{}", db.display()),
-        );
-        config.admin_token = Some(TOKEN.to_owned());
-        config.bester_bind = Some("127.0.0.1:0".parse().unwrap());
-        config.bester_config = Some(config_path);
-        config.bester_handler_timeout = std::time::Duration::from_millis(3_000);
+        let mut config = config_in(self.dir.path(), "127.0.0.1:0".parse().unwrap(), TOKEN);
+        config.bester.bind = Some("127.0.0.1:0".parse().unwrap());
+        config.bester.config = Some(config_path);
+        config.bester.handler_timeout = std::time::Duration::from_millis(3_000);
         for tweak in self.tweaks {
             tweak(&mut config);
         }
-        let server = Server::bind(config).await.expect("bind hub");
-        let addr = server.local_addr().expect("local addr");
-        let bester_addr = server.bester_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
+        let server = Running::start(config).await;
         for socket in &self.managed {
             wait_for_socket(socket).await;
         }
         TestHub {
-            addr,
-            bester_addr,
+            addr: server.addr,
+            bester_addr: server.bester_addr,
             dir: self.dir,
-            stop: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 }
 
 /// Waits until something accepts connections on `path` (a handler the hub started).
 pub async fn wait_for_socket(path: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if UnixStream::connect(path).await.is_ok() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "handler socket {} never came up",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let what = format!("handler socket {} comes up", path.display());
+    eventually_within(Duration::from_secs(15), &what, async || {
+        UnixStream::connect(path).await.ok().map(drop)
+    })
+    .await
 }
 
-/// A running hub. Dropping it without `stop` aborts the server task.
+/// A running hub (`support::Running`) with its temp directory.
 pub struct TestHub {
     pub addr: SocketAddr,
     pub bester_addr: Option<SocketAddr>,
     pub dir: Arc<tempfile::TempDir>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Running,
+}
+
+/// `http`, `admin`, `metric`: the shared harness's.
+impl std::ops::Deref for TestHub {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.server
+    }
 }
 
 impl TestHub {
@@ -189,39 +169,8 @@ impl TestHub {
     }
 
     /// Graceful shutdown (as on SIGTERM), waiting for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("hub stops in time")
-                .expect("hub task")
-                .expect("hub ran cleanly");
-        }
-    }
-
-    pub fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Admin request with the token; returns (status, JSON body or Null).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method, self.http(path)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     /// Adds a Bester user through the admin API.
@@ -248,16 +197,7 @@ impl TestHub {
 
     /// A value of `/metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::Client::new()
-            .get(self.http("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        metric_value(&text, name).unwrap_or(0.0)
+        self.server.metric(name).await.unwrap_or(0.0)
     }
 
     /// A connection authenticated as `name` (password [`PASSWORD`]).
@@ -267,21 +207,6 @@ impl TestHub {
         assert_eq!(status(&r), "ok", "login {name}: {r}");
         c
     }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// The value of `name` in a Prometheus text exposition.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `header.status` of a frame.

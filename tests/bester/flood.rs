@@ -29,6 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{BesterClient, PASSWORD, TOKEN, login_frame, status, tcp_from};
+use crate::support::eventually;
 
 const FLOOD: usize = 2_000;
 /// The bound on the hub's memory growth.
@@ -257,14 +258,10 @@ async fn a_login_flood_leaves_memory_heartbeats_and_other_logins_alone() {
     // Once the hashing slots are saturated (the flood is being answered `busy`), bob logs
     // in from 127.0.0.2. `busy` is the hub's documented "try again" and is retried, as a
     // client would; anything else but `ok` fails the test.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !busy_seen.load(Ordering::Relaxed) {
-        assert!(
-            Instant::now() < deadline,
-            "the flood never saturated the hashing slots"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the flood saturates the hashing slots", async || {
+        busy_seen.load(Ordering::Relaxed).then_some(())
+    })
+    .await;
     let mut attempts = 0;
     let login_started = Instant::now();
     loop {
@@ -342,19 +339,15 @@ async fn a_login_flood_leaves_memory_heartbeats_and_other_logins_alone() {
     // One log line per turned-away login (besides the connection's opened/closed lines):
     // the flood's and bob's.
     let expected = busy + (attempts - 1);
-    let log_deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = log_text(hub.dir.path());
-        let lines = log.matches("every password hashing slot is busy").count();
-        if lines == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < log_deadline,
-            "{lines} log lines for {expected} busy logins"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{expected} log lines for busy logins"),
+        async || {
+            let log = log_text(hub.dir.path());
+            let lines = log.matches("every password hashing slot is busy").count();
+            (lines == expected).then_some(())
+        },
+    )
+    .await;
     let _ = hub.child.start_kill();
     let _ = hub.child.wait().await;
 }

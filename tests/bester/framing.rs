@@ -10,7 +10,7 @@ const MAX: usize = 4096;
 
 async fn hub() -> (TestHub, BesterClient) {
     let hub = HubBuilder::new()
-        .config(|c| c.bester_max_frame_bytes = MAX)
+        .config(|c| c.bester.max_frame_bytes = MAX)
         .start()
         .await;
     hub.add_user("alice", PASSWORD).await;

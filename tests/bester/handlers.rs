@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{BesterClient, HubBuilder, PASSWORD, TestHub, status};
+use crate::support::{eventually, eventually_within};
 
 async fn with_users(hub: &TestHub, names: &[&str]) {
     for n in names {
@@ -120,7 +121,7 @@ async fn a_slow_handler_times_out_while_others_carry_on() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .fixture_handler("slow", "slow")
-        .config(|c| c.bester_handler_timeout = std::time::Duration::from_millis(1_500))
+        .config(|c| c.bester.handler_timeout = std::time::Duration::from_millis(1_500))
         .start()
         .await;
     with_users(&hub, &["alice", "bob", "carol"]).await;
@@ -209,20 +210,13 @@ async fn a_crashing_handler_is_restarted_by_the_hub() {
         "{r}"
     );
     // The hub starts it again: the process accepts once more (and crashes once more).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("the crashed handler is started again", async || {
         let r = alice.call("crash", json!({})).await;
         assert_eq!(status(&r), "handler_unavailable");
-        if r["payload"]["data"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("without replying")
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never restarted: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let error = r["payload"]["data"]["error"].as_str().unwrap_or_default();
+        error.contains("without replying").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -230,7 +224,7 @@ async fn send_handler_chains_are_followed_up_to_the_limit() {
     let hub = HubBuilder::new()
         .example_handler("upper")
         .example_handler("shout")
-        .config(|c| c.bester_max_chain = 3)
+        .config(|c| c.bester.max_chain = 3)
         .start()
         .await;
     with_users(&hub, &["alice", "bob"]).await;
@@ -384,20 +378,14 @@ async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
             .await;
         assert!(matches!(status(&r), "ok" | "undelivered"), "{r}");
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = "the stalled reader is dropped";
+    eventually_within(Duration::from_secs(20), what, async || {
         let r = alice
             .call("upper", json!({"text": "still there?", "to": ["bob"]}))
             .await;
-        if status(&r) == "undelivered" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled reader was never dropped: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (status(&r) == "undelivered").then_some(())
+    })
+    .await;
     let r = alice
         .call("upper", json!({"text": "me", "to": ["alice"]}))
         .await;

@@ -10,4 +10,6 @@ mod flood;
 mod framing;
 mod handlers;
 mod limits;
+#[path = "../support/mod.rs"]
+mod support;
 mod visibility;

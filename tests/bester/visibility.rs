@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{HubBuilder, PASSWORD, TestHub, metric_value};
+use crate::common::{HubBuilder, PASSWORD, TestHub};
+use crate::support::metric_value;
 
 async fn bester_devices(hub: &TestHub) -> Vec<Value> {
     let (code, body) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;

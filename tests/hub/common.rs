@@ -6,30 +6,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use homehub::app::Server;
 use homehub::config::Config;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+pub use crate::support::eventually;
+use crate::support::{Running, config_in};
+
 pub const TOKEN: &str = "test-admin-token";
 const WAIT: Duration = Duration::from_secs(5);
 
-fn init_logs() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        homehub::telemetry::init_blocking();
-    }
-}
-
-/// A running hub. Dropping it without `stop` aborts the server task.
+/// A running hub (`support::Running`) with its temp directory.
 pub struct TestHub {
     pub addr: SocketAddr,
     pub dir: std::sync::Arc<tempfile::TempDir>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Running,
+}
+
+/// `http`, `admin`, `metric`: the shared harness's.
+impl std::ops::Deref for TestHub {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.server
+    }
 }
 
 impl TestHub {
@@ -48,37 +50,19 @@ impl TestHub {
         bind: SocketAddr,
         tweak: impl FnOnce(&mut Config),
     ) -> TestHub {
-        init_logs();
-        let db: PathBuf = dir.path().join("homehub.db");
-        let mut config = Config::default_for(bind, &format!("sqlite://{}", db.display()));
-        config.admin_token = Some(TOKEN.to_owned());
+        let mut config = config_in(dir.path(), bind, TOKEN);
         tweak(&mut config);
-        let server = Server::bind(config).await.expect("bind hub");
-        let addr = server.local_addr().expect("local addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
+        let server = Running::start(config).await;
         TestHub {
-            addr,
+            addr: server.addr,
             dir,
-            stop: Some(tx),
-            task: Some(task),
+            server,
         }
     }
 
     /// Graceful shutdown (as on SIGTERM), waiting for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("hub stops in time")
-                .expect("hub task")
-                .expect("hub ran cleanly");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     /// Stops this hub and starts a new one on the same database file and port.
@@ -91,10 +75,6 @@ impl TestHub {
 
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/socket/websocket?{query}", self.addr)
-    }
-
-    pub fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     /// Runs the `homehub` admin CLI against this hub (blocking: call it from
@@ -123,53 +103,6 @@ impl TestHub {
     /// V2 client named `name`.
     pub async fn client(&self, name: &str) -> TestClient {
         TestClient::connect(&self.ws_url(&format!("vsn=2.0.0&name={name}"))).await
-    }
-
-    /// Admin request with the token; returns (status, JSON body or Null).
-    pub async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.request(method, self.http(path)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("admin request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Polls `probe` every 20 ms until it returns `Some`, for at most 5 s; panics naming
-/// `what` otherwise. The one way these tests wait for something the hub does in the
-/// background (a disconnect noticed, a row written, a slot freed).
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

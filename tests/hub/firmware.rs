@@ -411,7 +411,9 @@ async fn a_hub_restart_never_strands_a_lock() {
 
 #[tokio::test]
 async fn close_frames_always_restores_standard_closes() {
-    let hub = TestHub::start_with(|c| c.close_frames = homehub::config::CloseFrames::Always).await;
+    let hub =
+        TestHub::start_with(|c| c.phoenix.close_frames = homehub::config::CloseFrames::Always)
+            .await;
     let mut lock = Firmware::connect(&hub, "fw-std", Wire::V2Binary).await;
     lock.request("j", "lock:FW-8", "phx_join", json!({})).await;
     let (status, _) = hub

@@ -79,7 +79,7 @@ impl Poller {
 }
 
 async fn hub() -> TestHub {
-    TestHub::start_with(|c| c.longpoll_window = std::time::Duration::from_millis(400)).await
+    TestHub::start_with(|c| c.phoenix.longpoll_window = std::time::Duration::from_millis(400)).await
 }
 
 #[tokio::test]

@@ -17,3 +17,5 @@ mod protocol;
 mod relay;
 mod revocation;
 mod security;
+#[path = "../support/mod.rs"]
+mod support;

@@ -248,7 +248,7 @@ async fn join_with_null_join_ref_uses_ref_for_pushes() {
 
 #[tokio::test]
 async fn too_many_channels() {
-    let hub = TestHub::start_with(|c| c.max_channels = 3).await;
+    let hub = TestHub::start_with(|c| c.phoenix.max_channels = 3).await;
     let mut c = hub.client("many").await;
     for i in 0..3 {
         let r = c
@@ -419,21 +419,6 @@ async fn shutdown_closes_sockets_with_1012() {
     stopping.await.unwrap();
 }
 
-/// Reads the hub's `/metrics` and returns the value of `name`.
-async fn metric(hub: &TestHub, name: &str) -> Option<u64> {
-    let text = reqwest::Client::new()
-        .get(hub.http("/metrics"))
-        .bearer_auth(crate::common::TOKEN)
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Names of the connected devices, from the admin API.
 async fn device_names(hub: &TestHub) -> Vec<String> {
     let (_, devices) = hub.admin(reqwest::Method::GET, "/api/devices", None).await;
@@ -496,8 +481,8 @@ async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
     let mut lock = hub.client("lockdev").await;
     lock.join("lock:W1", "1", json!({})).await;
     assert_eq!(
-        metric(&hub, "homehub_slow_consumers_closed_total").await,
-        Some(0)
+        hub.metric("homehub_slow_consumers_closed_total").await,
+        Some(0.0)
     );
 
     // 8 events of 32 KiB: far more than the stalled window, far less than the queue.
@@ -506,25 +491,22 @@ async fn a_reader_with_a_closed_window_is_dropped_by_the_send_timeout() {
         event_reaches_fast_reader(&mut lock, &mut fast, "lock:W1", i, &pad).await;
     }
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let names = device_names(&hub).await;
-        if !names.iter().any(|n| n == "stalled") {
-            assert!(
-                names.iter().any(|n| n == "fast") && names.iter().any(|n| n == "lockdev"),
-                "{names:?}"
-            );
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled reader was never dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let names = crate::support::eventually_within(
+        Duration::from_secs(20),
+        "the stalled reader is dropped",
+        || async {
+            let names = device_names(&hub).await;
+            (!names.iter().any(|n| n == "stalled")).then_some(names)
+        },
+    )
+    .await;
+    assert!(
+        names.iter().any(|n| n == "fast") && names.iter().any(|n| n == "lockdev"),
+        "{names:?}"
+    );
     assert_eq!(
-        metric(&hub, "homehub_slow_consumers_closed_total").await,
-        Some(1)
+        hub.metric("homehub_slow_consumers_closed_total").await,
+        Some(1.0)
     );
     // Everyone else is unharmed.
     let r = lock

@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{TestClient, TestHub, reply_of};
+use crate::support::eventually;
 
 /// Upper bound for anything that happens "eventually" (generous: CI machines are slow).
 const LIMIT: Duration = Duration::from_secs(10);
@@ -76,34 +77,17 @@ async fn raw_devices(c: &mut TestClient) -> Value {
 
 /// Asks over the raw door until `get_devices` equals `want` (bounded).
 async fn raw_devices_become(raw: &mut TestClient, want: Value) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let got = raw_devices(raw).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "get_devices is still {got}, expected {want}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("get_devices becomes {want}");
+    eventually(&what, async || {
+        (raw_devices(raw).await == want).then_some(())
+    })
+    .await
 }
 
 /// Asks over the Phoenix `relay` topic until `get_devices` equals `want` (bounded).
 async fn phx_devices_become(c: &mut TestClient, want: Value) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let got = phx_devices(c).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "get_devices is still {got}, expected {want}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("get_devices becomes {want}");
+    eventually(&what, async || (phx_devices(c).await == want).then_some(())).await
 }
 
 /// The admin API's live connections.
@@ -337,7 +321,7 @@ async fn phoenix_send_of_1024_chars_or_more_is_refused() {
 
 #[tokio::test]
 async fn relay_max_packet_can_be_configured_lower_on_both_doors() {
-    let hub = TestHub::start_with(|c| c.relay_max_packet = 64).await;
+    let hub = TestHub::start_with(|c| c.relay.max_packet = 64).await;
     let mut a = phx_device(&hub, "a", json!({})).await;
     let mut b = phx_device(&hub, "b", json!({})).await;
     let (status, _) = phx(&mut a, "2", "send", packet_of_len("b", 63)).await;
@@ -636,19 +620,15 @@ async fn raw_taken_name_is_refused_and_force_takes_it_over() {
 
     // Wait until the old connection is gone from the hub, so its clean-up has run and
     // cannot have taken the name away from the new holder.
-    let deadline = Instant::now() + LIMIT;
-    loop {
+    eventually("the old connection is no longer listed", async || {
         let relay_conns = admin_devices(&hub)
             .await
             .into_iter()
             .filter(|d| d["door"] == "relay")
             .count();
-        if relay_conns == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "old connection still listed");
-        sleep(Duration::from_millis(20)).await;
-    }
+        (relay_conns == 2).then_some(())
+    })
+    .await;
     assert_eq!(raw_devices(&mut sender).await, json!(["lamp", "sender"]));
     let r = sender
         .request(json!({"target": "lamp", "payload": 2}))
@@ -995,11 +975,10 @@ async fn a_flood_from_one_device_does_not_stall_the_others() {
     });
 
     // Let the flood get going before the ping-pong starts.
-    let deadline = Instant::now() + LIMIT;
-    while sent.load(Ordering::Acquire) < 1000 {
-        assert!(Instant::now() < deadline, "flood did not start");
-        sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the flood starts", async || {
+        (sent.load(Ordering::Acquire) >= 1000).then_some(())
+    })
+    .await;
 
     // No latency number: on a loaded 2-core machine the test's own flood client competes
     // with the hub for the CPU (round trips take tens of ms there). A starved ping-pong
@@ -1195,9 +1174,7 @@ type OverviewRow = (
 async fn overview_row(hub: &TestHub, name: &str, ok: impl Fn(&OverviewRow) -> bool) -> OverviewRow {
     let url = format!("sqlite://{}", hub.db_path().display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-    let deadline = Instant::now() + LIMIT;
-    let mut last = None;
-    loop {
+    let row = eventually(&format!("the device_overview row for {name}"), async || {
         let row: Option<OverviewRow> = sqlx::query_as(
             "SELECT name, door, description, version, interface, last_seen_at, packets_sent \
              FROM device_overview WHERE name = ?1",
@@ -1206,19 +1183,11 @@ async fn overview_row(hub: &TestHub, name: &str, ok: impl Fn(&OverviewRow) -> bo
         .fetch_optional(&pool)
         .await
         .expect("query device_overview");
-        if let Some(row) = &row
-            && ok(row)
-        {
-            pool.close().await;
-            return row.clone();
-        }
-        last = row.or(last);
-        assert!(
-            Instant::now() < deadline,
-            "device_overview row for {name}: {last:?}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
+        row.filter(|r| ok(r))
+    })
+    .await;
+    pool.close().await;
+    row
 }
 
 #[tokio::test]
@@ -1361,19 +1330,15 @@ fn accepted_join(jr: &str) -> Value {
 
 /// Waits (bounded) until a raw device's `get_device_info` of `name` says `description`.
 async fn holder_description_becomes(raw: &mut TestClient, name: &str, description: &str) {
-    let deadline = Instant::now() + LIMIT;
-    loop {
+    eventually(&format!("{name} is described {description}"), async || {
         let r = raw
             .request(server(
                 json!({"command": "get_device_info", "device_name": name}),
             ))
             .await;
-        if r["response"]["description"] == description {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} is still {r}");
-        sleep(Duration::from_millis(20)).await;
-    }
+        (r["response"]["description"] == description).then_some(())
+    })
+    .await
 }
 
 #[tokio::test]

@@ -91,7 +91,7 @@ impl Bester {
     /// Reads the Bester settings; the configuration file is read only when a listener is
     /// enabled (a disabled door needs no handlers or peers).
     pub fn load(config: &Config) -> anyhow::Result<Bester> {
-        let enabled = config.bester_bind.is_some() || socket_path(config).is_some();
+        let enabled = config.bester.bind.is_some() || socket_path(config).is_some();
         let settings = Settings::load(config, enabled)?;
         let hashing = auth::Hashing::new(
             settings.hash_slots,
@@ -153,7 +153,8 @@ fn refusal() -> Vec<u8> {
 /// `HOMEHUB_BESTER_SOCKET`, with an empty value meaning unset.
 fn socket_path(config: &Config) -> Option<&Path> {
     config
-        .bester_socket
+        .bester
+        .socket
         .as_deref()
         .filter(|p| !p.as_os_str().is_empty())
 }
@@ -170,7 +171,7 @@ impl Listeners {
     /// (`HOMEHUB_BESTER_SOCKET`; a stale socket file left by a previous run is replaced, a
     /// live one is an error).
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let tcp = match config.bester_bind {
+        let tcp = match config.bester.bind {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await

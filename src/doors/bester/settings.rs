@@ -164,7 +164,7 @@ fn valid_name(s: &str) -> bool {
 impl Settings {
     /// Limits from `config`; handlers and peers from the file when `read_file`.
     pub fn load(config: &Config, read_file: bool) -> anyhow::Result<Settings> {
-        let (file, base) = match (&config.bester_config, read_file) {
+        let (file, base) = match (&config.bester.config, read_file) {
             (Some(path), true) if !path.as_os_str().is_empty() => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
@@ -180,7 +180,7 @@ impl Settings {
         };
         let base = std::path::absolute(&base).unwrap_or(base);
         let settings = Settings::from_file(config, file, &base).with_context(|| {
-            match &config.bester_config {
+            match &config.bester.config {
                 Some(p) => format!("in {}", p.display()),
                 None => "in the Bester settings".to_owned(),
             }
@@ -242,12 +242,12 @@ impl Settings {
         }
         Ok(Settings {
             name,
-            max_frame: config.bester_max_frame_bytes.max(1),
-            handler_timeout: config.bester_handler_timeout,
-            max_chain: config.bester_max_chain.max(1),
-            login_timeout: config.bester_login_timeout,
+            max_frame: config.bester.max_frame_bytes.max(1),
+            handler_timeout: config.bester.handler_timeout,
+            max_chain: config.bester.max_chain.max(1),
+            login_timeout: config.bester.login_timeout,
             queue: config.outbound_queue.max(1),
-            relay_max_packet: config.relay_max_packet,
+            relay_max_packet: config.relay.max_packet,
             hash_slots: hash_slots(std::thread::available_parallelism().map_or(1, |n| n.get())),
             max_conns_per_ip: config.max_conns_per_ip,
             handlers,

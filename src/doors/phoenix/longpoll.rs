@@ -249,7 +249,7 @@ fn open(
         last_poll: AtomicI64::new(0),
         epoch: Instant::now(),
         outbox_cap: hub.config.outbound_queue.saturating_mul(4).max(64),
-        window: hub.config.longpoll_window,
+        window: hub.config.phoenix.longpoll_window,
     });
     s.touch();
     lp.sessions.lock().insert(token.clone(), s.clone());

@@ -255,7 +255,7 @@ impl Session {
             return;
         };
         let rejoin = self.channels.contains_key(&msg.topic);
-        if !rejoin && self.channels.len() >= self.hub.config.max_channels {
+        if !rejoin && self.channels.len() >= self.hub.config.phoenix.max_channels {
             out.push(Frame::reply(
                 msg.join_ref.clone(),
                 msg.ref_.clone(),

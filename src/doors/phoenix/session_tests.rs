@@ -211,7 +211,7 @@ async fn unknown_topics_and_unjoined_topics_are_unmatched() {
 
 #[tokio::test]
 async fn a_socket_may_hold_only_so_many_channels() {
-    let hub = TestHub::with(|c: &mut Config| c.max_channels = 1).await;
+    let hub = TestHub::with(|c: &mut Config| c.phoenix.max_channels = 1).await;
     let mut c = Client::new(&hub, "lamp");
     c.one(json!(["1", "1", "events", "phx_join", {}])).await;
     let answer = c.one(json!(["2", "2", "events:A1", "phx_join", {}])).await;

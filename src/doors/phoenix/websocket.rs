@@ -206,7 +206,7 @@ pub fn run(
     }
     let handler = PhoenixHandler {
         session: Session::new(hub.clone(), conn.clone(), vsn),
-        close_frames: hub.config.close_frames,
+        close_frames: hub.config.phoenix.close_frames,
         json_in_binary: false,
     };
     ws::drive(

@@ -1,0 +1,164 @@
+//! What the integration suites share (`tests/hub`, `tests/bester`): a real hub
+//! (`homehub::app::Server`) on an ephemeral port with a temp SQLite file, its admin API and
+//! metrics, and the one way to wait for something the hub does in the background.
+//! Each suite includes it with `#[path = "../support/mod.rs"] mod support;`.
+
+#![allow(dead_code)] // each suite uses its own part
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use homehub::app::Server;
+use homehub::config::Config;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// How long [`eventually`] waits (generous: CI machines are slow).
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Hub logs on stderr when `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        homehub::telemetry::init_blocking();
+    }
+}
+
+/// The shipped defaults (an empty command line) on `bind`, with the database file
+/// `homehub.db` in `dir` and `admin_token` as the admin token.
+pub fn config_in(dir: &Path, bind: SocketAddr, admin_token: &str) -> Config {
+    let db = dir.join("homehub.db");
+    let mut config = Config::default_for(bind, &format!("sqlite://{}", db.display()));
+    config.admin_token = Some(admin_token.to_owned());
+    config
+}
+
+/// A running hub. Dropping it without [`Running::stop`] aborts the server task.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The Bester listener, when it is enabled.
+    pub bester_addr: Option<SocketAddr>,
+    admin_token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Binds and runs a hub on `config`.
+    pub async fn start(config: Config) -> Running {
+        init_logs();
+        let admin_token = config.admin_token.clone().unwrap_or_default();
+        let server = Server::bind(config).await.expect("bind hub");
+        let addr = server.local_addr().expect("local addr");
+        let bester_addr = server.bester_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Running {
+            addr,
+            bester_addr,
+            admin_token,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful shutdown (as on SIGTERM), waiting for it to finish cleanly.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("hub stops in time")
+                .expect("hub task")
+                .expect("hub ran cleanly");
+        }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Admin request with the token; returns (status, JSON body or Null).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .request(method, self.http(path))
+            .bearer_auth(&self.admin_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::Client::new()
+            .get(self.http("/metrics"))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// A value of `/metrics` (`None` when absent).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        metric_value(&self.metrics_text().await, name)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The value of `name` (with its labels, if any, as written) in a Prometheus exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for at most [`WAIT`]; panics naming
+/// `what` otherwise. The one way the suites wait for something the hub does in the
+/// background (a disconnect noticed, a row written, a slot freed).
+pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually_within(WAIT, what, probe).await
+}
+
+/// [`eventually`] with its own limit, for what takes longer by design (a handler process
+/// restarted after its backoff, a peer reconnecting).
+pub async fn eventually_within<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
