@@ -76,20 +76,18 @@ pub enum Event {
 }
 
 impl Event {
-    const CONTROL: [(&'static str, Event); 6] = [
-        ("phx_join", Event::Join),
-        ("phx_leave", Event::Leave),
-        ("phx_reply", Event::Reply),
-        ("phx_error", Event::Error),
-        ("phx_close", Event::Close),
-        ("heartbeat", Event::Heartbeat),
-    ];
-
     fn control(name: &str) -> Option<Event> {
-        Event::CONTROL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, e)| e.clone())
+        // A match on the name (length first, then bytes), not a scan of a table: this
+        // runs on every decoded frame.
+        Some(match name {
+            "phx_join" => Event::Join,
+            "phx_leave" => Event::Leave,
+            "phx_reply" => Event::Reply,
+            "phx_error" => Event::Error,
+            "phx_close" => Event::Close,
+            "heartbeat" => Event::Heartbeat,
+            _ => return None,
+        })
     }
 
     /// The event of a decoded client frame (control events become their variant).
