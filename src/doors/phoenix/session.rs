@@ -169,10 +169,7 @@ impl Session {
     fn end_channel(&mut self, topic: &str) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
         self.hub.registry.unsubscribe(topic, self.conn.id);
-        let ctx = Ctx {
-            hub: &self.hub,
-            conn: &self.conn,
-        };
+        let ctx = Ctx::new(&self.hub, &self.conn);
         router::terminate(&joined.state, &ctx);
         Some(joined)
     }
@@ -268,10 +265,7 @@ impl Session {
         // A second join of a joined topic ends the old instance: exactly one phx_close with
         // the old join_ref, after the new join's reply (§3.6).
         let old = self.end_channel(&msg.topic);
-        let ctx = Ctx {
-            hub: &self.hub,
-            conn: &self.conn,
-        };
+        let ctx = Ctx::new(&self.hub, &self.conn);
         let joined = AssertUnwindSafe(router::join(topic, &msg.payload, &ctx))
             .catch_unwind()
             .await;
@@ -373,10 +367,7 @@ impl Session {
             return; // stale join_ref: dropped without reply (§3.3, 1.8.3+)
         }
         let push_ref = joined.push_ref.clone();
-        let ctx = Ctx {
-            hub: &self.hub,
-            conn: &self.conn,
-        };
+        let ctx = Ctx::new(&self.hub, &self.conn);
         let handled = AssertUnwindSafe(router::handle_in(&mut joined.state, &msg, &ctx))
             .catch_unwind()
             .await;

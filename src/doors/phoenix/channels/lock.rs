@@ -128,8 +128,8 @@ pub async fn join(
     ctx: &Ctx<'_>,
 ) -> Result<LockJoined, ChannelError> {
     let accepts = parse_accepts(payload)?;
-    let store = &ctx.hub.store;
-    let lock = match ctx.hub.config.auth {
+    let store = ctx.store;
+    let lock = match ctx.auth {
         AuthMode::Open => store.join_lock(&serial, &ctx.conn.name).await?,
         // Token mode: a lock, once held, is joined only by its holder (or after an admin
         // reassigns it).
@@ -219,7 +219,7 @@ impl LockIn {
 }
 
 pub async fn handle_in(ch: &LockChannel, event: LockIn, ctx: &Ctx<'_>) -> Reply {
-    let store = &ctx.hub.store;
+    let store = ctx.store;
     match event {
         LockIn::Reset => {
             let lock = store
@@ -256,7 +256,7 @@ pub async fn handle_in(ch: &LockChannel, event: LockIn, ctx: &Ctx<'_>) -> Reply 
                 from: ctx.conn.name.as_str(),
                 message: &message,
             };
-            crate::services::locks::announce(ctx.hub.fabric.as_ref(), &ch.serial, "event", &body);
+            crate::services::locks::announce(ctx.fabric, &ch.serial, "event", &body);
             ok()
         }
         LockIn::Report(state) => {
@@ -282,7 +282,7 @@ async fn pair_complete(ch: &LockChannel, body: PairComplete, ctx: &Ctx<'_>) -> R
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= MAX_ITEM_SERIAL)
         .ok_or_else(|| ChannelError::refused("missing serial"))?;
-    let store = &ctx.hub.store;
+    let store = ctx.store;
     let request = store
         .get_pairing(pair_id)
         .await?
@@ -326,12 +326,7 @@ async fn pair_complete(ch: &LockChannel, body: PairComplete, ctx: &Ctx<'_>) -> R
         serial: &item.serial,
     };
     // For watchers, not for the lock (its firmware has no handler for this push).
-    crate::services::locks::announce(
-        ctx.hub.fabric.as_ref(),
-        &ch.serial,
-        "pair:complete",
-        &announce,
-    );
+    crate::services::locks::announce(ctx.fabric, &ch.serial, "pair:complete", &announce);
     ok()
 }
 

@@ -14,14 +14,42 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use crate::core::Conn;
+use crate::config::AuthMode;
 use crate::core::message::{empty_json, to_json};
+use crate::core::presence::Presence;
+use crate::core::{Conn, Fabric};
 use crate::services::Hub;
+use crate::services::relay::Relay;
+use crate::store::Store;
 
-/// What a handler needs: the hub and the connection it serves.
+/// What a channel handler uses, and nothing else: the store, the fabric (what crosses
+/// connections), the relay service, the Presence state, the two settings channels read,
+/// and the connection it serves.
 pub struct Ctx<'a> {
-    pub hub: &'a Hub,
+    pub store: &'a Store,
+    pub fabric: &'a dyn Fabric,
+    pub relay: &'a Relay,
+    pub presence: &'a Presence,
+    /// `HOMEHUB_AUTH`: in token mode a held lock is joined only by its holder.
+    pub auth: AuthMode,
+    /// `HOMEHUB_RELAY_MAX_PACKET`, for the `relay` topic's packets.
+    pub relay_max_packet: usize,
     pub conn: &'a Arc<Conn>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The parts of `hub` a channel uses, for `conn`.
+    pub fn new(hub: &'a Hub, conn: &'a Arc<Conn>) -> Ctx<'a> {
+        Ctx {
+            store: &hub.store,
+            fabric: hub.fabric.as_ref(),
+            relay: &hub.relay,
+            presence: &hub.registry.presence,
+            auth: hub.config.auth,
+            relay_max_packet: hub.config.relay.max_packet,
+            conn,
+        }
+    }
 }
 
 /// A reply's JSON response, written by serde (see [`crate::core::message::to_json`]).

@@ -12,7 +12,7 @@ use crate::core::presence::DeviceMeta;
 
 /// The `presence_state` to push after the join reply.
 pub fn state(ctx: &Ctx<'_>) -> Box<RawValue> {
-    ctx.hub.registry.presence.state_json()
+    ctx.presence.state_json()
 }
 
 /// The meta of a device: its door, when it came online, the locks it has joined, and

@@ -169,15 +169,14 @@ async fn register(meta: &Meta, ctx: &Ctx<'_>) -> Result<String, ChannelError> {
         // Phoenix's connect already bound the socket's name to its token's device.
         token_device: None,
     };
-    ctx.hub
-        .relay
+    ctx.relay
         .register(ctx.conn, claim)
         .await
         .map_err(|e| ChannelError::refused(e.to_string()))
 }
 
 pub async fn handle_in(ch: &mut RelayChannel, event: RelayIn, ctx: &Ctx<'_>) -> Reply {
-    let relay = &ctx.hub.relay;
+    let relay = ctx.relay;
     match event {
         RelayIn::GetDevices => {
             #[derive(serde::Serialize)]
@@ -272,6 +271,6 @@ pub fn info_reply<'a>(name: &'a str, info: &'a DeviceInfo) -> InfoReply<'a> {
 /// Leaving (or disconnecting) unregisters the device.
 pub fn terminate(ch: &RelayChannel, ctx: &Ctx<'_>) {
     if ch.registered {
-        ctx.hub.relay.unregister(&ch.name, ctx.conn);
+        ctx.relay.unregister(&ch.name, ctx.conn);
     }
 }

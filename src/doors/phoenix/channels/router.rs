@@ -109,7 +109,7 @@ pub async fn handle_in(state: &mut ChannelState, msg: &Message, ctx: &Ctx<'_>) -
             lock::handle_in(ch, event, ctx).await
         }
         ChannelState::Relay(ch) => {
-            let max = ctx.hub.config.relay.max_packet;
+            let max = ctx.relay_max_packet;
             let event = relay::RelayIn::decode(msg.event.as_str(), &msg.payload, max)?;
             relay::handle_in(ch, event, ctx).await
         }
