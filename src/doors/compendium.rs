@@ -26,7 +26,9 @@ use futures_util::FutureExt as _;
 
 use crate::auth::RateLimiter;
 use crate::core::fabric::DeliveryError;
-use crate::core::{Conn, Door, Outbound};
+use crate::core::outbox::Receiver;
+use crate::core::{Conn, Fabric, Outbound, Registry};
+use crate::metrics::Metrics;
 use crate::net::ws::{self, Close, Handler, WsStream};
 use crate::services::Hub;
 
@@ -137,7 +139,7 @@ pub fn decode(data: &[u8], max: usize) -> Result<ClientMsg, Err> {
 
 /// A Compendium connection that passed [`admit`]: in token mode, the id of its token.
 pub struct Admitted {
-    token_id: Option<crate::auth::TokenId>,
+    pub token_id: Option<crate::auth::TokenId>,
 }
 
 /// Admission to `/compendium` (origin, per-address cap, the token in token mode); `Err` is
@@ -154,8 +156,33 @@ pub fn admit(
     })
 }
 
+/// What the Compendium door uses: the registry (its addresses, and to end a
+/// connection), the fabric (delivery), metrics, and its limits.
+#[derive(Clone)]
+pub struct Ctx {
+    pub registry: Arc<Registry>,
+    pub fabric: Arc<dyn Fabric>,
+    pub metrics: Arc<Metrics>,
+    /// `HOMEHUB_COMPENDIUM_MAX_BYTES`: larger messages get `ERR` 413.
+    pub max_bytes: usize,
+    /// `HOMEHUB_RATE_LIMIT` and `HOMEHUB_RATE_BURST`, per connection.
+    pub rate: (u32, u32),
+}
+
+impl Ctx {
+    pub fn new(hub: &Hub) -> Ctx {
+        Ctx {
+            registry: hub.registry.clone(),
+            fabric: hub.fabric.clone(),
+            metrics: hub.metrics.clone(),
+            max_bytes: hub.config.compendium.max_bytes,
+            rate: (hub.config.rate_limit, hub.config.rate_burst),
+        }
+    }
+}
+
 struct Compendium {
-    hub: Arc<Hub>,
+    ctx: Ctx,
     conn: Arc<Conn>,
     limiter: RateLimiter,
     /// The address this connection holds, if it sent `INIT`.
@@ -167,8 +194,8 @@ impl Compendium {
         if !self.limiter.allow() {
             return Some(error_json(&err(429, "rate limited")));
         }
-        let registry = &self.hub.registry;
-        match decode(data, self.hub.config.compendium.max_bytes) {
+        let registry = &self.ctx.registry;
+        match decode(data, self.ctx.max_bytes) {
             Ok(ClientMsg::Init) => {
                 if let Some(old) = self.addr.take() {
                     registry.compendium.release(&old, self.conn.id);
@@ -181,7 +208,7 @@ impl Compendium {
             }
             Ok(ClientMsg::Route { addr, msg }) => {
                 let text = Utf8Bytes::from(ServerMsg::Deliver { msg: &msg }.to_text());
-                match self.hub.fabric.deliver_to_address(&addr, text).await {
+                match self.ctx.fabric.deliver_to_address(&addr, text).await {
                     Ok(()) => None,
                     Err(DeliveryError::TargetBusy) => Some(error_json(&err(503, "target busy"))),
                     Err(_) => Some(error_json(&err(404, "no such address"))),
@@ -228,31 +255,30 @@ impl Handler for Compendium {
     }
 }
 
-/// The socket's task (built up front like the Phoenix door's, see `websocket::run`).
+/// The socket's task (built up front like the Phoenix door's, see `websocket::run`), on
+/// a connection admission registered.
 pub fn run(
     socket: WsStream,
-    hub: Arc<Hub>,
-    admitted: Admitted,
+    ctx: Ctx,
+    (conn, rx): (Arc<Conn>, Receiver),
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let (conn, rx) =
-        crate::doors::admission::connect(&hub, None, Door::Compendium, peer, admitted.token_id);
     tracing::info!(conn = conn.id, %peer, "compendium connected");
+    let metrics = ctx.metrics.clone();
+    let registry = ctx.registry.clone();
     let handler = Compendium {
-        hub: hub.clone(),
+        limiter: RateLimiter::new(ctx.rate.0, ctx.rate.1),
+        ctx,
         conn: conn.clone(),
-        limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
         addr: None,
     };
-    ws::drive(socket, conn.clone(), rx, handler, hub.metrics.clone(), true).map(
-        move |(code, mut handler)| {
-            if let Some(addr) = handler.addr.take() {
-                hub.registry.compendium.release(&addr, conn.id);
-            }
-            hub.registry.disconnect(&conn, []);
-            tracing::info!(conn = conn.id, close_code = ?code.map(u16::from), "compendium disconnected");
-        },
-    )
+    ws::drive(socket, conn.clone(), rx, handler, metrics, true).map(move |(code, mut handler)| {
+        if let Some(addr) = handler.addr.take() {
+            registry.compendium.release(&addr, conn.id);
+        }
+        registry.disconnect(&conn, []);
+        tracing::info!(conn = conn.id, close_code = ?code.map(u16::from), "compendium disconnected");
+    })
 }
 
 #[cfg(test)]
@@ -312,5 +338,126 @@ mod tests {
             Ok(ClientMsg::Error)
         ));
         assert_eq!(decode(&[b' '; 101], 100).err().map(|e| e.code), Some(413));
+    }
+
+    /// The handler's rules, driven without sockets on a temp-SQLite hub.
+    mod handler {
+        use super::*;
+        use crate::core::Door;
+        use crate::services::testing::TestHub;
+        use serde_json::{Value, json};
+
+        struct Client {
+            handler: Compendium,
+            rx: Receiver,
+        }
+
+        impl Client {
+            fn new(hub: &TestHub) -> Client {
+                let (conn, rx) = hub.connect(None, Door::Compendium);
+                let ctx = Ctx::new(hub);
+                Client {
+                    handler: Compendium {
+                        limiter: RateLimiter::new(ctx.rate.0, ctx.rate.1),
+                        ctx,
+                        conn,
+                        addr: None,
+                    },
+                    rx,
+                }
+            }
+
+            /// Sends one message; returns the answer, if the hub sends one.
+            async fn send(&mut self, text: &str) -> Option<Value> {
+                let answer = self.handler.handle(text.as_bytes()).await?;
+                Some(serde_json::from_str(&answer).expect("JSON answer"))
+            }
+
+            async fn init(&mut self) -> String {
+                let r = self.send(r#"{"type":"INIT"}"#).await.expect("INITRESP");
+                assert_eq!(r["type"], "INITRESP", "{r}");
+                r["EpheWssAddr"].as_str().expect("an address").to_owned()
+            }
+
+            /// Texts queued for this connection.
+            fn queued(&mut self) -> Vec<String> {
+                let mut got = Vec::new();
+                while let Some(item) = self.rx.try_recv() {
+                    let mut out = Vec::new();
+                    assert!(self.handler.on_outbound(item, &mut out).is_ok());
+                    for m in out {
+                        if let WsMessage::Text(t) = m {
+                            got.push(t.as_str().to_owned());
+                        }
+                    }
+                }
+                got
+            }
+        }
+
+        #[tokio::test]
+        async fn a_routed_message_is_delivered_byte_for_byte_and_not_answered() {
+            let hub = TestHub::new().await;
+            let mut a = Client::new(&hub);
+            let mut b = Client::new(&hub);
+            let _ = a.init().await;
+            let b_addr = b.init().await;
+            assert_eq!(b_addr.len(), 32);
+            let route = format!(
+                r#"{{"type":"ROUTE","EpheWssAddr":"{b_addr}","msg":{{"n": 1.50, "k": [1]}}}}"#
+            );
+            assert_eq!(
+                a.send(&route).await,
+                None,
+                "a delivered ROUTE is not answered"
+            );
+            assert_eq!(
+                b.queued(),
+                [r#"{"type":"DELIVER","msg":{"n": 1.50, "k": [1]}}"#]
+            );
+        }
+
+        #[tokio::test]
+        async fn an_unknown_address_is_err_404() {
+            let hub = TestHub::new().await;
+            let mut a = Client::new(&hub);
+            let route =
+                r#"{"type":"ROUTE","EpheWssAddr":"0123456789abcdef0123456789abcdef","msg":{}}"#;
+            let r = a.send(route).await.expect("an error");
+            assert_eq!(
+                r,
+                json!({"type": "ERR", "errCode": 404, "errMsg": "no such address"})
+            );
+        }
+
+        #[tokio::test]
+        async fn a_second_init_releases_the_first_address() {
+            let hub = TestHub::new().await;
+            let mut a = Client::new(&hub);
+            let mut b = Client::new(&hub);
+            let first = b.init().await;
+            let second = b.init().await;
+            assert_ne!(first, second);
+            let to =
+                |addr: &str| format!(r#"{{"type":"ROUTE","EpheWssAddr":"{addr}","msg":{{}}}}"#);
+            let r = a.send(&to(&first)).await.expect("the old address is gone");
+            assert_eq!(r["errCode"], 404);
+            assert_eq!(a.send(&to(&second)).await, None);
+            assert_eq!(b.queued().len(), 1);
+        }
+
+        #[tokio::test]
+        async fn messages_past_the_rate_limit_are_err_429() {
+            let hub = TestHub::with(|c| {
+                c.rate_limit = 1;
+                c.rate_burst = 2;
+            })
+            .await;
+            let mut a = Client::new(&hub);
+            let _ = a.init().await;
+            let _ = a.init().await;
+            let r = a.send(r#"{"type":"INIT"}"#).await.expect("refused");
+            assert_eq!(r["errCode"], 429, "{r}");
+        }
     }
 }

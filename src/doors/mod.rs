@@ -26,12 +26,18 @@ use crate::services::Hub;
 pub struct SocketDoors {
     hub: Arc<Hub>,
     relay: relay::Ctx,
+    compendium: compendium::Ctx,
 }
 
 impl SocketDoors {
     pub fn new(hub: Arc<Hub>) -> SocketDoors {
         let relay = relay::Ctx::new(&hub);
-        SocketDoors { hub, relay }
+        let compendium = compendium::Ctx::new(&hub);
+        SocketDoors {
+            hub,
+            relay,
+            compendium,
+        }
     }
 }
 
@@ -74,15 +80,18 @@ impl Doors for SocketDoors {
                 }
             }
             SocketPath::Compendium => {
-                let admitted = compendium::admit(hub, peer, query, headers)?;
+                let compendium::Admitted { token_id } =
+                    compendium::admit(hub, peer, query, headers)?;
                 // Messages up to the hub's frame limit reach the handler, which answers
                 // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
                 // the socket closed (1009).
                 let max_frame = max_frame.max(hub.config.compendium.max_bytes);
                 let hub = hub.clone();
+                let ctx = self.compendium.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {
-                        Box::pin(compendium::run(ws, hub, admitted, peer))
+                        let conn = admission::connect(&hub, None, Door::Compendium, peer, token_id);
+                        Box::pin(compendium::run(ws, ctx, conn, peer))
                     }),
                     protocol: None,
                     max_frame,
