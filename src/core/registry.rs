@@ -7,7 +7,7 @@
 //! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
 //! (policy, close code 1008) instead of letting memory grow.
 
-use super::{addresses, directory, outbox, presence};
+use super::{addresses, directory, outbox, presence, users};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +39,8 @@ pub enum Outbound {
     Packet(Arc<directory::Packet>),
     /// A binary relay packet (Phoenix V2 WebSocket receivers only).
     BinaryPacket(Arc<directory::BinaryPacket>),
-    /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
+    /// Text already encoded for this connection's protocol (Compendium `DELIVER`, a Bester
+    /// JSON frame without its length prefix).
     Text(Box<Utf8Bytes>),
     /// The hub ends this connection's channel instance on the topic (e.g. the lock was
     /// reassigned to another device in token mode): `phx_close`, no rejoin.
@@ -85,6 +86,9 @@ pub struct Conn {
     /// Kept as values and rendered only for `/api/devices`: two strings per socket would
     /// cost every idle connection two allocations.
     pub remote: SocketAddr,
+    /// Over a Unix socket (Bester): `remote` is a placeholder, and the connection does not
+    /// count against any address's cap.
+    local: bool,
     pub connected_at: time::OffsetDateTime,
     /// Token mode: the id of the device token this connection was admitted with, so that
     /// revoking the token closes it ([`Registry::kill_token`]).
@@ -215,17 +219,6 @@ impl Conn {
     }
 }
 
-impl Door {
-    /// The door's name in `/api/devices`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Door::Phoenix => "phoenix",
-            Door::Relay => "relay",
-            Door::Compendium => "compendium",
-        }
-    }
-}
-
 /// What the admin API shows about a connected device (or Bester connection).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
@@ -256,11 +249,23 @@ struct Inner {
     /// Phoenix devices by socket name: at most one live connection per name (a newer one
     /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
-    /// Live connections per remote address: every `Conn`, and the Bester connections
-    /// counted by [`Registry::admit_ip`] (one cap, `HOMEHUB_MAX_CONNS_PER_IP`, for both).
+    /// Live connections per remote address: every `Conn` but those on a Unix socket, and
+    /// whatever [`Registry::admit_ip`] counted (one cap, `HOMEHUB_MAX_CONNS_PER_IP`).
     per_ip: HashMap<IpAddr, usize>,
     /// Topic → subscribed connections by id.
     topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
+}
+
+/// What [`Registry::open`] registers.
+struct Spec {
+    name: Option<DeviceName>,
+    door: Door,
+    /// `None`: a Unix-socket connection.
+    remote: Option<SocketAddr>,
+    token_id: Option<crate::auth::TokenId>,
+    queue: usize,
+    /// 0 = unlimited.
+    max_per_ip: usize,
 }
 
 /// The shared registry.
@@ -276,6 +281,8 @@ pub struct Registry {
     pub compendium: addresses::Addresses,
     /// Presence on `presence:devices`.
     pub presence: presence::Presence,
+    /// Bester users (and peers) by connection.
+    pub users: users::Users,
 }
 
 impl Registry {
@@ -293,6 +300,7 @@ impl Registry {
             relay: directory::Directory::default(),
             compendium: addresses::Addresses::default(),
             presence: presence::Presence::default(),
+            users: users::Users::default(),
         }
     }
 
@@ -312,6 +320,52 @@ impl Registry {
         remote: SocketAddr,
         token_id: Option<crate::auth::TokenId>,
     ) -> (Arc<Conn>, outbox::Receiver) {
+        let spec = Spec {
+            name,
+            door,
+            remote: Some(remote),
+            token_id,
+            queue: self.queue_capacity,
+            max_per_ip: 0,
+        };
+        self.open(spec)
+            .unwrap_or_else(|| unreachable!("no cap, never refused"))
+    }
+
+    /// Registers a connection of a door that caps connections per address itself (Bester):
+    /// refused (`None`) when `remote`'s address already has `max_per_ip` live connections
+    /// (0 = unlimited); check and count are one step, so a burst of accepts cannot
+    /// overshoot. A `remote` of `None` is a Unix-socket connection (no address, no cap
+    /// here). Its outbound queue holds `queue` items.
+    pub fn admit(
+        &self,
+        door: Door,
+        remote: Option<SocketAddr>,
+        max_per_ip: usize,
+        queue: usize,
+    ) -> Option<(Arc<Conn>, outbox::Receiver)> {
+        self.open(Spec {
+            name: None,
+            door,
+            remote,
+            token_id: None,
+            queue,
+            max_per_ip,
+        })
+    }
+
+    fn open(&self, spec: Spec) -> Option<(Arc<Conn>, outbox::Receiver)> {
+        let Spec {
+            name,
+            door,
+            remote,
+            token_id,
+            queue,
+            max_per_ip,
+        } = spec;
+        let local = remote.is_none();
+        let remote =
+            remote.unwrap_or_else(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
         let name = name.unwrap_or_else(|| {
@@ -322,9 +376,10 @@ impl Registry {
             name: name.clone(),
             door,
             remote,
+            local,
             connected_at: time::OffsetDateTime::now_utc(),
             token_id,
-            outbox: outbox::Outbox::new(self.queue_capacity),
+            outbox: outbox::Outbox::new(queue.max(1)),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
@@ -336,11 +391,17 @@ impl Registry {
             pinged: AtomicBool::new(false),
             idled_out: AtomicBool::new(false),
         });
-        metrics::inc(&self.metrics.connections_total);
         let old = {
             let mut inner = self.lock();
+            if !local {
+                let n = inner.per_ip.entry(conn.remote.ip()).or_insert(0);
+                // A refused address has `max` (≥ 1) connections, so its entry stays.
+                if max_per_ip > 0 && *n >= max_per_ip {
+                    return None;
+                }
+                *n += 1;
+            }
             inner.conns.insert(id, conn.clone());
-            *inner.per_ip.entry(conn.remote.ip()).or_insert(0) += 1;
             if named {
                 inner.devices.insert(name, conn.clone())
             } else {
@@ -351,15 +412,19 @@ impl Registry {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
             old.kill(close_code::GOING_AWAY);
         }
+        metrics::inc(&self.metrics.connections_total);
         let rx = outbox::Receiver::new(conn.clone());
-        (conn, rx)
+        Some((conn, rx))
     }
 
     /// Forgets a connection (after its task ended): removes it from the device table if it
     /// is still the current one for its name, and from the given topics.
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
+        if conn.door == Door::Bester {
+            self.users.forget(conn.id);
+        }
         let mut inner = self.lock();
-        if inner.conns.remove(&conn.id).is_some() {
+        if inner.conns.remove(&conn.id).is_some() && !conn.local {
             inner.release_ip(conn.remote.ip());
         }
         if inner
@@ -536,19 +601,32 @@ impl Registry {
                 let mut topics = topics_of.remove(&c.id).unwrap_or_default();
                 topics.sort();
                 let relay_name = self.relay.name_of(c.id);
+                let label = match c.door {
+                    Door::Bester => self.users.label_of(c.id),
+                    _ => None,
+                };
                 DeviceView {
-                    name: match (c.door, &relay_name) {
-                        (Door::Relay, Some(n)) => n.clone(),
+                    name: match (c.door, &relay_name, &label) {
+                        (Door::Relay, Some(n), _) => n.clone(),
+                        (_, _, Some(users::Label::User(u))) => u.clone(),
+                        (_, _, Some(users::Label::Peer(p))) => format!("server:{p}"),
                         _ => c.name.to_string(),
                     },
                     door: c.door.as_str(),
-                    user: None,
+                    user: match label {
+                        Some(users::Label::User(u)) => Some(u),
+                        _ => None,
+                    },
                     relay_name,
                     compendium_address: match c.door {
                         Door::Compendium => self.compendium.address_of(c.id),
                         _ => None,
                     },
-                    remote: c.remote.to_string(),
+                    remote: if c.local {
+                        "unix".to_owned()
+                    } else {
+                        c.remote.to_string()
+                    },
                     connected_at: crate::domain::format_ts(c.connected_at),
                     topics,
                     packets_sent: c.packet_counts().0,
@@ -617,6 +695,26 @@ impl Registry {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Live connections of each door, in [`Door::ALL`] order.
+    pub fn connections_by_door(&self) -> Vec<(Door, usize)> {
+        let mut counts = [0usize; Door::ALL.len()];
+        for c in self.lock().conns.values() {
+            if let Some(i) = Door::ALL.iter().position(|d| *d == c.door) {
+                counts[i] += 1;
+            }
+        }
+        Door::ALL.iter().copied().zip(counts).collect()
+    }
+
+    /// The live connections labelled as Bester user `user` ([`users::Users`]).
+    pub fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
+        let ids = self.users.ids_of(user);
+        let inner = self.lock();
+        ids.iter()
+            .filter_map(|id| inner.conns.get(id).cloned())
+            .collect()
     }
 }
 
