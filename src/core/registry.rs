@@ -106,9 +106,13 @@ pub struct Conn {
     packets_received: AtomicU64,
     /// When the last inbound frame arrived ([`now_ms`]), for the shared idle sweep.
     last_in: AtomicU64,
-    /// WATCH_NONE (long-poll sessions have their own clock), WATCH_IDLE or
-    /// WATCH_IDLE_AND_PING.
+    /// WATCH_NONE, WATCH_IDLE or WATCH_IDLE_AND_PING.
     watch: AtomicU8,
+    /// The connection's own idle limit in ms (a long-poll session: two windows without a
+    /// GET); 0 = the sweep's.
+    idle_limit_ms: AtomicU64,
+    /// A Phoenix long-poll session rather than a WebSocket (shown in `/api/devices`).
+    long_poll: AtomicBool,
     /// A ping was queued since the last inbound frame.
     pinged: AtomicBool,
     /// The idle sweep closed this connection.
@@ -160,6 +164,21 @@ impl Conn {
             WATCH_IDLE
         };
         self.watch.store(w, Ordering::Relaxed);
+    }
+
+    /// Puts the connection under the registry's idle sweep with its own limit: closed
+    /// (1001) after `limit` without [`Conn::touch`], never pinged. Long-poll sessions use
+    /// it (touched by every GET).
+    fn watch_idle_within(&self, limit: std::time::Duration) {
+        self.touch();
+        let ms = (limit.as_millis() as u64).max(1);
+        self.idle_limit_ms.store(ms, Ordering::Relaxed);
+        self.watch.store(WATCH_IDLE, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as a Phoenix long-poll session.
+    pub fn set_long_poll(&self) {
+        self.long_poll.store(true, Ordering::Relaxed);
     }
 
     /// Records an inbound frame: the connection is not idle.
@@ -240,6 +259,9 @@ pub struct DeviceView {
     /// The id of the device token the connection was admitted with (token mode), the id
     /// `DELETE /api/tokens/{id}` takes.
     pub token_id: Option<String>,
+    /// `longpoll` for a Phoenix long-poll session (absent for sockets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -283,6 +305,10 @@ pub struct Registry {
     pub presence: presence::Presence,
     /// Bester users (and peers) by connection.
     pub users: users::Users,
+    /// The shortest [`Conn::watch_idle_within`] limit given so far (ms; 0 = none).
+    shortest_own_limit_ms: AtomicU64,
+    /// Wakes the idle sweep early: a shorter own limit than any before was given.
+    sweep_wake: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -301,6 +327,8 @@ impl Registry {
             compendium: addresses::Addresses::default(),
             presence: presence::Presence::default(),
             users: users::Users::default(),
+            shortest_own_limit_ms: AtomicU64::new(0),
+            sweep_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -388,6 +416,8 @@ impl Registry {
             packets_received: AtomicU64::new(0),
             last_in: AtomicU64::new(now_ms()),
             watch: AtomicU8::new(WATCH_NONE),
+            idle_limit_ms: AtomicU64::new(0),
+            long_poll: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
             idled_out: AtomicBool::new(false),
         });
@@ -451,7 +481,7 @@ impl Registry {
 
     /// [`Registry::sweep_idle`] as if the hub's clock read `now`.
     fn sweep_idle_at(&self, idle: std::time::Duration, now: u64) -> std::time::Duration {
-        let idle_ms = idle.as_millis() as u64;
+        let sweep_ms = idle.as_millis() as u64;
         let mut stale = Vec::new();
         let mut ping = Vec::new();
         let mut next_ms = u64::MAX;
@@ -462,6 +492,10 @@ impl Registry {
                 if watch == WATCH_NONE {
                     continue;
                 }
+                let idle_ms = match c.idle_limit_ms.load(Ordering::Relaxed) {
+                    0 => sweep_ms,
+                    own => own,
+                };
                 let silent = now.saturating_sub(c.last_in.load(Ordering::Relaxed));
                 if silent >= idle_ms {
                     if !c.is_killed() {
@@ -481,6 +515,12 @@ impl Registry {
                 }
             }
         }
+        // A connection watched from now on with a limit of its own is due no sooner than
+        // half the shortest such limit.
+        let own = self.shortest_own_limit_ms.load(Ordering::Relaxed);
+        if own > 0 {
+            next_ms = next_ms.min(own / 2).max(1);
+        }
         for c in stale {
             c.idled_out.store(true, Ordering::Relaxed);
             c.kill(close_code::GOING_AWAY);
@@ -493,6 +533,28 @@ impl Registry {
         } else {
             std::time::Duration::from_millis(next_ms)
         }
+    }
+
+    /// [`Conn::watch_idle_within`], and tells the sweep about the limit.
+    pub fn watch_idle_within(&self, conn: &Conn, limit: std::time::Duration) {
+        let ms = (limit.as_millis() as u64).max(1);
+        conn.watch_idle_within(limit);
+        let lowered = self
+            .shortest_own_limit_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur == 0 || ms < cur).then_some(ms)
+            })
+            .is_ok();
+        if lowered {
+            // The sweep may be sleeping past this connection's first deadline.
+            self.sweep_wake.notify_one();
+        }
+    }
+
+    /// Resolves when the idle sweep should run before its planned time
+    /// ([`Registry::watch_idle_within`] gave a shorter limit than any before).
+    pub async fn sweep_woken(&self) {
+        self.sweep_wake.notified().await;
     }
 
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) {
@@ -632,6 +694,7 @@ impl Registry {
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
                     token_id: c.token_id().map(str::to_owned),
+                    transport: c.long_poll.load(Ordering::Relaxed).then_some("longpoll"),
                 }
             })
             .collect();
@@ -793,6 +856,26 @@ mod tests {
         r.release_ip(ip);
         assert_eq!(r.connections_from(ip), 0);
         assert!(r.admit_ip(ip, 0), "0 is unlimited");
+    }
+
+    #[test]
+    fn a_connection_with_its_own_limit_is_swept_by_it() {
+        let idle = Duration::from_secs(60);
+        let r = registry();
+        let socket = conn(&r);
+        socket.watch_idle(false);
+        let poll = conn(&r);
+        r.watch_idle_within(&poll, Duration::from_secs(20));
+        let t0 = now_ms();
+        socket.last_in.store(t0, Ordering::Relaxed);
+        poll.last_in.store(t0, Ordering::Relaxed);
+        // The own limit is the earliest deadline, and caps the sweep's pause at half of it.
+        assert_eq!(r.sweep_idle_at(idle, t0 + 5_000), Duration::from_secs(10));
+        assert_eq!(r.sweep_idle_at(idle, t0 + 19_000), Duration::from_secs(1));
+        assert!(!poll.is_killed());
+        r.sweep_idle_at(idle, t0 + 21_000);
+        assert!(poll.is_killed() && poll.idled_out());
+        assert!(!socket.is_killed(), "the others keep the sweep's limit");
     }
 
     #[test]

@@ -5,13 +5,14 @@
 //! by one task, addressed by an unguessable token. `POST` hands that task a batch of
 //! frames and returns once they are processed; replies and pushes wait in the session's
 //! outbox until a `GET` collects them (at once when some are queued, else after at most one
-//! window, `HOMEHUB_LONGPOLL_WINDOW_MS`, 10 s by default). A session nobody polls for two
-//! windows is destroyed with its channels.
+//! window, `HOMEHUB_LONGPOLL_WINDOW_MS`, 10 s by default). The session is a registry
+//! [`Conn`] like a WebSocket (listed in `/api/devices` with `transport: "longpoll"`), and
+//! its idleness is the registry's one idle sweep: a session nobody polls for two windows
+//! is closed by it and destroyed with its channels.
 //! Every answer is HTTP 200 with the real status in the JSON body, as Phoenix does.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,9 +55,6 @@ struct LpSession {
     outbox: Mutex<VecDeque<String>>,
     /// Wakes a parked GET when the outbox gets something.
     ready: Notify,
-    /// Milliseconds since `epoch` of the last GET.
-    last_poll: AtomicI64,
-    epoch: Instant,
     /// Outbox entries beyond which the client counts as not reading (closed by policy).
     outbox_cap: usize,
     /// How long a GET is held when nothing is queued (Phoenix's `window_ms`).
@@ -68,14 +66,9 @@ impl LpSession {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A GET: the session is being polled (the registry's idle sweep watches this).
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as i64;
-        self.last_poll.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as i64;
-        Duration::from_millis((now - self.last_poll.load(Ordering::Relaxed)).max(0) as u64)
+        self.conn.touch();
     }
 
     fn push(&self, frames: impl IntoIterator<Item = WireFrame>) {
@@ -246,12 +239,12 @@ fn open(
         inbox,
         outbox: Mutex::new(VecDeque::new()),
         ready: Notify::new(),
-        last_poll: AtomicI64::new(0),
-        epoch: Instant::now(),
         outbox_cap: hub.config.outbound_queue.saturating_mul(4).max(64),
         window: hub.config.phoenix.longpoll_window,
     });
-    s.touch();
+    conn.set_long_poll();
+    hub.registry
+        .watch_idle_within(&conn, hub.config.phoenix.longpoll_window * 2);
     lp.sessions.lock().insert(token.clone(), s.clone());
     tracing::info!(conn = conn.id, device = %name, %peer, ?vsn, "long-poll session opened");
     let task_lp = lp.clone();
@@ -346,11 +339,10 @@ async fn run(
     let conn = s.conn.clone();
     let mut session = Session::new(hub.clone(), conn.clone(), vsn);
     let mut frames: Vec<Frame> = Vec::new();
-    let mut tick = tokio::time::interval(s.window / 2);
     let reason = loop {
         tokio::select! {
             biased;
-            _ = conn.killed() => break "closed by the hub",
+            _ = conn.killed() => break if conn.idled_out() { "not polled" } else { "closed by the hub" },
             batch = inbox.recv() => {
                 let Some(batch) = batch else { break "gone" };
                 let mut fatal = None;
@@ -378,11 +370,6 @@ async fn run(
             }
             item = rx.recv() => {
                 s.push(session.outbound(item));
-            }
-            _ = tick.tick() => {
-                if s.idle() >= s.window * 2 {
-                    break "not polled";
-                }
             }
         }
     };
