@@ -19,8 +19,9 @@
 //!   on a Unix socket, with a timeout), follows `sendHandler` chains, and carries out
 //!   `sendClients` ([`sessions`], or a relay device as a bridge) and `sendServers`
 //!   ([`federation`]). Handler replies are decoded once by [`reply`].
-//! * [`sessions`] is the directory of live Bester connections: each has a bounded outbound
-//!   queue drained by its own writer task, so a slow reader never stalls anyone else.
+//! * [`sessions`] is the Bester view of its connections in the core registry: each is a
+//!   registry `Conn` (door `bester`) whose bounded outbox is drained by its own writer
+//!   task, so a slow reader never stalls anyone else; logged-in users are core names.
 //! * [`settings`] reads the handler/peer configuration file; [`admin`] and [`cli`] manage
 //!   users.
 //! * A login flood (issue 12) meets three limits: the accept loops cap live connections
