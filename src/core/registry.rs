@@ -40,7 +40,7 @@ pub enum Outbound {
     /// A binary relay packet (Phoenix V2 WebSocket receivers only).
     BinaryPacket(Arc<directory::BinaryPacket>),
     /// Text already encoded for this connection's protocol (Compendium `DELIVER`, a Bester
-    /// JSON frame without its length prefix).
+    /// JSON frame without its length prefix, a long-poll session's reply).
     Text(Box<Utf8Bytes>),
     /// The hub ends this connection's channel instance on the topic (e.g. the lock was
     /// reassigned to another device in token mode): `phx_close`, no rejoin.
