@@ -176,6 +176,7 @@ fn spawn_idle_sweep(hub: &Arc<Hub>) {
             tokio::select! {
                 _ = hub.shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                _ = hub.registry.sweep_woken() => {}
             }
         }
     });

@@ -69,6 +69,23 @@ pub enum Door {
     Relay,
     /// The Compendium relay (`/compendium`).
     Compendium,
+    /// The Bester door (length-prefixed JSON over TCP or the Unix socket).
+    Bester,
+}
+
+impl Door {
+    /// Every door, in the order `/metrics` lists them.
+    pub const ALL: [Door; 4] = [Door::Phoenix, Door::Relay, Door::Compendium, Door::Bester];
+
+    /// The door's name in `/api/devices`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::Phoenix => "phoenix",
+            Door::Relay => "relay",
+            Door::Compendium => "compendium",
+            Door::Bester => "bester",
+        }
+    }
 }
 
 /// What a device says about itself when it registers (seed: device relay server).

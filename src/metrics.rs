@@ -36,19 +36,24 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition; `connections` (WebSocket) and `bester_connections`
-    /// are the current gauges. `known_lock_joins`: lock joins answered from the store's
-    /// copy of known locks ([`crate::store::Store::lock_join_known_hits`]).
+    /// The Prometheus text exposition; `by_door` (live connections of each door, from the
+    /// registry) gives the connection gauges. `known_lock_joins`: lock joins answered from
+    /// the store's copy of known locks ([`crate::store::Store::lock_join_known_hits`]).
     pub fn render(
         &self,
-        connections: usize,
-        bester_connections: usize,
+        by_door: &[(crate::domain::Door, usize)],
         known_lock_joins: u64,
     ) -> String {
+        let connections: usize = by_door.iter().map(|(_, n)| n).sum();
+        let bester_connections: usize = by_door
+            .iter()
+            .filter(|(d, _)| *d == crate::domain::Door::Bester)
+            .map(|(_, n)| n)
+            .sum();
         let counters: [(&str, &str, u64); 14] = [
             (
                 "homehub_connections_total",
-                "WebSocket connections accepted",
+                "connections accepted (every door)",
                 self.connections_total.load(Ordering::Relaxed),
             ),
             (
@@ -118,7 +123,10 @@ impl Metrics {
             ),
         ];
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP homehub_connections live connections");
+        let _ = writeln!(
+            out,
+            "# HELP homehub_connections live connections (every door)"
+        );
         let _ = writeln!(out, "# TYPE homehub_connections gauge");
         let _ = writeln!(out, "homehub_connections {connections}");
         let _ = writeln!(
@@ -127,6 +135,18 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE homehub_bester_connections gauge");
         let _ = writeln!(out, "homehub_bester_connections {bester_connections}");
+        let _ = writeln!(
+            out,
+            "# HELP homehub_door_connections live connections of each door"
+        );
+        let _ = writeln!(out, "# TYPE homehub_door_connections gauge");
+        for (door, n) in by_door {
+            let _ = writeln!(
+                out,
+                "homehub_door_connections{{door=\"{}\"}} {n}",
+                door.as_str()
+            );
+        }
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

@@ -78,7 +78,8 @@ pub async fn list_users(State(door): State<Arc<Ctx>>) -> Result<Json<Value>, Adm
     let out: Vec<Value> = users
         .into_iter()
         .map(|u| {
-            let connections = door.bester.sessions.connections_of(&u.username);
+            let connections =
+                crate::doors::bester::sessions::connections_of(&door.registry, &u.username);
             let mut v = serde_json::to_value(&u).unwrap_or_else(|_| json!({}));
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("connections".into(), json!(connections));
@@ -165,7 +166,7 @@ pub async fn remove_user(
     if !door.store.delete_bester_user(&name).await? {
         return Err(AdminError::NotFound("user not found"));
     }
-    let closed = door.bester.sessions.kick_user(&name);
+    let closed = crate::doors::bester::sessions::kick_user(&door.registry, &name);
     tracing::info!(user = %name, closed, "bester user removed");
     Ok(StatusCode::NO_CONTENT)
 }

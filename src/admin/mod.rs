@@ -142,13 +142,9 @@ pub fn metrics_router(hub: Arc<Hub>) -> Router<AdminState> {
         .layer(middleware::from_fn_with_state(hub, authorize))
 }
 
-async fn metrics(
-    State(hub): State<Arc<Hub>>,
-    State(bester): State<Arc<crate::doors::bester::Ctx>>,
-) -> Response {
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
     let body = hub.metrics.render(
-        hub.registry.connection_count(),
-        bester.bester.sessions.len(),
+        &hub.registry.connections_by_door(),
         hub.store.lock_join_known_hits(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -434,13 +430,8 @@ async fn list_pairings(State(store): State<Store>) -> Result<Json<Value>, AdminE
 
 /// `GET /api/devices`: connected devices, their doors and joined topics, and the live
 /// Bester connections (door `bester`, with the user they are logged in as).
-async fn list_devices(
-    State(hub): State<Arc<Hub>>,
-    State(bester): State<Arc<crate::doors::bester::Ctx>>,
-) -> Json<Value> {
-    let mut devices = hub.registry.devices();
-    devices.extend(bester.bester.sessions.views());
-    devices.sort_by(|a, b| a.name.cmp(&b.name));
+async fn list_devices(State(hub): State<Arc<Hub>>) -> Json<Value> {
+    let devices = hub.registry.devices();
     Json(json!({ "devices": devices }))
 }
 

@@ -1,10 +1,10 @@
 //! The core: the door-agnostic runtime every door stands on. It owns every live connection
-//! ([`registry::Registry`], [`registry::Conn`]), the one bounded outbound queue type
-//! ([`outbox`]), topic subscriptions, the addressable names (relay devices in
-//! [`directory`], Compendium addresses in [`addresses`]) and Presence ([`presence`]). It
-//! knows no protocol: doors encode what it delivers ([`message`]) their own way.
-//! Whatever crosses connections goes through [`fabric::Fabric`], the seam a cluster plugs
-//! into.
+//! of every door ([`registry::Registry`], [`registry::Conn`]), the one bounded outbound
+//! queue type ([`outbox`]), topic subscriptions, the addressable names (relay devices in
+//! [`directory`], Compendium addresses in [`addresses`], Bester users in [`users`]) and
+//! Presence ([`presence`]). It knows no protocol: doors encode what it delivers
+//! ([`message`]) their own way. Whatever crosses connections goes through
+//! [`fabric::Fabric`], the seam a cluster plugs into.
 
 pub mod addresses;
 pub mod close_code;
@@ -16,6 +16,7 @@ pub mod presence;
 pub mod registry;
 #[cfg(test)]
 mod registry_tests;
+pub mod users;
 
 pub use crate::domain::Door;
 pub use fabric::{DeliveryError, Fabric, LocalFabric};

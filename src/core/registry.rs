@@ -7,7 +7,7 @@
 //! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
 //! (policy, close code 1008) instead of letting memory grow.
 
-use super::{addresses, directory, outbox, presence};
+use super::{addresses, directory, outbox, presence, users};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +39,8 @@ pub enum Outbound {
     Packet(Arc<directory::Packet>),
     /// A binary relay packet (Phoenix V2 WebSocket receivers only).
     BinaryPacket(Arc<directory::BinaryPacket>),
-    /// Text already encoded for this connection's protocol (Compendium `DELIVER`).
+    /// Text already encoded for this connection's protocol (Compendium `DELIVER`, a Bester
+    /// JSON frame without its length prefix, a long-poll session's reply).
     Text(Box<Utf8Bytes>),
     /// The hub ends this connection's channel instance on the topic (e.g. the lock was
     /// reassigned to another device in token mode): `phx_close`, no rejoin.
@@ -85,6 +86,9 @@ pub struct Conn {
     /// Kept as values and rendered only for `/api/devices`: two strings per socket would
     /// cost every idle connection two allocations.
     pub remote: SocketAddr,
+    /// Over a Unix socket (Bester): `remote` is a placeholder, and the connection does not
+    /// count against any address's cap.
+    local: bool,
     pub connected_at: time::OffsetDateTime,
     /// Token mode: the id of the device token this connection was admitted with, so that
     /// revoking the token closes it ([`Registry::kill_token`]).
@@ -102,9 +106,13 @@ pub struct Conn {
     packets_received: AtomicU64,
     /// When the last inbound frame arrived ([`now_ms`]), for the shared idle sweep.
     last_in: AtomicU64,
-    /// WATCH_NONE (long-poll sessions have their own clock), WATCH_IDLE or
-    /// WATCH_IDLE_AND_PING.
+    /// WATCH_NONE, WATCH_IDLE or WATCH_IDLE_AND_PING.
     watch: AtomicU8,
+    /// The connection's own idle limit in ms (a long-poll session: two windows without a
+    /// GET); 0 = the sweep's.
+    idle_limit_ms: AtomicU64,
+    /// A Phoenix long-poll session rather than a WebSocket (shown in `/api/devices`).
+    long_poll: AtomicBool,
     /// A ping was queued since the last inbound frame.
     pinged: AtomicBool,
     /// The idle sweep closed this connection.
@@ -156,6 +164,21 @@ impl Conn {
             WATCH_IDLE
         };
         self.watch.store(w, Ordering::Relaxed);
+    }
+
+    /// Puts the connection under the registry's idle sweep with its own limit: closed
+    /// (1001) after `limit` without [`Conn::touch`], never pinged. Long-poll sessions use
+    /// it (touched by every GET).
+    fn watch_idle_within(&self, limit: std::time::Duration) {
+        self.touch();
+        let ms = (limit.as_millis() as u64).max(1);
+        self.idle_limit_ms.store(ms, Ordering::Relaxed);
+        self.watch.store(WATCH_IDLE, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as a Phoenix long-poll session.
+    pub fn set_long_poll(&self) {
+        self.long_poll.store(true, Ordering::Relaxed);
     }
 
     /// Records an inbound frame: the connection is not idle.
@@ -216,17 +239,6 @@ impl Conn {
     }
 }
 
-impl Door {
-    /// The door's name in `/api/devices`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Door::Phoenix => "phoenix",
-            Door::Relay => "relay",
-            Door::Compendium => "compendium",
-        }
-    }
-}
-
 /// What the admin API shows about a connected device (or Bester connection).
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceView {
@@ -248,6 +260,9 @@ pub struct DeviceView {
     /// The id of the device token the connection was admitted with (token mode), the id
     /// `DELETE /api/tokens/{id}` takes.
     pub token_id: Option<String>,
+    /// `longpoll` for a Phoenix long-poll session (absent for sockets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -257,11 +272,23 @@ struct Inner {
     /// Phoenix devices by socket name: at most one live connection per name (a newer one
     /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
-    /// Live connections per remote address: every `Conn`, and the Bester connections
-    /// counted by [`Registry::admit_ip`] (one cap, `HOMEHUB_MAX_CONNS_PER_IP`, for both).
+    /// Live connections per remote address: every `Conn` but those on a Unix socket, and
+    /// whatever [`Registry::admit_ip`] counted (one cap, `HOMEHUB_MAX_CONNS_PER_IP`).
     per_ip: HashMap<IpAddr, usize>,
     /// Topic → subscribed connections by id.
     topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
+}
+
+/// What [`Registry::open`] registers.
+struct Spec {
+    name: Option<DeviceName>,
+    door: Door,
+    /// `None`: a Unix-socket connection.
+    remote: Option<SocketAddr>,
+    token_id: Option<crate::auth::TokenId>,
+    queue: usize,
+    /// 0 = unlimited.
+    max_per_ip: usize,
 }
 
 /// The shared registry.
@@ -277,6 +304,12 @@ pub struct Registry {
     pub compendium: addresses::Addresses,
     /// Presence on `presence:devices`.
     pub presence: presence::Presence,
+    /// Bester users (and peers) by connection.
+    pub users: users::Users,
+    /// The shortest [`Conn::watch_idle_within`] limit given so far (ms; 0 = none).
+    shortest_own_limit_ms: AtomicU64,
+    /// Wakes the idle sweep early: a shorter own limit than any before was given.
+    sweep_wake: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -294,6 +327,9 @@ impl Registry {
             relay: directory::Directory::default(),
             compendium: addresses::Addresses::default(),
             presence: presence::Presence::default(),
+            users: users::Users::default(),
+            shortest_own_limit_ms: AtomicU64::new(0),
+            sweep_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -313,6 +349,52 @@ impl Registry {
         remote: SocketAddr,
         token_id: Option<crate::auth::TokenId>,
     ) -> (Arc<Conn>, outbox::Receiver) {
+        let spec = Spec {
+            name,
+            door,
+            remote: Some(remote),
+            token_id,
+            queue: self.queue_capacity,
+            max_per_ip: 0,
+        };
+        self.open(spec)
+            .unwrap_or_else(|| unreachable!("no cap, never refused"))
+    }
+
+    /// Registers a connection of a door that caps connections per address itself (Bester):
+    /// refused (`None`) when `remote`'s address already has `max_per_ip` live connections
+    /// (0 = unlimited); check and count are one step, so a burst of accepts cannot
+    /// overshoot. A `remote` of `None` is a Unix-socket connection (no address, no cap
+    /// here). Its outbound queue holds `queue` items.
+    pub fn admit(
+        &self,
+        door: Door,
+        remote: Option<SocketAddr>,
+        max_per_ip: usize,
+        queue: usize,
+    ) -> Option<(Arc<Conn>, outbox::Receiver)> {
+        self.open(Spec {
+            name: None,
+            door,
+            remote,
+            token_id: None,
+            queue,
+            max_per_ip,
+        })
+    }
+
+    fn open(&self, spec: Spec) -> Option<(Arc<Conn>, outbox::Receiver)> {
+        let Spec {
+            name,
+            door,
+            remote,
+            token_id,
+            queue,
+            max_per_ip,
+        } = spec;
+        let local = remote.is_none();
+        let remote =
+            remote.unwrap_or_else(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let named = name.is_some();
         let name = name.unwrap_or_else(|| {
@@ -323,9 +405,10 @@ impl Registry {
             name: name.clone(),
             door,
             remote,
+            local,
             connected_at: time::OffsetDateTime::now_utc(),
             token_id,
-            outbox: outbox::Outbox::new(self.queue_capacity),
+            outbox: outbox::Outbox::new(queue.max(1)),
             kill: self.shutdown.child_token(),
             close_code: AtomicU16::new(0),
             metrics: self.metrics.clone(),
@@ -334,14 +417,22 @@ impl Registry {
             packets_received: AtomicU64::new(0),
             last_in: AtomicU64::new(now_ms()),
             watch: AtomicU8::new(WATCH_NONE),
+            idle_limit_ms: AtomicU64::new(0),
+            long_poll: AtomicBool::new(false),
             pinged: AtomicBool::new(false),
             idled_out: AtomicBool::new(false),
         });
-        metrics::inc(&self.metrics.connections_total);
         let old = {
             let mut inner = self.lock();
+            if !local {
+                let n = inner.per_ip.entry(conn.remote.ip()).or_insert(0);
+                // A refused address has `max` (≥ 1) connections, so its entry stays.
+                if max_per_ip > 0 && *n >= max_per_ip {
+                    return None;
+                }
+                *n += 1;
+            }
             inner.conns.insert(id, conn.clone());
-            *inner.per_ip.entry(conn.remote.ip()).or_insert(0) += 1;
             if named {
                 inner.devices.insert(name, conn.clone())
             } else {
@@ -352,15 +443,19 @@ impl Registry {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
             old.kill(close_code::GOING_AWAY);
         }
+        metrics::inc(&self.metrics.connections_total);
         let rx = outbox::Receiver::new(conn.clone());
-        (conn, rx)
+        Some((conn, rx))
     }
 
     /// Forgets a connection (after its task ended): removes it from the device table if it
     /// is still the current one for its name, and from the given topics.
     pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
+        if conn.door == Door::Bester {
+            self.users.forget(conn.id);
+        }
         let mut inner = self.lock();
-        if inner.conns.remove(&conn.id).is_some() {
+        if inner.conns.remove(&conn.id).is_some() && !conn.local {
             inner.release_ip(conn.remote.ip());
         }
         if inner
@@ -387,7 +482,7 @@ impl Registry {
 
     /// [`Registry::sweep_idle`] as if the hub's clock read `now`.
     fn sweep_idle_at(&self, idle: std::time::Duration, now: u64) -> std::time::Duration {
-        let idle_ms = idle.as_millis() as u64;
+        let sweep_ms = idle.as_millis() as u64;
         let mut stale = Vec::new();
         let mut ping = Vec::new();
         let mut next_ms = u64::MAX;
@@ -398,6 +493,10 @@ impl Registry {
                 if watch == WATCH_NONE {
                     continue;
                 }
+                let idle_ms = match c.idle_limit_ms.load(Ordering::Relaxed) {
+                    0 => sweep_ms,
+                    own => own,
+                };
                 let silent = now.saturating_sub(c.last_in.load(Ordering::Relaxed));
                 if silent >= idle_ms {
                     if !c.is_killed() {
@@ -417,6 +516,12 @@ impl Registry {
                 }
             }
         }
+        // A connection watched from now on with a limit of its own is due no sooner than
+        // half the shortest such limit.
+        let own = self.shortest_own_limit_ms.load(Ordering::Relaxed);
+        if own > 0 {
+            next_ms = next_ms.min(own / 2).max(1);
+        }
         for c in stale {
             c.idled_out.store(true, Ordering::Relaxed);
             c.kill(close_code::GOING_AWAY);
@@ -429,6 +534,28 @@ impl Registry {
         } else {
             std::time::Duration::from_millis(next_ms)
         }
+    }
+
+    /// [`Conn::watch_idle_within`], and tells the sweep about the limit.
+    pub fn watch_idle_within(&self, conn: &Conn, limit: std::time::Duration) {
+        let ms = (limit.as_millis() as u64).max(1);
+        conn.watch_idle_within(limit);
+        let lowered = self
+            .shortest_own_limit_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur == 0 || ms < cur).then_some(ms)
+            })
+            .is_ok();
+        if lowered {
+            // The sweep may be sleeping past this connection's first deadline.
+            self.sweep_wake.notify_one();
+        }
+    }
+
+    /// Resolves when the idle sweep should run before its planned time
+    /// ([`Registry::watch_idle_within`] gave a shorter limit than any before).
+    pub async fn sweep_woken(&self) {
+        self.sweep_wake.notified().await;
     }
 
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) {
@@ -537,24 +664,38 @@ impl Registry {
                 let mut topics = topics_of.remove(&c.id).unwrap_or_default();
                 topics.sort();
                 let relay_name = self.relay.name_of(c.id);
+                let label = match c.door {
+                    Door::Bester => self.users.label_of(c.id),
+                    _ => None,
+                };
                 DeviceView {
-                    name: match (c.door, &relay_name) {
-                        (Door::Relay, Some(n)) => n.clone(),
+                    name: match (c.door, &relay_name, &label) {
+                        (Door::Relay, Some(n), _) => n.clone(),
+                        (_, _, Some(users::Label::User(u))) => u.clone(),
+                        (_, _, Some(users::Label::Peer(p))) => format!("server:{p}"),
                         _ => c.name.to_string(),
                     },
                     door: c.door.as_str(),
-                    user: None,
+                    user: match label {
+                        Some(users::Label::User(u)) => Some(u),
+                        _ => None,
+                    },
                     relay_name,
                     compendium_address: match c.door {
                         Door::Compendium => self.compendium.address_of(c.id),
                         _ => None,
                     },
-                    remote: c.remote.to_string(),
+                    remote: if c.local {
+                        "unix".to_owned()
+                    } else {
+                        c.remote.to_string()
+                    },
                     connected_at: crate::domain::format_ts(c.connected_at),
                     topics,
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
                     token_id: c.token_id().map(str::to_owned),
+                    transport: c.long_poll.load(Ordering::Relaxed).then_some("longpoll"),
                 }
             })
             .collect();
@@ -618,6 +759,26 @@ impl Registry {
     /// Number of live connections.
     pub fn connection_count(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    /// Live connections of each door, in [`Door::ALL`] order.
+    pub fn connections_by_door(&self) -> Vec<(Door, usize)> {
+        let mut counts = [0usize; Door::ALL.len()];
+        for c in self.lock().conns.values() {
+            if let Some(i) = Door::ALL.iter().position(|d| *d == c.door) {
+                counts[i] += 1;
+            }
+        }
+        Door::ALL.iter().copied().zip(counts).collect()
+    }
+
+    /// The live connections labelled as Bester user `user` ([`users::Users`]).
+    pub fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
+        let ids = self.users.ids_of(user);
+        let inner = self.lock();
+        ids.iter()
+            .filter_map(|id| inner.conns.get(id).cloned())
+            .collect()
     }
 }
 
@@ -699,6 +860,26 @@ mod tests {
         r.release_ip(ip);
         assert_eq!(r.connections_from(ip), 0);
         assert!(r.admit_ip(ip, 0), "0 is unlimited");
+    }
+
+    #[test]
+    fn a_connection_with_its_own_limit_is_swept_by_it() {
+        let idle = Duration::from_secs(60);
+        let r = registry();
+        let socket = conn(&r);
+        socket.watch_idle(false);
+        let poll = conn(&r);
+        r.watch_idle_within(&poll, Duration::from_secs(20));
+        let t0 = now_ms();
+        socket.last_in.store(t0, Ordering::Relaxed);
+        poll.last_in.store(t0, Ordering::Relaxed);
+        // The own limit is the earliest deadline, and caps the sweep's pause at half of it.
+        assert_eq!(r.sweep_idle_at(idle, t0 + 5_000), Duration::from_secs(10));
+        assert_eq!(r.sweep_idle_at(idle, t0 + 19_000), Duration::from_secs(1));
+        assert!(!poll.is_killed());
+        r.sweep_idle_at(idle, t0 + 21_000);
+        assert!(poll.is_killed() && poll.idled_out());
+        assert!(!socket.is_killed(), "the others keep the sweep's limit");
     }
 
     #[test]

@@ -605,11 +605,7 @@ impl Store {
         info: &DeviceInfo,
     ) -> Result<(), StoreError> {
         let now = now_rfc3339();
-        let door = match door {
-            Door::Phoenix => "phoenix",
-            Door::Relay => "relay",
-            Door::Compendium => "compendium",
-        };
+        let door = door.as_str();
         sqlx::query(
             "INSERT INTO devices (name, door, description, version, interface, \
                                   first_seen_at, registered_at, last_seen_at) \

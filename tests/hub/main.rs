@@ -12,6 +12,7 @@ mod firmware;
 mod lock_admin;
 mod lock_channel;
 mod longpoll;
+mod one_registry;
 mod presence;
 mod protocol;
 mod relay;

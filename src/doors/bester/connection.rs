@@ -20,7 +20,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +33,10 @@ use super::federation;
 use super::protocol::{
     self, Builtin, Credentials, DecodeError, Message, Outcome, Payload, Request, Scope, Status,
 };
-use super::sessions::{Identity, Remote};
+use super::sessions::{self, Identity, Remote};
 use super::throttle::Throttled;
+use crate::core::outbox::Receiver;
+use crate::core::{Conn, Outbound, close_code};
 
 /// How long the writer may take to flush the last frames after the reader has finished.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,8 +51,9 @@ const WRITE_BOUNDARY: usize = 8 * 1024;
 /// `payload.type` of responses to frames that carried none (not JSON, too large, ...).
 const ERROR_TYPE: &str = "error";
 
-/// Serves one accepted connection until it closes.
-pub async fn serve<S>(door: Arc<Ctx>, stream: S, remote: Remote)
+/// Serves one accepted connection, already registered as `conn` (its queue drained
+/// through `rx`), until it closes.
+pub async fn serve<S>(door: Arc<Ctx>, stream: S, remote: Remote, conn: Arc<Conn>, rx: Receiver)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -60,33 +62,31 @@ where
     let mut reader = FramedRead::with_capacity(rd, codec(max_frame), BUFFER);
     let mut writer = FramedWrite::with_capacity(wr, codec(max_frame), BUFFER);
     writer.set_backpressure_boundary(WRITE_BOUNDARY);
-    let (tx, rx) = mpsc::channel(door.bester.settings.queue);
-    let kill = door.shutdown.child_token();
-    let id = door.bester.sessions.open(tx.clone(), kill.clone(), remote);
+    let id = conn.id;
+    // Tells the writer the reader is done: write what is queued, then close.
+    let done = CancellationToken::new();
     let span = tracing::info_span!("bester", conn = id, %remote);
     async move {
         tracing::info!("bester connection opened");
         let writer_task = door
             .tracker
-            .spawn(write_loop(writer, rx, kill.clone()).in_current_span());
-        let mut conn = Connection {
+            .spawn(write_loop(writer, rx, conn.clone(), done.clone()).in_current_span());
+        let mut session = Connection {
             state: State::anonymous(&door),
             door: door.clone(),
-            id,
             remote,
-            tx,
-            kill: kill.clone(),
+            conn: conn.clone(),
         };
-        let reason = conn.run(&mut reader).await;
-        let who = conn.state.describe();
-        door.bester.sessions.close(id);
-        // Dropping the last sender lets the writer finish the queue and close.
-        drop(conn);
+        let reason = session.run(&mut reader).await;
+        let who = session.state.describe();
+        door.registry.disconnect(&conn, []);
+        drop(session);
+        done.cancel();
         if tokio::time::timeout(FLUSH_TIMEOUT, writer_task)
             .await
             .is_err()
         {
-            kill.cancel();
+            conn.kill(close_code::GOING_AWAY);
         }
         tracing::info!(%reason, who, "bester connection closed");
     }
@@ -94,40 +94,56 @@ where
     .await
 }
 
-/// Writes queued frames until the queue is closed (then flushes and shuts the socket) or
-/// the kill switch fires (then drops the socket at once).
+/// The bytes of a queued item; Bester connections are only sent frames.
+fn frame_of(item: Outbound) -> Option<Bytes> {
+    match item {
+        Outbound::Text(t) => Some(Bytes::from(*t)),
+        _ => None,
+    }
+}
+
+/// Writes queued frames until the reader is `done` and the queue is empty (then flushes
+/// and shuts the socket) or the kill switch fires (then drops the socket at once).
 async fn write_loop<W>(
     mut out: FramedWrite<W, Codec>,
-    mut rx: mpsc::Receiver<Bytes>,
-    kill: CancellationToken,
+    mut rx: Receiver,
+    conn: Arc<Conn>,
+    done: CancellationToken,
 ) where
     W: AsyncWrite + Unpin,
 {
     loop {
         let first = tokio::select! {
             biased;
-            _ = kill.cancelled() => return,
-            frame = rx.recv() => frame,
+            _ = conn.killed() => return,
+            item = rx.recv() => Some(item),
+            _ = done.cancelled() => rx.try_recv(),
         };
         let Some(first) = first else { break };
         let write = async {
-            out.feed(first).await?;
+            if let Some(f) = frame_of(first) {
+                out.feed(f).await?;
+            }
             for _ in 1..WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(more) => out.feed(more).await?,
-                    Err(_) => break,
+                    Some(more) => {
+                        if let Some(f) = frame_of(more) {
+                            out.feed(f).await?;
+                        }
+                    }
+                    None => break,
                 }
             }
             SinkExt::<Bytes>::flush(&mut out).await
         };
         let result = tokio::select! {
             biased;
-            _ = kill.cancelled() => return,
+            _ = conn.killed() => return,
             r = write => r,
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "bester write failed");
-            kill.cancel();
+            conn.kill(close_code::GOING_AWAY);
             return;
         }
     }
@@ -167,11 +183,9 @@ enum Flow {
 
 struct Connection {
     door: Arc<Ctx>,
-    id: u64,
     remote: Remote,
-    /// This connection's own outbound queue (responses).
-    tx: mpsc::Sender<Bytes>,
-    kill: CancellationToken,
+    /// This connection in the registry: its outbound queue (responses) and kill switch.
+    conn: Arc<Conn>,
     state: State,
 }
 
@@ -239,7 +253,7 @@ impl Connection {
             };
             let next = tokio::select! {
                 biased;
-                _ = self.kill.cancelled() => return "closed by the door",
+                _ = self.conn.killed() => return "closed by the door",
                 _ = login_expired => {
                     self.respond(
                         &Outcome::error(Status::AuthenticationRequired, "no authentication in time"),
@@ -297,10 +311,10 @@ impl Connection {
                     }
                 }
                 Ok(message) => {
-                    let kill = self.kill.clone();
+                    let conn = self.conn.clone();
                     tokio::select! {
                         biased;
-                        _ = kill.cancelled() => return "closed by the door",
+                        _ = conn.killed() => return "closed by the door",
                         flow = self.handle(message) => flow,
                     }
                 }
@@ -319,13 +333,11 @@ impl Connection {
             let small = Outcome::error(outcome.status, "response too large to send");
             frame = protocol::status_frame(&small, kind, id);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!("bester outbound queue full; closing slow connection");
-                self.kill.cancel();
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let Some(item) = sessions::outbound(frame) else {
+            return;
+        };
+        if let Err(crate::core::SendError::Full) = self.conn.send(item) {
+            tracing::warn!("bester outbound queue full; closing slow connection");
         }
     }
 
@@ -381,10 +393,11 @@ impl Connection {
                     return Flow::Close("peer authentication failed");
                 };
                 tracing::info!(%peer, "bester peer authenticated");
-                self.door
-                    .bester
-                    .sessions
-                    .set_identity(self.id, Identity::Peer(peer.clone()));
+                sessions::set_identity(
+                    &self.door.registry,
+                    &self.conn,
+                    Identity::Peer(peer.clone()),
+                );
                 self.state = State::Peer(peer);
                 match payload {
                     Some(p) => Box::pin(self.request(p, header.hops)).await,
@@ -492,10 +505,11 @@ impl Connection {
             Ok(Some(user)) => {
                 drop(attempt);
                 tracing::info!(%user, "bester user authenticated");
-                self.door
-                    .bester
-                    .sessions
-                    .set_identity(self.id, Identity::User(user.clone()));
+                sessions::set_identity(
+                    &self.door.registry,
+                    &self.conn,
+                    Identity::User(user.clone()),
+                );
                 let store = self.door.store.clone();
                 let name = user.to_string();
                 self.door.tracker.spawn(async move {
@@ -572,7 +586,7 @@ impl Connection {
         };
         match builtin {
             Builtin::ListClients => (
-                Outcome::ok(json!({ "clients": self.door.bester.sessions.users() })),
+                Outcome::ok(json!({ "clients": sessions::users(&self.door.registry) })),
                 Flow::Continue,
             ),
             Builtin::Close => (
@@ -593,10 +607,7 @@ impl Connection {
             },
             Builtin::Logout => {
                 tracing::info!(user = ?user, "bester user logged out");
-                self.door
-                    .bester
-                    .sessions
-                    .set_identity(self.id, Identity::Anonymous);
+                sessions::set_identity(&self.door.registry, &self.conn, Identity::Anonymous);
                 self.state = State::anonymous(&self.door);
                 (Outcome::ok(json!({})), Flow::Continue)
             }

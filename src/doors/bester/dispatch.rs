@@ -153,7 +153,7 @@ async fn send_clients(
             undelivered.insert(target.clone(), json!("too large"));
             continue;
         }
-        let result = match door.bester.sessions.deliver(target, &frame) {
+        let result = match super::sessions::deliver(&door.registry, target, &frame) {
             Delivery::Delivered(_) => Ok(()),
             Delivery::Busy => Err("busy"),
             Delivery::NotConnected => bridge(door, &from, target, kind, data).await,

@@ -19,8 +19,9 @@
 //!   on a Unix socket, with a timeout), follows `sendHandler` chains, and carries out
 //!   `sendClients` ([`sessions`], or a relay device as a bridge) and `sendServers`
 //!   ([`federation`]). Handler replies are decoded once by [`reply`].
-//! * [`sessions`] is the directory of live Bester connections: each has a bounded outbound
-//!   queue drained by its own writer task, so a slow reader never stalls anyone else.
+//! * [`sessions`] is the Bester view of its connections in the core registry: each is a
+//!   registry `Conn` (door `bester`) whose bounded outbox is drained by its own writer
+//!   task, so a slow reader never stalls anyone else; logged-in users are core names.
 //! * [`settings`] reads the handler/peer configuration file; [`admin`] and [`cli`] manage
 //!   users.
 //! * A login flood (issue 12) meets three limits: the accept loops cap live connections
@@ -42,7 +43,7 @@ pub mod sessions;
 pub mod settings;
 pub mod throttle;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,7 +55,7 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::Config;
 
 use protocol::{Outcome, Status};
-pub use sessions::{Remote, Sessions};
+pub use sessions::Remote;
 pub use settings::Settings;
 
 /// What the Bester door's tasks use: its own state and the hub parts it needs.
@@ -77,8 +78,6 @@ pub struct Ctx {
 pub struct Bester {
     /// Limits, handlers, peers and this hub's name (fixed at start).
     pub settings: Settings,
-    /// Every live Bester connection.
-    pub sessions: Sessions,
     /// The slots every password hash and verification runs in.
     pub hashing: auth::Hashing,
     /// Failed logins by remote address and by username.
@@ -100,7 +99,6 @@ impl Bester {
         );
         Ok(Bester {
             settings,
-            sessions: Sessions::default(),
             hashing,
             throttle: throttle::Throttle::default(),
             unix_conns: AtomicUsize::new(0),
@@ -118,20 +116,13 @@ impl Bester {
     }
 }
 
-/// One connection's place under the per-address cap, given back when it is dropped.
-enum Slot {
-    Tcp(Arc<Ctx>, IpAddr),
-    Unix(Arc<Ctx>),
-}
+/// A Unix-socket connection's place under the cap, given back when it is dropped (TCP
+/// connections are capped by the registry, which counts them per address).
+struct UnixSlot(Arc<Ctx>);
 
-impl Drop for Slot {
+impl Drop for UnixSlot {
     fn drop(&mut self) {
-        match self {
-            Slot::Tcp(door, ip) => door.registry.release_ip(*ip),
-            Slot::Unix(door) => {
-                door.bester.unix_conns.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
+        self.0.bester.unix_conns.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -289,23 +280,21 @@ async fn accept_tcp(listener: std::net::TcpListener, door: Arc<Ctx>) {
         match accepted {
             Ok((stream, peer)) => {
                 let max = door.bester.settings.max_conns_per_ip;
-                if !door.registry.admit_ip(peer.ip(), max) {
+                let remote = Remote::Tcp(peer);
+                let queue = door.bester.settings.queue;
+                let Some((conn, rx)) = sessions::open(&door.registry, remote, max, queue) else {
                     crate::metrics::inc(&door.metrics.bester_connections_refused);
                     tracing::warn!(%peer, max, "bester connection refused: too many connections from this address");
                     let _ = stream.try_write(&refusal());
                     continue;
-                }
-                let slot = Slot::Tcp(door.clone(), peer.ip());
+                };
                 let _ = stream.set_nodelay(true);
                 // A client that stops reading is dropped like a WebSocket one (README,
                 // HOMEHUB_SEND_TIMEOUT_SECS); its queue would not fill for a long time.
                 let send_timeout = door.send_timeout;
                 crate::net::listener::set_send_timeout(&stream, send_timeout);
-                let serve = connection::serve(door.clone(), stream, Remote::Tcp(peer));
-                door.tracker.spawn(async move {
-                    serve.await;
-                    drop(slot);
-                });
+                let serve = connection::serve(door.clone(), stream, remote, conn, rx);
+                door.tracker.spawn(serve);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bester accept failed");
@@ -337,8 +326,13 @@ async fn accept_unix(listener: std::os::unix::net::UnixListener, path: PathBuf, 
                     let _ = stream.try_write(&refusal());
                     continue;
                 }
-                let slot = Slot::Unix(door.clone());
-                let serve = connection::serve(door.clone(), stream, Remote::Unix);
+                let slot = UnixSlot(door.clone());
+                let queue = door.bester.settings.queue;
+                let Some((conn, rx)) = sessions::open(&door.registry, Remote::Unix, 0, queue)
+                else {
+                    continue;
+                };
+                let serve = connection::serve(door.clone(), stream, Remote::Unix, conn, rx);
                 door.tracker.spawn(async move {
                     serve.await;
                     drop(slot);

@@ -4,14 +4,18 @@
 //! A session is a [`Session`] (the same Phoenix socket the WebSocket transport runs) owned
 //! by one task, addressed by an unguessable token. `POST` hands that task a batch of
 //! frames and returns once they are processed; replies and pushes wait in the session's
-//! outbox until a `GET` collects them (at once when some are queued, else after at most one
-//! window, `HOMEHUB_LONGPOLL_WINDOW_MS`, 10 s by default). A session nobody polls for two
-//! windows is destroyed with its channels.
+//! registry outbox (the one bounded queue type, `HOMEHUB_OUTBOUND_QUEUE` items; a client
+//! that lets it fill is closed by policy) until a `GET` collects them: the GET hands the
+//! session task a [`Request::Poll`], and the task renders what is queued (at once when
+//! something is, else what arrives within one window, `HOMEHUB_LONGPOLL_WINDOW_MS`, 10 s
+//! by default). The session is a registry [`Conn`] like a WebSocket (listed in
+//! `/api/devices` with `transport: "longpoll"`), and its idleness is the registry's one
+//! idle sweep: a session nobody polls for two windows is closed by it and destroyed with
+//! its channels.
 //! Every answer is HTTP 200 with the real status in the JSON body, as Phoenix does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,12 +25,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::json;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::core::close_code;
 use crate::core::outbox::Receiver;
-use crate::core::{Conn, Door};
+use crate::core::{Conn, Door, Outbound};
 use crate::domain::DeviceName;
 use crate::doors::phoenix::session::Session;
 use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
@@ -38,70 +41,74 @@ pub const MAX_LINES: usize = 100;
 /// Header carrying the session token (Phoenix ≥ 1.8.10 clients).
 const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
 
-/// Frames posted by the client, processed in order by the session task.
-struct Batch {
-    frames: Vec<(Vec<u8>, bool)>,
-    done: oneshot::Sender<()>,
+/// What the HTTP side asks of a session task.
+enum Request {
+    /// Frames posted by the client, processed in order; `done` once they are.
+    Batch {
+        frames: Vec<(Vec<u8>, bool)>,
+        done: oneshot::Sender<()>,
+    },
+    /// A GET: the encoded frames queued now, else those that arrive before `deadline`
+    /// (empty: nothing came).
+    Poll {
+        deadline: Instant,
+        reply: oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// One long-poll session.
 struct LpSession {
     token: String,
     conn: Arc<Conn>,
-    /// POSTed batches for the session task.
-    inbox: mpsc::Sender<Batch>,
-    /// Encoded text frames waiting for a GET.
-    outbox: Mutex<VecDeque<String>>,
-    /// Wakes a parked GET when the outbox gets something.
-    ready: Notify,
-    /// Milliseconds since `epoch` of the last GET.
-    last_poll: AtomicI64,
-    epoch: Instant,
-    /// Outbox entries beyond which the client counts as not reading (closed by policy).
-    outbox_cap: usize,
+    /// Requests for the session task.
+    inbox: mpsc::Sender<Request>,
     /// How long a GET is held when nothing is queued (Phoenix's `window_ms`).
     window: Duration,
 }
 
 impl LpSession {
-    fn outbox(&self) -> MutexGuard<'_, VecDeque<String>> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
+    /// A GET: the session is being polled (the registry's idle sweep watches this).
     fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as i64;
-        self.last_poll.store(ms, Ordering::Relaxed);
+        self.conn.touch();
     }
+}
 
-    fn idle(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as i64;
-        Duration::from_millis((now - self.last_poll.load(Ordering::Relaxed)).max(0) as u64)
+/// Renders a queued item for the messages array: text frames as they are; binary frames
+/// are not representable there (§7.8) and are dropped, logged.
+fn render(conn: &Conn, session: &mut Session, item: Outbound, out: &mut Vec<String>) {
+    let frame = match item {
+        // A reply the session task queued, already encoded.
+        Outbound::Text(t) => Some(WireFrame::Text(*t)),
+        item => session.outbound(item),
+    };
+    match frame {
+        Some(WireFrame::Text(t)) => out.push(t.as_str().to_owned()),
+        Some(WireFrame::Binary(_)) => {
+            tracing::info!(
+                conn = conn.id,
+                "binary frame dropped on a long-poll session"
+            )
+        }
+        None => {}
     }
+}
 
-    fn push(&self, frames: impl IntoIterator<Item = WireFrame>) {
-        let mut outbox = self.outbox();
-        let before = outbox.len();
-        for f in frames {
-            match f {
-                WireFrame::Text(t) => outbox.push_back(t.as_str().to_owned()),
-                // Not representable in the messages array (§7.8): dropped, logged.
-                WireFrame::Binary(_) => {
-                    tracing::info!(
-                        conn = self.conn.id,
-                        "binary frame dropped on a long-poll session"
-                    )
-                }
+/// Queues the session's replies in its registry outbox, behind what is queued already.
+fn queue_replies(conn: &Conn, frames: impl IntoIterator<Item = WireFrame>) {
+    for f in frames {
+        let item = match f {
+            WireFrame::Text(t) => Outbound::Text(Box::new(t)),
+            WireFrame::Binary(_) => {
+                tracing::info!(
+                    conn = conn.id,
+                    "binary frame dropped on a long-poll session"
+                );
+                continue;
             }
-        }
-        if outbox.len() > self.outbox_cap {
-            tracing::warn!(
-                conn = self.conn.id,
-                "long-poll outbox full; closing slow session"
-            );
-            self.conn.kill(close_code::POLICY);
-        }
-        if outbox.len() > before {
-            self.ready.notify_waiters();
+        };
+        if conn.send(item).is_err() {
+            // Full: the connection is being closed (policy); or already gone.
+            return;
         }
     }
 }
@@ -244,14 +251,11 @@ fn open(
         token: token.clone(),
         conn: conn.clone(),
         inbox,
-        outbox: Mutex::new(VecDeque::new()),
-        ready: Notify::new(),
-        last_poll: AtomicI64::new(0),
-        epoch: Instant::now(),
-        outbox_cap: hub.config.outbound_queue.saturating_mul(4).max(64),
         window: hub.config.phoenix.longpoll_window,
     });
-    s.touch();
+    conn.set_long_poll();
+    hub.registry
+        .watch_idle_within(&conn, hub.config.phoenix.longpoll_window * 2);
     lp.sessions.lock().insert(token.clone(), s.clone());
     tracing::info!(conn = conn.id, device = %name, %peer, ?vsn, "long-poll session opened");
     let task_lp = lp.clone();
@@ -266,20 +270,24 @@ fn open(
 /// A GET with a live session: everything queued now, or wait up to the window.
 async fn poll(s: Arc<LpSession>) -> Response {
     s.touch();
+    let (reply, messages) = oneshot::channel();
     let deadline = Instant::now() + s.window;
-    loop {
-        let ready = s.ready.notified();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
-        let messages: Vec<String> = s.outbox().drain(..).collect();
-        if !messages.is_empty() {
-            s.touch();
-            return json_response(json!({ "status": 200, "token": s.token, "messages": messages }));
-        }
-        if s.conn.is_killed() || tokio::time::timeout_at(deadline, ready).await.is_err() {
-            s.touch();
-            return json_response(json!({ "status": 204, "token": s.token, "messages": [] }));
-        }
+    let asked = !s.conn.is_killed()
+        && s.inbox
+            .send(Request::Poll { deadline, reply })
+            .await
+            .is_ok();
+    // The session task answers by the deadline; it ending answers too (nothing).
+    let messages = if asked {
+        messages.await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    s.touch();
+    if messages.is_empty() {
+        json_response(json!({ "status": 204, "token": s.token, "messages": [] }))
+    } else {
+        json_response(json!({ "status": 200, "token": s.token, "messages": messages }))
     }
 }
 
@@ -287,7 +295,7 @@ async fn poll(s: Arc<LpSession>) -> Response {
 async fn publish(s: Arc<LpSession>, headers: &HeaderMap, body: &[u8]) -> Response {
     let frames = frames(body, is_ndjson(headers));
     let (done, processed) = oneshot::channel();
-    if s.inbox.send(Batch { frames, done }).await.is_err() {
+    if s.inbox.send(Request::Batch { frames, done }).await.is_err() {
         return status(410);
     }
     match tokio::time::timeout(s.window, processed).await {
@@ -333,60 +341,102 @@ pub fn frames(body: &[u8], ndjson: bool) -> Vec<(Vec<u8>, bool)> {
     }
 }
 
-/// The session task: owns the Phoenix [`Session`] until the client stops polling, the
-/// connection is killed, or the hub shuts down.
+/// A GET waiting for frames.
+struct Parked {
+    deadline: Instant,
+    reply: oneshot::Sender<Vec<String>>,
+}
+
+/// The session task: owns the Phoenix [`Session`] until the client stops polling (the
+/// registry's idle sweep closes the connection), the connection is killed, or the hub
+/// shuts down. It is the one consumer of the session's registry outbox: a parked GET is
+/// answered with what it renders.
 async fn run(
     hub: Arc<Hub>,
     s: Arc<LpSession>,
     mut rx: Receiver,
-    mut inbox: mpsc::Receiver<Batch>,
+    mut inbox: mpsc::Receiver<Request>,
     vsn: Vsn,
     name: DeviceName,
 ) {
     let conn = s.conn.clone();
     let mut session = Session::new(hub.clone(), conn.clone(), vsn);
     let mut frames: Vec<Frame> = Vec::new();
-    let mut tick = tokio::time::interval(s.window / 2);
+    let mut parked: Option<Parked> = None;
+    // Rendered for a GET that went away before its answer: the next GET's.
+    let mut carried: Vec<String> = Vec::new();
     let reason = loop {
+        let deadline = parked.as_ref().map(|p| p.deadline);
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut answer: Option<Vec<String>> = None;
         tokio::select! {
             biased;
-            _ = conn.killed() => break "closed by the hub",
-            batch = inbox.recv() => {
-                let Some(batch) = batch else { break "gone" };
-                let mut fatal = None;
-                for (data, binary) in batch.frames {
-                    metrics::inc(&hub.metrics.frames_in);
-                    match vsn.decode(&data, binary) {
-                        Ok(m) => session.handle(m, &mut frames).await,
-                        Err(DecodeError::Malformed { ref_, topic, reason }) => {
-                            metrics::inc(&hub.metrics.decode_errors);
-                            session.malformed(ref_, &topic, reason, &mut frames);
-                        }
-                        Err(DecodeError::Fatal { reason, .. }) => {
-                            metrics::inc(&hub.metrics.decode_errors);
-                            fatal = Some(reason);
-                            break;
+            _ = conn.killed() => break if conn.idled_out() { "not polled" } else { "closed by the hub" },
+            request = inbox.recv() => match request {
+                None => break "gone",
+                Some(Request::Batch { frames: batch, done }) => {
+                    let mut fatal = None;
+                    for (data, binary) in batch {
+                        metrics::inc(&hub.metrics.frames_in);
+                        match vsn.decode(&data, binary) {
+                            Ok(m) => session.handle(m, &mut frames).await,
+                            Err(DecodeError::Malformed { ref_, topic, reason }) => {
+                                metrics::inc(&hub.metrics.decode_errors);
+                                session.malformed(ref_, &topic, reason, &mut frames);
+                            }
+                            Err(DecodeError::Fatal { reason, .. }) => {
+                                metrics::inc(&hub.metrics.decode_errors);
+                                fatal = Some(reason);
+                                break;
+                            }
                         }
                     }
+                    queue_replies(&conn, frames.drain(..).filter_map(|f| vsn.encode(&f)));
+                    let _ = done.send(());
+                    if let Some(reason) = fatal {
+                        tracing::info!(conn = conn.id, reason, "undecodable long-poll frame");
+                        break "undecodable frame";
+                    }
                 }
-                s.push(frames.drain(..).filter_map(|f| vsn.encode(&f)));
-                let _ = batch.done.send(());
-                if let Some(reason) = fatal {
-                    tracing::info!(conn = conn.id, reason, "undecodable long-poll frame");
-                    break "undecodable frame";
+                Some(Request::Poll { deadline, reply }) => {
+                    // A newer GET ends the one waiting (nothing for it).
+                    if let Some(old) = parked.replace(Parked { deadline, reply }) {
+                        let _ = old.reply.send(Vec::new());
+                    }
+                    let mut out = std::mem::take(&mut carried);
+                    while let Some(item) = rx.try_recv() {
+                        render(&conn, &mut session, item, &mut out);
+                    }
+                    answer = Some(out);
                 }
+            },
+            item = rx.recv(), if parked.is_some() => {
+                let mut out = Vec::new();
+                render(&conn, &mut session, item, &mut out);
+                while let Some(item) = rx.try_recv() {
+                    render(&conn, &mut session, item, &mut out);
+                }
+                answer = Some(out);
             }
-            item = rx.recv() => {
-                s.push(session.outbound(item));
-            }
-            _ = tick.tick() => {
-                if s.idle() >= s.window * 2 {
-                    break "not polled";
+            _ = expired => {
+                if let Some(p) = parked.take() {
+                    let _ = p.reply.send(Vec::new());
                 }
             }
         }
+        if let Some(out) = answer.filter(|o| !o.is_empty())
+            && let Some(p) = parked.take()
+            && let Err(unsent) = p.reply.send(out)
+        {
+            carried = unsent;
+        }
     };
-    s.ready.notify_waiters();
+    drop(parked);
     drop(session);
     tracing::info!(conn = conn.id, device = %name, reason, "long-poll session closed");
 }
