@@ -25,16 +25,19 @@ use crate::services::Hub;
 /// The WebSocket doors behind the socket paths, for the edge ([`crate::net::upgrade`]).
 pub struct SocketDoors {
     hub: Arc<Hub>,
+    phoenix: Arc<phoenix::Ctx>,
     relay: relay::Ctx,
     compendium: compendium::Ctx,
 }
 
 impl SocketDoors {
     pub fn new(hub: Arc<Hub>) -> SocketDoors {
+        let phoenix = phoenix::Ctx::new(&hub);
         let relay = relay::Ctx::new(&hub);
         let compendium = compendium::Ctx::new(&hub);
         SocketDoors {
             hub,
+            phoenix,
             relay,
             compendium,
         }
@@ -55,9 +58,17 @@ impl Doors for SocketDoors {
             SocketPath::Phoenix => {
                 let (admitted, protocol) = phoenix::websocket::admit(hub, peer, query, headers)?;
                 let hub = hub.clone();
+                let ctx = self.phoenix.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {
-                        Box::pin(phoenix::websocket::run(ws, hub, admitted, peer))
+                        let phoenix::websocket::Admitted {
+                            name,
+                            vsn,
+                            token_id,
+                        } = admitted;
+                        let conn =
+                            admission::connect(&hub, Some(name), Door::Phoenix, peer, token_id);
+                        Box::pin(phoenix::websocket::run(ws, ctx, vsn, conn, peer))
                     }),
                     protocol,
                     max_frame,

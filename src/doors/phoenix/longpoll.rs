@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::core::outbox::Receiver;
 use crate::core::{Conn, Door, Outbound};
 use crate::domain::DeviceName;
+use crate::doors::phoenix::Ctx as PhoenixCtx;
 use crate::doors::phoenix::session::Session;
 use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
 use crate::metrics;
@@ -115,13 +116,17 @@ fn queue_replies(conn: &Conn, frames: impl IntoIterator<Item = WireFrame>) {
 
 /// The long-poll transport's state: the hub's services and the live sessions by token.
 pub struct LongPoll {
+    /// Admission (origin, connect checks, tokens) and the task tracker.
     hub: Arc<Hub>,
+    /// What each session uses.
+    door: Arc<PhoenixCtx>,
     sessions: Sessions,
 }
 
 impl LongPoll {
     pub fn new(hub: Arc<Hub>) -> Arc<LongPoll> {
         Arc::new(LongPoll {
+            door: PhoenixCtx::new(&hub),
             hub,
             sessions: Sessions::default(),
         })
@@ -261,7 +266,7 @@ fn open(
     let task_lp = lp.clone();
     let task_token = token.clone();
     hub.tracker.spawn(async move {
-        run(task_lp.hub.clone(), s, rx, inbox_rx, vsn, name).await;
+        run(task_lp.door.clone(), s, rx, inbox_rx, vsn, name).await;
         task_lp.sessions.lock().remove(&task_token);
     });
     json_response(json!({ "status": 410, "token": token, "messages": [] }))
@@ -352,7 +357,7 @@ struct Parked {
 /// shuts down. It is the one consumer of the session's registry outbox: a parked GET is
 /// answered with what it renders.
 async fn run(
-    hub: Arc<Hub>,
+    door: Arc<PhoenixCtx>,
     s: Arc<LpSession>,
     mut rx: Receiver,
     mut inbox: mpsc::Receiver<Request>,
@@ -360,7 +365,8 @@ async fn run(
     name: DeviceName,
 ) {
     let conn = s.conn.clone();
-    let mut session = Session::new(hub.clone(), conn.clone(), vsn);
+    let metrics = door.metrics.clone();
+    let mut session = Session::new(door, conn.clone(), vsn);
     let mut frames: Vec<Frame> = Vec::new();
     let mut parked: Option<Parked> = None;
     // Rendered for a GET that went away before its answer: the next GET's.
@@ -382,15 +388,15 @@ async fn run(
                 Some(Request::Batch { frames: batch, done }) => {
                     let mut fatal = None;
                     for (data, binary) in batch {
-                        metrics::inc(&hub.metrics.frames_in);
+                        metrics::inc(&metrics.frames_in);
                         match vsn.decode(&data, binary) {
                             Ok(m) => session.handle(m, &mut frames).await,
                             Err(DecodeError::Malformed { ref_, topic, reason }) => {
-                                metrics::inc(&hub.metrics.decode_errors);
+                                metrics::inc(&metrics.decode_errors);
                                 session.malformed(ref_, &topic, reason, &mut frames);
                             }
                             Err(DecodeError::Fatal { reason, .. }) => {
-                                metrics::inc(&hub.metrics.decode_errors);
+                                metrics::inc(&metrics.decode_errors);
                                 fatal = Some(reason);
                                 break;
                             }

@@ -25,3 +25,46 @@ pub use crate::core::message::{
 };
 pub use codec::{DecodeError, Vsn};
 pub use message::{Message, Payload};
+
+use std::sync::Arc;
+
+use crate::config::{AuthMode, PhoenixSettings};
+use crate::core::{Fabric, Registry};
+use crate::metrics::Metrics;
+use crate::services::Hub;
+use crate::services::relay::Relay;
+use crate::store::Store;
+
+/// What a Phoenix socket (its session and its channels, on either transport) uses, built
+/// once per hub: the store, the fabric, the relay service, the registry (its own
+/// subscriptions and Presence), metrics, and the settings it reads. Never the whole hub.
+pub struct Ctx {
+    pub store: Store,
+    pub fabric: Arc<dyn Fabric>,
+    pub relay: Arc<Relay>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// `HOMEHUB_AUTH`: in token mode a held lock is joined only by its holder.
+    pub auth: AuthMode,
+    pub settings: PhoenixSettings,
+    /// `HOMEHUB_RELAY_MAX_PACKET`, for the `relay` topic.
+    pub relay_max_packet: usize,
+    /// `HOMEHUB_RATE_LIMIT` and `HOMEHUB_RATE_BURST`, per socket.
+    pub rate: (u32, u32),
+}
+
+impl Ctx {
+    pub fn new(hub: &Hub) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            store: hub.store.clone(),
+            fabric: hub.fabric.clone(),
+            relay: hub.relay.clone(),
+            registry: hub.registry.clone(),
+            metrics: hub.metrics.clone(),
+            auth: hub.config.auth,
+            settings: hub.config.phoenix.clone(),
+            relay_max_packet: hub.config.relay.max_packet,
+            rate: (hub.config.rate_limit, hub.config.rate_burst),
+        })
+    }
+}

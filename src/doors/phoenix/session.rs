@@ -15,13 +15,13 @@ use serde_json::value::RawValue;
 use crate::auth::RateLimiter;
 use crate::core::presence::DeviceMeta;
 use crate::core::{Conn, Outbound};
+use crate::doors::phoenix::Ctx as PhoenixCtx;
 use crate::doors::phoenix::channels::router::{self, ChannelState, Topic};
 use crate::doors::phoenix::channels::{ChannelError, Ctx, Reason, presence};
 use crate::doors::phoenix::{
     Event, Frame, Message, OutPayload, RawRef, Status, Vsn, WireFrame, empty_json, to_json,
 };
 use crate::metrics;
-use crate::services::Hub;
 
 /// One joined channel instance.
 struct Joined {
@@ -84,7 +84,7 @@ impl Channels {
 
 /// The per-connection Phoenix socket state.
 pub struct Session {
-    hub: Arc<Hub>,
+    door: Arc<PhoenixCtx>,
     conn: Arc<Conn>,
     vsn: Vsn,
     channels: Channels,
@@ -105,14 +105,14 @@ fn affects_presence(topic: &str) -> bool {
 
 impl Session {
     /// A new session; the device becomes present on `presence:devices`.
-    pub fn new(hub: Arc<Hub>, conn: Arc<Conn>, vsn: Vsn) -> Session {
+    pub fn new(door: Arc<PhoenixCtx>, conn: Arc<Conn>, vsn: Vsn) -> Session {
         let session = Session {
             conn,
             vsn,
             channels: Channels::default(),
             online_at: time::OffsetDateTime::now_utc().unix_timestamp(),
-            limiter: RateLimiter::new(hub.config.rate_limit, hub.config.rate_burst),
-            hub,
+            limiter: RateLimiter::new(door.rate.0, door.rate.1),
+            door,
         };
         session.sync_presence();
         session
@@ -126,8 +126,8 @@ impl Session {
         &self.conn
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    pub fn door(&self) -> &Arc<PhoenixCtx> {
+        &self.door
     }
 
     /// Publishes this device's Presence meta: its locks and whether it is on the relay.
@@ -151,7 +151,7 @@ impl Session {
     fn publish_presence(&self, meta: Option<DeviceMeta>) {
         let key = self.conn.name.as_str();
         if self
-            .hub
+            .door
             .fabric
             .presence_set(key, self.conn.id, meta)
             .is_err()
@@ -168,8 +168,8 @@ impl Session {
     /// clean up. The caller decides what, if anything, the client is told.
     fn end_channel(&mut self, topic: &str) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
-        self.hub.registry.unsubscribe(topic, self.conn.id);
-        let ctx = Ctx::new(&self.hub, &self.conn);
+        self.door.registry.unsubscribe(topic, self.conn.id);
+        let ctx = Ctx::new(&self.door, &self.conn);
         router::terminate(&joined.state, &ctx);
         Some(joined)
     }
@@ -252,7 +252,7 @@ impl Session {
             return;
         };
         let rejoin = self.channels.contains_key(&msg.topic);
-        if !rejoin && self.channels.len() >= self.hub.config.phoenix.max_channels {
+        if !rejoin && self.channels.len() >= self.door.settings.max_channels {
             out.push(Frame::reply(
                 msg.join_ref.clone(),
                 msg.ref_.clone(),
@@ -265,7 +265,7 @@ impl Session {
         // A second join of a joined topic ends the old instance: exactly one phx_close with
         // the old join_ref, after the new join's reply (§3.6).
         let old = self.end_channel(&msg.topic);
-        let ctx = Ctx::new(&self.hub, &self.conn);
+        let ctx = Ctx::new(&self.door, &self.conn);
         let joined = AssertUnwindSafe(router::join(topic, &msg.payload, &ctx))
             .catch_unwind()
             .await;
@@ -282,7 +282,7 @@ impl Session {
                 let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
                 // Subscribe before replying: a broadcast queued meanwhile is written after
                 // the reply, because the reply goes out first from this task (§3.7).
-                self.hub.registry.subscribe(&msg.topic, &self.conn);
+                self.door.registry.subscribe(&msg.topic, &self.conn);
                 out.push(Frame::reply(
                     push_ref.clone(),
                     msg.ref_.clone(),
@@ -299,7 +299,7 @@ impl Session {
                         payload: OutPayload::Json(payload),
                     });
                 }
-                metrics::inc(&self.hub.metrics.joins);
+                metrics::inc(&self.door.metrics.joins);
                 tracing::info!(conn = self.conn.id, device = %self.conn.name, topic = %msg.topic, "joined");
                 self.channels.insert(
                     msg.topic.clone(),
@@ -311,7 +311,7 @@ impl Session {
                 );
             }
             Err(e) => {
-                metrics::inc(&self.hub.metrics.joins_refused);
+                metrics::inc(&self.door.metrics.joins_refused);
                 self.log_error(&msg, &e, "join refused");
                 out.push(Frame::reply(
                     msg.join_ref.clone(),
@@ -367,7 +367,7 @@ impl Session {
             return; // stale join_ref: dropped without reply (§3.3, 1.8.3+)
         }
         let push_ref = joined.push_ref.clone();
-        let ctx = Ctx::new(&self.hub, &self.conn);
+        let ctx = Ctx::new(&self.door, &self.conn);
         let handled = AssertUnwindSafe(router::handle_in(&mut joined.state, &msg, &ctx))
             .catch_unwind()
             .await;
@@ -471,7 +471,7 @@ impl Drop for Session {
             self.end_channel(topic);
         }
         self.publish_presence(None);
-        self.hub
+        self.door
             .registry
             .disconnect(&self.conn, topics.iter().map(String::as_str));
     }

@@ -32,7 +32,7 @@ impl Client {
     pub fn new(hub: &TestHub, name: &str) -> Client {
         let (conn, rx) = hub.connect(Some(name), Door::Phoenix);
         Client {
-            session: Session::new(hub.hub.clone(), conn, Vsn::V2),
+            session: Session::new(crate::doors::phoenix::Ctx::new(hub), conn, Vsn::V2),
             rx,
         }
     }

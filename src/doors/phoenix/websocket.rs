@@ -16,8 +16,10 @@ use tungstenite::Message as WsMessage;
 use futures_util::FutureExt as _;
 
 use crate::config::CloseFrames;
-use crate::core::{Door, Outbound};
+use crate::core::outbox::Receiver;
+use crate::core::{Conn, Outbound};
 use crate::domain::DeviceName;
+use crate::doors::phoenix::Ctx as PhoenixCtx;
 use crate::doors::phoenix::session::Session;
 use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
 use crate::metrics;
@@ -29,9 +31,9 @@ const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 
 /// A Phoenix connect that passed [`admit`].
 pub struct Admitted {
-    name: DeviceName,
-    vsn: Vsn,
-    token_id: Option<crate::auth::TokenId>,
+    pub name: DeviceName,
+    pub vsn: Vsn,
+    pub token_id: Option<crate::auth::TokenId>,
 }
 
 /// Phoenix's `connect` for an upgrade request: origin, offered subprotocols, serializer,
@@ -148,7 +150,7 @@ impl Handler for PhoenixHandler {
         }
         // Not kept between frames: an idle socket should not hold reply buffers.
         let mut frames: Vec<Frame> = Vec::new();
-        let hub_metrics = &self.session.hub().metrics;
+        let hub_metrics = &self.session.door().metrics;
         match vsn.decode(data, binary) {
             Ok(m) => self.session.handle(m, &mut frames).await,
             Err(DecodeError::Malformed {
@@ -189,35 +191,22 @@ impl Handler for PhoenixHandler {
 /// own copy of the socket beside the driver's), so an idle socket costs less memory.
 pub fn run(
     socket: WsStream,
-    hub: Arc<Hub>,
-    admitted: Admitted,
+    door: Arc<PhoenixCtx>,
+    vsn: Vsn,
+    (conn, rx): (Arc<Conn>, Receiver),
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let Admitted {
-        name,
-        vsn,
-        token_id,
-    } = admitted;
-    let (conn, rx) =
-        crate::doors::admission::connect(&hub, Some(name), Door::Phoenix, peer, token_id);
     tracing::info!(conn = conn.id, device = %conn.name, %peer, ?vsn, "connected");
     if vsn == Vsn::V2 {
         conn.set_binary_capable();
     }
+    let metrics = door.metrics.clone();
     let handler = PhoenixHandler {
-        session: Session::new(hub.clone(), conn.clone(), vsn),
-        close_frames: hub.config.phoenix.close_frames,
+        close_frames: door.settings.close_frames,
+        session: Session::new(door, conn.clone(), vsn),
         json_in_binary: false,
     };
-    ws::drive(
-        socket,
-        conn.clone(),
-        rx,
-        handler,
-        hub.metrics.clone(),
-        false,
-    )
-    .map(move |(code, handler)| {
+    ws::drive(socket, conn.clone(), rx, handler, metrics, false).map(move |(code, handler)| {
         // Ending the session leaves its channels and Presence.
         drop(handler);
         tracing::info!(conn = conn.id, device = %conn.name, close_code = ?code.map(u16::from), "disconnected");

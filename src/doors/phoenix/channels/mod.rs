@@ -18,7 +18,6 @@ use crate::config::AuthMode;
 use crate::core::message::{empty_json, to_json};
 use crate::core::presence::Presence;
 use crate::core::{Conn, Fabric};
-use crate::services::Hub;
 use crate::services::relay::Relay;
 use crate::store::Store;
 
@@ -38,15 +37,15 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// The parts of `hub` a channel uses, for `conn`.
-    pub fn new(hub: &'a Hub, conn: &'a Arc<Conn>) -> Ctx<'a> {
+    /// The parts of the door's context a channel uses, for `conn`.
+    pub fn new(door: &'a super::Ctx, conn: &'a Arc<Conn>) -> Ctx<'a> {
         Ctx {
-            store: &hub.store,
-            fabric: hub.fabric.as_ref(),
-            relay: &hub.relay,
-            presence: &hub.registry.presence,
-            auth: hub.config.auth,
-            relay_max_packet: hub.config.relay.max_packet,
+            store: &door.store,
+            fabric: door.fabric.as_ref(),
+            relay: &door.relay,
+            presence: &door.registry.presence,
+            auth: door.auth,
+            relay_max_packet: door.relay_max_packet,
             conn,
         }
     }
