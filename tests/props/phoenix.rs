@@ -96,6 +96,23 @@ fn c2s_push(jr: &str, r: &str, topic: &str, event: &str, payload: &[u8]) -> Vec<
     out
 }
 
+/// An outbound frame with these refs (JSON text), topic, event and JSON payload.
+fn frame_of(
+    jr: &Option<String>,
+    r: &Option<String>,
+    topic: &str,
+    event: &str,
+    payload: &str,
+) -> Frame {
+    Frame {
+        join_ref: raw_ref(jr),
+        ref_: raw_ref(r),
+        topic: topic.to_owned(),
+        event: Event::from_name(event),
+        payload: OutPayload::Json(RawValue::from_string(payload.to_owned()).unwrap()),
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -137,13 +154,7 @@ proptest! {
     fn v2_text_round_trips(
         jr in ref_json(), r in ref_json(), topic in ".*", event in ".*", payload in json_text(),
     ) {
-        let frame = Frame {
-            join_ref: raw_ref(&jr),
-            ref_: raw_ref(&r),
-            topic: topic.clone(),
-            event: Event::from_name(&event),
-            payload: OutPayload::Json(RawValue::from_string(payload.clone()).unwrap()),
-        };
+        let frame = frame_of(&jr, &r, &topic, &event, &payload);
         let wire = text(Vsn::V2.encode(&frame).unwrap());
         let m = Vsn::V2.decode(wire.as_bytes(), false).unwrap();
         prop_assert_eq!(ref_text(&m.join_ref), jr);
@@ -159,13 +170,7 @@ proptest! {
     fn v1_text_round_trips(
         jr in ref_json(), r in ref_json(), topic in ".*", event in ".*", payload in json_text(),
     ) {
-        let frame = Frame {
-            join_ref: raw_ref(&jr),
-            ref_: raw_ref(&r),
-            topic: topic.clone(),
-            event: Event::from_name(&event),
-            payload: OutPayload::Json(RawValue::from_string(payload.clone()).unwrap()),
-        };
+        let frame = frame_of(&jr, &r, &topic, &event, &payload);
         let wire = text(Vsn::V1.encode(&frame).unwrap());
         let m = Vsn::V1.decode(wire.as_bytes(), false).unwrap();
         prop_assert_eq!(ref_text(&m.join_ref), None);
