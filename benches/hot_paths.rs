@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use homehub::core::directory::{Claim, DeviceInfo, Packet};
-use homehub::core::{Door, Registry};
+use homehub::core::{Door, Registry, Topic};
 use homehub::domain::DeviceName;
 use homehub::doors::phoenix::{Frame, OutPayload, RawRef, SharedFrame, Status, Vsn};
 use homehub::metrics::Metrics;
@@ -104,7 +104,7 @@ fn broadcast(c: &mut Criterion) {
             ([127, 0, 0, 1], 9).into(),
             None,
         );
-        reg.subscribe("events", &conn);
+        reg.subscribe(&Topic::Events, &conn);
         receivers.push((conn, rx));
     }
     let body = RawValue::from_string(
@@ -113,7 +113,12 @@ fn broadcast(c: &mut Criterion) {
     .expect("json");
     c.bench_function("broadcast to 1000 subscribers, encode once", |b| {
         b.iter(|| {
-            let n = reg.broadcast("events", "event", OutPayload::Json(body.clone()), None);
+            let n = reg.broadcast(
+                &Topic::Events,
+                "event",
+                OutPayload::Json(body.clone()),
+                None,
+            );
             for (_, rx) in receivers.iter_mut() {
                 if let Some(homehub::core::Outbound::Broadcast(shared)) = rx.try_recv() {
                     black_box(Vsn::V2.encode_shared(&shared));

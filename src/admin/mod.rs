@@ -218,9 +218,7 @@ pub struct LockView {
 }
 
 fn view(hub: &Hub, lock: LockRecord) -> LockView {
-    let online = hub
-        .registry
-        .has_subscribers(&locks::lock_topic(&lock.serial));
+    let online = locks::lock_topic(&lock.serial).is_some_and(|t| hub.registry.has_subscribers(&t));
     LockView { lock, online }
 }
 

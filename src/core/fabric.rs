@@ -27,6 +27,7 @@ use super::directory::{BinaryPacket, Claim, Packet, RegisterError, Registered};
 use super::message::OutPayload;
 use super::presence::DeviceMeta;
 use super::registry::{Conn, Outbound, Registry};
+use super::topic::Topic;
 use crate::domain::DeviceName;
 
 /// Why a delivery failed; the text is what the sender is told.
@@ -102,7 +103,7 @@ pub trait Fabric: Send + Sync + 'static {
     /// local connections it was queued for.
     fn broadcast(
         &self,
-        topic: &str,
+        topic: &Topic,
         event: &str,
         payload: OutPayload,
         except: Option<u64>,
@@ -112,7 +113,7 @@ pub trait Fabric: Send + Sync + 'static {
     /// (the hub's pushes to locks). `Ok` is how many local connections it was queued for.
     fn push_topic(
         &self,
-        topic: &str,
+        topic: &Topic,
         event: &str,
         payload: OutPayload,
     ) -> Result<usize, Unavailable>;
@@ -120,7 +121,7 @@ pub trait Fabric: Send + Sync + 'static {
     /// Ends the channel instance on `topic` of every connection whose device is not
     /// `keep` (a lock reassigned to another device): the door tells its client (Phoenix:
     /// `phx_close`, no rejoin). How many local connections were told.
-    fn end_channel(&self, topic: &str, keep: Option<&str>) -> Result<usize, Unavailable>;
+    fn end_channel(&self, topic: &Topic, keep: Option<&str>) -> Result<usize, Unavailable>;
 
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
     /// `key`; subscribers of `presence:devices` get the `presence_diff`.
@@ -208,7 +209,7 @@ impl Fabric for LocalFabric {
 
     fn broadcast(
         &self,
-        topic: &str,
+        topic: &Topic,
         event: &str,
         payload: OutPayload,
         except: Option<u64>,
@@ -218,15 +219,15 @@ impl Fabric for LocalFabric {
 
     fn push_topic(
         &self,
-        topic: &str,
+        topic: &Topic,
         event: &str,
         payload: OutPayload,
     ) -> Result<usize, Unavailable> {
         Ok(self.registry.push_topic(topic, event, payload))
     }
 
-    fn end_channel(&self, topic: &str, keep: Option<&str>) -> Result<usize, Unavailable> {
-        let topic = Arc::new(topic.to_owned());
+    fn end_channel(&self, topic: &Topic, keep: Option<&str>) -> Result<usize, Unavailable> {
+        let topic = Arc::new(topic.clone());
         let told = self
             .registry
             .subscribers(&topic)
@@ -326,13 +327,13 @@ mod tests {
         let (registry, fabric) = fabric();
         let (a, mut rx_a) = connect(&registry, "a");
         let (b, _rx_b) = connect(&registry, "b");
-        registry.subscribe("events", &a);
-        registry.subscribe("events", &b);
-        let sent = fabric.broadcast("events", "event", OutPayload::empty(), Some(b.id));
+        registry.subscribe(&Topic::Events, &a);
+        registry.subscribe(&Topic::Events, &b);
+        let sent = fabric.broadcast(&Topic::Events, "event", OutPayload::empty(), Some(b.id));
         assert_eq!(sent, Ok(1));
         assert!(matches!(rx_a.try_recv(), Some(Outbound::Broadcast(_))));
         assert_eq!(
-            fabric.broadcast("nobody", "event", OutPayload::empty(), None),
+            fabric.broadcast(&Topic::Relay, "event", OutPayload::empty(), None),
             Ok(0)
         );
     }

@@ -243,11 +243,11 @@ impl Frame {
     }
 
     /// A frame without refs (broadcast shape, §5).
-    pub fn broadcast(topic: &str, event: &str, payload: OutPayload) -> Frame {
+    pub fn broadcast(topic: impl Into<String>, event: &str, payload: OutPayload) -> Frame {
         Frame {
             join_ref: None,
             ref_: None,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             event: Event::from_name(event),
             payload,
         }

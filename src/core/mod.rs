@@ -16,8 +16,10 @@ pub mod presence;
 pub mod registry;
 #[cfg(test)]
 mod registry_tests;
+pub mod topic;
 pub mod users;
 
 pub use crate::domain::Door;
 pub use fabric::{DeliveryError, Fabric, LocalFabric};
 pub use registry::{Conn, DeviceView, Outbound, Registry, SendError};
+pub use topic::Topic;

@@ -16,9 +16,6 @@ use serde_json::value::RawValue;
 
 use super::message::to_json;
 
-/// The presence topic.
-pub const TOPIC: &str = "presence:devices";
-
 /// What a device's Presence meta says, set by its door: the door, when it came online,
 /// the locks it has joined and whether it is on the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]

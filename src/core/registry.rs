@@ -7,6 +7,7 @@
 //! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
 //! (policy, close code 1008) instead of letting memory grow.
 
+use super::topic::Topic;
 use super::{addresses, directory, outbox, presence, users};
 
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ pub enum Outbound {
     Text(Box<Utf8Bytes>),
     /// The hub ends this connection's channel instance on the topic (e.g. the lock was
     /// reassigned to another device in token mode): `phx_close`, no rejoin.
-    EndChannel(Arc<String>),
+    EndChannel(Arc<Topic>),
     /// Another connection took this connection's relay name over (`"force": true`); it is
     /// already out of the relay directory. The door tells its client.
     RelayRevoked,
@@ -276,7 +277,7 @@ struct Inner {
     /// whatever [`Registry::admit_ip`] counted (one cap, `HOMEHUB_MAX_CONNS_PER_IP`).
     per_ip: HashMap<IpAddr, usize>,
     /// Topic → subscribed connections by id.
-    topics: HashMap<String, HashMap<u64, Arc<Conn>>>,
+    topics: HashMap<Topic, HashMap<u64, Arc<Conn>>>,
 }
 
 /// What [`Registry::open`] registers.
@@ -450,7 +451,7 @@ impl Registry {
 
     /// Forgets a connection (after its task ended): removes it from the device table if it
     /// is still the current one for its name, and from the given topics.
-    pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a str>) {
+    pub fn disconnect<'a>(&self, conn: &Conn, topics: impl IntoIterator<Item = &'a Topic>) {
         if conn.door == Door::Bester {
             self.users.forget(conn.id);
         }
@@ -558,15 +559,15 @@ impl Registry {
         self.sweep_wake.notified().await;
     }
 
-    pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) {
+    pub fn subscribe(&self, topic: &Topic, conn: &Arc<Conn>) {
         self.lock()
             .topics
-            .entry(topic.to_owned())
+            .entry(topic.clone())
             .or_default()
             .insert(conn.id, conn.clone());
     }
 
-    pub fn unsubscribe(&self, topic: &str, conn_id: u64) {
+    pub fn unsubscribe(&self, topic: &Topic, conn_id: u64) {
         remove_sub(&mut self.lock(), topic, conn_id);
     }
 
@@ -574,13 +575,13 @@ impl Registry {
     /// encoded once per serializer. Returns how many connections it was queued for.
     pub fn broadcast(
         &self,
-        topic: &str,
+        topic: &Topic,
         event: &str,
         payload: OutPayload,
         except: Option<u64>,
     ) -> usize {
         metrics::inc(&self.metrics.broadcasts);
-        let shared = SharedFrame::new(Frame::broadcast(topic, event, payload), except);
+        let shared = SharedFrame::new(Frame::broadcast(topic.to_string(), event, payload), except);
         let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
             Some(subs) => subs
                 .values()
@@ -599,8 +600,8 @@ impl Registry {
     /// instance's join_ref (`[J, null, T, E, P]`, Phoenix's intercepted broadcast). Used for
     /// the hub's pushes to locks: some client libraries drop frames without their join_ref.
     /// Returns how many connections it was queued for.
-    pub fn push_topic(&self, topic: &str, event: &str, payload: OutPayload) -> usize {
-        let frame = Frame::broadcast(topic, event, payload);
+    pub fn push_topic(&self, topic: &Topic, event: &str, payload: OutPayload) -> usize {
+        let frame = Frame::broadcast(topic.to_string(), event, payload);
         let receivers: Vec<Arc<Conn>> = match self.lock().topics.get(topic) {
             Some(subs) => subs.values().cloned().collect(),
             None => return 0,
@@ -653,7 +654,7 @@ impl Registry {
             let inner = self.lock();
             for (topic, subs) in &inner.topics {
                 for id in subs.keys() {
-                    topics_of.entry(*id).or_default().push(topic.clone());
+                    topics_of.entry(*id).or_default().push(topic.to_string());
                 }
             }
             conns = inner.conns.values().cloned().collect();
@@ -706,10 +707,10 @@ impl Registry {
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
     /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
     pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<presence::DeviceMeta>) {
-        let want_diff = self.has_subscribers(presence::TOPIC);
+        let want_diff = self.has_subscribers(&Topic::Presence);
         if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
             self.broadcast(
-                presence::TOPIC,
+                &Topic::Presence,
                 "presence_diff",
                 OutPayload::Json(diff),
                 None,
@@ -718,7 +719,7 @@ impl Registry {
     }
 
     /// The connections subscribed to `topic`.
-    pub fn subscribers(&self, topic: &str) -> Vec<Arc<Conn>> {
+    pub fn subscribers(&self, topic: &Topic) -> Vec<Arc<Conn>> {
         self.lock()
             .topics
             .get(topic)
@@ -727,7 +728,7 @@ impl Registry {
     }
 
     /// Whether any connection has `topic` joined.
-    pub fn has_subscribers(&self, topic: &str) -> bool {
+    pub fn has_subscribers(&self, topic: &Topic) -> bool {
         self.lock().topics.get(topic).is_some_and(|s| !s.is_empty())
     }
 
@@ -793,7 +794,7 @@ impl Inner {
     }
 }
 
-fn remove_sub(inner: &mut Inner, topic: &str, conn_id: u64) {
+fn remove_sub(inner: &mut Inner, topic: &Topic, conn_id: u64) {
     if let Some(subs) = inner.topics.get_mut(topic) {
         subs.remove(&conn_id);
         if subs.is_empty() {

@@ -9,20 +9,26 @@ use serde_json::Value;
 
 use super::{Hub, ServiceError};
 use crate::config::AuthMode;
-use crate::core::Fabric;
 use crate::core::message::OutPayload;
+use crate::core::{Fabric, Topic};
 use crate::domain::{DeviceName, ItemKind, LockRecord, PairingRequest, Serial};
 
-/// The topic of a lock's channel.
-pub fn lock_topic(serial: &str) -> String {
-    format!("lock:{serial}")
+/// The topic of a lock's channel (`None` for a name that is no serial: no lock has it).
+pub fn lock_topic(serial: &str) -> Option<Topic> {
+    Serial::parse(serial).map(Topic::Lock)
 }
 
-/// The watchers' topics: everything, and one lock's.
-pub const EVENTS_TOPIC: &str = "events";
-
-fn events_topic(serial: &Serial) -> String {
-    format!("{EVENTS_TOPIC}:{serial}")
+/// Pushes `event` to the channel of lock `serial`; how many instances it was queued for.
+fn push_to_lock(
+    fabric: &dyn Fabric,
+    serial: &str,
+    event: &str,
+    payload: OutPayload,
+) -> Result<usize, crate::core::fabric::Unavailable> {
+    match lock_topic(serial) {
+        Some(topic) => fabric.push_topic(&topic, event, payload),
+        None => Ok(0),
+    }
 }
 
 /// The push that tells a lock its intended state changed.
@@ -34,8 +40,8 @@ pub const PAIR_EVENT: &str = "mode:pair";
 /// Broadcasts `event` with the JSON `body` on `events` and on `events:<serial>`.
 pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: &impl serde::Serialize) {
     let body = OutPayload::json(body);
-    let all = fabric.broadcast(EVENTS_TOPIC, event, body.clone(), None);
-    let one = fabric.broadcast(&events_topic(serial), event, body, None);
+    let all = fabric.broadcast(&Topic::Events, event, body.clone(), None);
+    let one = fabric.broadcast(&Topic::LockEvents(serial.clone()), event, body, None);
     if all.is_err() || one.is_err() {
         tracing::warn!(%serial, event, "event not announced: fabric unavailable");
     }
@@ -50,9 +56,12 @@ pub async fn set_state(
     state: &Value,
 ) -> Result<(LockRecord, usize), ServiceError> {
     let lock = hub.store.set_intended_state(serial, state).await?;
-    let delivered =
-        hub.fabric
-            .push_topic(&lock_topic(serial), STATE_EVENT, OutPayload::json(state))?;
+    let delivered = push_to_lock(
+        hub.fabric.as_ref(),
+        serial,
+        STATE_EVENT,
+        OutPayload::json(state),
+    )?;
     if let Some(serial) = Serial::parse(serial) {
         let body = serde_json::json!({ "serial": serial, "state": state });
         announce(hub.fabric.as_ref(), &serial, STATE_EVENT, &body);
@@ -72,8 +81,9 @@ pub async fn start_pairing(
     ttl: Duration,
 ) -> Result<(PairingRequest, bool), ServiceError> {
     let mut request = hub.store.create_pairing(serial, name, kind, ttl).await?;
-    let delivered = hub.fabric.push_topic(
-        &lock_topic(serial),
+    let delivered = push_to_lock(
+        hub.fabric.as_ref(),
+        serial,
         PAIR_EVENT,
         OutPayload::json(&request.mode_pair_payload()),
     )?;
@@ -113,9 +123,11 @@ pub async fn set_holder(
         .set_lock_holder(serial, device.map(DeviceName::as_str))
         .await?;
     tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
-    if hub.config.auth == AuthMode::Token {
+    if hub.config.auth == AuthMode::Token
+        && let Some(topic) = lock_topic(serial)
+    {
         hub.fabric
-            .end_channel(&lock_topic(serial), lock.holder_device.as_deref())?;
+            .end_channel(&topic, lock.holder_device.as_deref())?;
     }
     Ok(lock)
 }

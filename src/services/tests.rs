@@ -46,7 +46,8 @@ fn drain(rx: &mut Receiver) -> Vec<(String, String, Value)> {
 fn joined(hub: &TestHub, name: &str, topics: &[&str]) -> (Arc<Conn>, Receiver) {
     let (conn, rx) = hub.connect(Some(name), Door::Phoenix);
     for t in topics {
-        hub.registry.subscribe(t, &conn);
+        let topic = crate::core::Topic::parse(t).expect("a hub topic");
+        hub.registry.subscribe(&topic, &conn);
     }
     (conn, rx)
 }

@@ -563,7 +563,7 @@ mod tests {
         };
         assert_eq!(&b[..], b"\x02\x06\x05file:1framez");
         assert!(Vsn::V1.encode(&bc).is_none());
-        let long = Frame::broadcast(&"t".repeat(256), "e", OutPayload::Binary(Bytes::new()));
+        let long = Frame::broadcast("t".repeat(256), "e", OutPayload::Binary(Bytes::new()));
         assert!(Vsn::V2.encode(&long).is_none());
     }
 }

@@ -14,9 +14,10 @@ use serde_json::value::RawValue;
 
 use crate::auth::RateLimiter;
 use crate::core::presence::DeviceMeta;
+use crate::core::topic::{Topic, TopicError};
 use crate::core::{Conn, Outbound};
 use crate::doors::phoenix::Ctx as PhoenixCtx;
-use crate::doors::phoenix::channels::router::{self, ChannelState, Topic};
+use crate::doors::phoenix::channels::router::{self, ChannelState};
 use crate::doors::phoenix::channels::{ChannelError, Ctx, Reason, presence};
 use crate::doors::phoenix::{
     Event, Frame, Message, OutPayload, RawRef, Status, Vsn, WireFrame, empty_json, to_json,
@@ -31,6 +32,8 @@ struct Joined {
     /// The join_ref put on replies and pushes: the client's join_ref, or the join's ref
     /// when the client sent none (§3.1).
     push_ref: Option<RawRef>,
+    /// The topic, parsed once at the join: the registry's key for it.
+    topic: Topic,
     state: ChannelState,
 }
 
@@ -168,7 +171,7 @@ impl Session {
     /// clean up. The caller decides what, if anything, the client is told.
     fn end_channel(&mut self, topic: &str) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
-        self.door.registry.unsubscribe(topic, self.conn.id);
+        self.door.registry.unsubscribe(&joined.topic, self.conn.id);
         let ctx = Ctx::new(&self.door, &self.conn);
         router::terminate(&joined.state, &ctx);
         Some(joined)
@@ -246,10 +249,14 @@ impl Session {
     }
 
     async fn join(&mut self, msg: Message, out: &mut Vec<Frame>) {
-        let Some(topic) = Topic::parse(&msg.topic) else {
-            tracing::info!(conn = self.conn.id, topic = %msg.topic, "join refused: unmatched topic");
-            Self::unmatched(&msg, out);
-            return;
+        let topic = match Topic::parse(&msg.topic) {
+            Err(TopicError::Unknown) => {
+                tracing::info!(conn = self.conn.id, topic = %msg.topic, "join refused: unmatched topic");
+                Self::unmatched(&msg, out);
+                return;
+            }
+            Err(TopicError::InvalidSerial) => Err(ChannelError::refused("invalid serial")),
+            Ok(topic) => Ok(topic),
         };
         let rejoin = self.channels.contains_key(&msg.topic);
         if !rejoin && self.channels.len() >= self.door.settings.max_channels {
@@ -266,23 +273,30 @@ impl Session {
         // the old join_ref, after the new join's reply (§3.6).
         let old = self.end_channel(&msg.topic);
         let ctx = Ctx::new(&self.door, &self.conn);
-        let joined = AssertUnwindSafe(router::join(topic, &msg.payload, &ctx))
-            .catch_unwind()
-            .await;
-        let joined = joined.unwrap_or_else(|_| {
-            tracing::error!(conn = self.conn.id, topic = %msg.topic, "channel join panicked");
-            Err(ChannelError::refused("join crashed"))
-        });
+        let joined = match topic {
+            Ok(topic) => AssertUnwindSafe(router::join(topic.clone(), &msg.payload, &ctx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!(conn = self.conn.id, topic = %msg.topic, "channel join panicked");
+                    Err(ChannelError::refused("join crashed"))
+                })
+                .map(|joined| (topic, joined)),
+            Err(e) => Err(e),
+        };
         match joined {
-            Ok(router::Joined {
-                state,
-                reply,
-                pushes,
-            }) => {
+            Ok((
+                topic,
+                router::Joined {
+                    state,
+                    reply,
+                    pushes,
+                },
+            )) => {
                 let push_ref = msg.join_ref.clone().or_else(|| msg.ref_.clone());
                 // Subscribe before replying: a broadcast queued meanwhile is written after
                 // the reply, because the reply goes out first from this task (§3.7).
-                self.door.registry.subscribe(&msg.topic, &self.conn);
+                self.door.registry.subscribe(&topic, &self.conn);
                 out.push(Frame::reply(
                     push_ref.clone(),
                     msg.ref_.clone(),
@@ -306,6 +320,7 @@ impl Session {
                     Joined {
                         join_ref: msg.join_ref.clone(),
                         push_ref,
+                        topic,
                         state,
                     },
                 );
@@ -452,7 +467,7 @@ impl Session {
             // The hub ends a channel instance (phx_close: the client must not rejoin),
             // e.g. a lock reassigned to another device, or a relay name taken over (the
             // directory entry already belongs to the newcomer).
-            Outbound::EndChannel(topic) => self.end_by_hub(&topic),
+            Outbound::EndChannel(topic) => self.end_by_hub(&topic.to_string()),
             Outbound::RelayRevoked => self.end_by_hub("relay"),
             // Pre-encoded text belongs to other doors' protocols.
             // Text is Compendium's; pings are written by the WebSocket driver itself.
@@ -471,9 +486,8 @@ impl Drop for Session {
             self.end_channel(topic);
         }
         self.publish_presence(None);
-        self.door
-            .registry
-            .disconnect(&self.conn, topics.iter().map(String::as_str));
+        // Each `end_channel` above unsubscribed its topic.
+        self.door.registry.disconnect(&self.conn, []);
     }
 }
 

@@ -19,6 +19,11 @@ pub struct Client {
     rx: Receiver,
 }
 
+/// A topic the hub serves.
+pub fn topic(name: &str) -> crate::core::Topic {
+    crate::core::Topic::parse(name).expect("a hub topic")
+}
+
 /// Encodes a frame as the V2 serializer puts it on the wire.
 fn wire(frame: Option<WireFrame>) -> Option<Value> {
     match frame? {
@@ -257,20 +262,23 @@ async fn broadcasts_reach_joined_topics_only_until_they_are_left() {
     let mut c = Client::new(&hub, "lamp");
     c.one(json!(["3", "3", "events", "phx_join", {}])).await;
     let body = || crate::core::message::OutPayload::json(&json!({"n": 1}));
-    hub.registry.broadcast("events", "state", body(), None);
-    hub.registry.broadcast("events:A1", "state", body(), None);
+    hub.registry
+        .broadcast(&topic("events"), "state", body(), None);
+    hub.registry
+        .broadcast(&topic("events:A1"), "state", body(), None);
     assert_eq!(
         c.queued(),
         [json!([null, null, "events", "state", { "n": 1 }])]
     );
     // Pushes to a topic carry the instance's join_ref.
-    hub.registry.push_topic("events", "state", body());
+    hub.registry.push_topic(&topic("events"), "state", body());
     assert_eq!(
         c.queued(),
         [json!(["3", null, "events", "state", { "n": 1 }])]
     );
     c.send(json!(["3", "4", "events", "phx_leave", {}])).await;
-    hub.registry.broadcast("events", "state", body(), None);
+    hub.registry
+        .broadcast(&topic("events"), "state", body(), None);
     assert_eq!(c.queued(), Vec::<Value>::new());
 }
 
@@ -281,7 +289,7 @@ async fn a_hub_ended_channel_is_closed_with_phx_close() {
     c.one(json!(["3", "3", "events", "phx_join", {}])).await;
     let conn = c.session.conn().clone();
     conn.send(crate::core::Outbound::EndChannel(std::sync::Arc::new(
-        "events".to_owned(),
+        topic("events"),
     )))
     .expect("queued");
     assert_eq!(c.queued(), [json!(["3", "3", "events", "phx_close", {}])]);
@@ -296,10 +304,10 @@ async fn a_closed_session_leaves_nothing_in_the_registry() {
     c.one(json!(["1", "1", "events", "phx_join", {}])).await;
     c.one(json!(["2", "2", "relay", "phx_join", {}])).await;
     assert_eq!(hub.registry.connection_count(), 1);
-    assert!(hub.registry.has_subscribers("events"));
+    assert!(hub.registry.has_subscribers(&topic("events")));
     assert_eq!(hub.relay.names(), ["lamp"]);
     drop(c);
     assert_eq!(hub.registry.connection_count(), 0);
-    assert!(!hub.registry.has_subscribers("events"));
+    assert!(!hub.registry.has_subscribers(&topic("events")));
     assert!(hub.relay.names().is_empty());
 }

@@ -82,11 +82,6 @@ fn parse_accepts(payload: &Payload) -> Result<Vec<String>, ChannelError> {
         .collect()
 }
 
-/// The topic of a lock.
-pub fn topic(serial: &str) -> String {
-    crate::services::locks::lock_topic(serial)
-}
-
 /// The join/reset reply, in the shape lock firmware reads.
 pub fn lock_reply(lock: &LockRecord) -> Box<RawValue> {
     #[derive(serde::Serialize)]
