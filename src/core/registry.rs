@@ -273,11 +273,30 @@ struct Inner {
     /// Phoenix devices by socket name: at most one live connection per name (a newer one
     /// replaces it).
     devices: HashMap<DeviceName, Arc<Conn>>,
-    /// Live connections per remote address: every `Conn` but those on a Unix socket, and
-    /// whatever [`Registry::admit_ip`] counted (one cap, `HOMEHUB_MAX_CONNS_PER_IP`).
-    per_ip: HashMap<IpAddr, usize>,
+    /// Live connections per remote address: every `Conn` (those on a Unix socket together,
+    /// as one address) and whatever [`Registry::admit_ip`] counted (one cap,
+    /// `HOMEHUB_MAX_CONNS_PER_IP`).
+    per_address: HashMap<Address, usize>,
     /// Topic → subscribed connections by id.
     topics: HashMap<Topic, HashMap<u64, Arc<Conn>>>,
+}
+
+/// Where connections come from, as the per-address cap counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Address {
+    Ip(IpAddr),
+    /// Every connection on a local Unix socket (Bester's), as one address.
+    UnixSocket,
+}
+
+impl Conn {
+    fn address(&self) -> Address {
+        if self.local {
+            Address::UnixSocket
+        } else {
+            Address::Ip(self.remote.ip())
+        }
+    }
 }
 
 /// What [`Registry::open`] registers.
@@ -365,8 +384,8 @@ impl Registry {
     /// Registers a connection of a door that caps connections per address itself (Bester):
     /// refused (`None`) when `remote`'s address already has `max_per_ip` live connections
     /// (0 = unlimited); check and count are one step, so a burst of accepts cannot
-    /// overshoot. A `remote` of `None` is a Unix-socket connection (no address, no cap
-    /// here). Its outbound queue holds `queue` items.
+    /// overshoot. A `remote` of `None` is a Unix-socket connection: all of those count as
+    /// one address. Its outbound queue holds `queue` items.
     pub fn admit(
         &self,
         door: Door,
@@ -425,14 +444,12 @@ impl Registry {
         });
         let old = {
             let mut inner = self.lock();
-            if !local {
-                let n = inner.per_ip.entry(conn.remote.ip()).or_insert(0);
-                // A refused address has `max` (≥ 1) connections, so its entry stays.
-                if max_per_ip > 0 && *n >= max_per_ip {
-                    return None;
-                }
-                *n += 1;
+            let n = inner.per_address.entry(conn.address()).or_insert(0);
+            // A refused address has `max` (≥ 1) connections, so its entry stays.
+            if max_per_ip > 0 && *n >= max_per_ip {
+                return None;
             }
+            *n += 1;
             inner.conns.insert(id, conn.clone());
             if named {
                 inner.devices.insert(name, conn.clone())
@@ -456,8 +473,8 @@ impl Registry {
             self.users.forget(conn.id);
         }
         let mut inner = self.lock();
-        if inner.conns.remove(&conn.id).is_some() && !conn.local {
-            inner.release_ip(conn.remote.ip());
+        if inner.conns.remove(&conn.id).is_some() {
+            inner.release(conn.address());
         }
         if inner
             .devices
@@ -738,7 +755,7 @@ impl Registry {
     /// cannot overshoot the cap.
     pub fn admit_ip(&self, ip: IpAddr, max: usize) -> bool {
         let mut inner = self.lock();
-        let n = inner.per_ip.entry(ip).or_insert(0);
+        let n = inner.per_address.entry(Address::Ip(ip)).or_insert(0);
         // A refused address has `max` (≥ 1) connections, so its entry stays meaningful.
         if max > 0 && *n >= max {
             return false;
@@ -749,12 +766,16 @@ impl Registry {
 
     /// Gives back a connection counted by [`Registry::admit_ip`].
     pub fn release_ip(&self, ip: IpAddr) {
-        self.lock().release_ip(ip);
+        self.lock().release(Address::Ip(ip));
     }
 
     /// Live connections from `ip` (WebSocket and Bester).
     pub fn connections_from(&self, ip: IpAddr) -> usize {
-        self.lock().per_ip.get(&ip).copied().unwrap_or(0)
+        self.lock()
+            .per_address
+            .get(&Address::Ip(ip))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Number of live connections.
@@ -784,11 +805,11 @@ impl Registry {
 }
 
 impl Inner {
-    fn release_ip(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+    fn release(&mut self, address: Address) {
+        if let Some(n) = self.per_address.get_mut(&address) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_address.remove(&address);
             }
         }
     }
@@ -861,6 +882,27 @@ mod tests {
         r.release_ip(ip);
         assert_eq!(r.connections_from(ip), 0);
         assert!(r.admit_ip(ip, 0), "0 is unlimited");
+    }
+
+    #[test]
+    fn unix_socket_connections_are_capped_as_one_address() {
+        let r = registry();
+        let (a, _ra) = r.admit(Door::Bester, None, 2, 8).expect("first");
+        let (_b, _rb) = r.admit(Door::Bester, None, 2, 8).expect("second");
+        assert!(
+            r.admit(Door::Bester, None, 2, 8).is_none(),
+            "third over the cap"
+        );
+        let tcp: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(
+            r.admit(Door::Bester, Some(tcp), 2, 8).is_some(),
+            "TCP addresses are counted apart"
+        );
+        r.disconnect(&a, []);
+        assert!(
+            r.admit(Door::Bester, None, 2, 8).is_some(),
+            "a freed place is reused"
+        );
     }
 
     #[test]

@@ -46,7 +46,6 @@ pub mod throttle;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -82,8 +81,6 @@ pub struct Bester {
     pub hashing: auth::Hashing,
     /// Failed logins by remote address and by username.
     pub throttle: throttle::Throttle,
-    /// Live connections on the Unix socket, which count as one address against the cap.
-    unix_conns: AtomicUsize,
 }
 
 impl Bester {
@@ -101,28 +98,7 @@ impl Bester {
             settings,
             hashing,
             throttle: throttle::Throttle::default(),
-            unix_conns: AtomicUsize::new(0),
         })
-    }
-
-    /// Counts one more Unix-socket connection unless there are already the cap's worth.
-    fn admit_unix(&self) -> bool {
-        let max = self.settings.max_conns_per_ip;
-        self.unix_conns
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-}
-
-/// A Unix-socket connection's place under the cap, given back when it is dropped (TCP
-/// connections are capped by the registry, which counts them per address).
-struct UnixSlot(Arc<Ctx>);
-
-impl Drop for UnixSlot {
-    fn drop(&mut self) {
-        self.0.bester.unix_conns.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -316,27 +292,26 @@ async fn accept_unix(listener: std::os::unix::net::UnixListener, path: PathBuf, 
         };
         match accepted {
             Ok((stream, _)) => {
-                if !door.bester.admit_unix() {
+                // Every Unix-socket connection counts as one address against the cap.
+                let max = door.bester.settings.max_conns_per_ip;
+                let queue = door.bester.settings.queue;
+                let Some((conn, rx)) = sessions::open(&door.registry, Remote::Unix, max, queue)
+                else {
                     crate::metrics::inc(&door.metrics.bester_connections_refused);
-                    let max = door.bester.settings.max_conns_per_ip;
                     tracing::warn!(
                         max,
                         "bester connection refused: too many connections on the Unix socket"
                     );
                     let _ = stream.try_write(&refusal());
                     continue;
-                }
-                let slot = UnixSlot(door.clone());
-                let queue = door.bester.settings.queue;
-                let Some((conn, rx)) = sessions::open(&door.registry, Remote::Unix, 0, queue)
-                else {
-                    continue;
                 };
-                let serve = connection::serve(door.clone(), stream, Remote::Unix, conn, rx);
-                door.tracker.spawn(async move {
-                    serve.await;
-                    drop(slot);
-                });
+                door.tracker.spawn(connection::serve(
+                    door.clone(),
+                    stream,
+                    Remote::Unix,
+                    conn,
+                    rx,
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bester accept failed (Unix socket)");

@@ -62,7 +62,7 @@ pub enum Delivery {
 }
 
 /// Registers a new, anonymous connection from `remote`, unless its address already has
-/// `max_per_ip` (0 = unlimited; a Unix-socket connection is not capped here). Its queue
+/// `max_per_ip` (0 = unlimited; the Unix socket's connections count as one address). Its queue
 /// holds `queue` frames.
 pub fn open(
     registry: &Registry,
