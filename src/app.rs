@@ -119,14 +119,16 @@ impl Server {
     ) -> anyhow::Result<()> {
         let hub = self.hub;
         self.bester.spawn(&self.bester_door);
+        // One admission gate for the WebSocket doors and long-poll.
+        let gate = Arc::new(crate::doors::admission::Gate::new(&hub));
         spawn_idle_sweep(&hub);
         let edge = Edge {
-            doors: Arc::new(SocketDoors::new(hub.clone())),
+            doors: Arc::new(SocketDoors::new(&hub, gate.clone())),
             tracker: hub.tracker.clone(),
             shutdown: hub.shutdown.clone(),
             registry: hub.registry.clone(),
         };
-        let app = router(hub.clone(), self.bester_door.clone(), edge.clone());
+        let app = router(&hub, self.bester_door.clone(), edge.clone(), gate);
         let token = hub.shutdown.clone();
         tokio::spawn(async move {
             signal.await;
@@ -186,7 +188,12 @@ fn spawn_idle_sweep(hub: &Arc<Hub>) {
 const SWEEP_AT_MOST_EVERY: Duration = Duration::from_millis(25);
 
 /// Every HTTP route of the hub.
-pub fn router(hub: Arc<Hub>, bester: Arc<crate::doors::bester::Ctx>, edge: Edge) -> Router {
+pub fn router(
+    hub: &Hub,
+    bester: Arc<crate::doors::bester::Ctx>,
+    edge: Edge,
+    gate: Arc<crate::doors::admission::Gate>,
+) -> Router {
     // WebSocket upgrades are normally answered by the listener before this router sees
     // them (net::upgrade); these routes answer everything else on the socket paths.
     let sockets = Router::new()
@@ -205,11 +212,12 @@ pub fn router(hub: Arc<Hub>, bester: Arc<crate::doors::bester::Ctx>, edge: Edge)
             "/socket/longpoll",
             axum::routing::any(crate::doors::phoenix::longpoll::handle),
         )
-        .with_state(LongPoll::new(hub.clone()));
+        .with_state(LongPoll::new(hub, gate));
+    let admin = crate::admin::AdminState::new(hub, bester);
     Router::new()
-        .nest("/api", crate::admin::router(hub.clone()))
-        .merge(crate::admin::metrics_router(hub.clone()))
-        .with_state(crate::admin::AdminState { hub, bester })
+        .nest("/api", crate::admin::router(&admin))
+        .merge(crate::admin::metrics_router(&admin))
+        .with_state(admin)
         .merge(sockets)
         .merge(longpoll)
 }

@@ -22,8 +22,12 @@ use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::core::{Fabric, Registry};
 use crate::domain::{DeviceName, ItemKind, LockRecord};
-use crate::services::{Hub, ServiceError, locks, tokens};
+use crate::metrics::Metrics;
+use crate::services::locks::Locks;
+use crate::services::tokens::Tokens;
+use crate::services::{Hub, ServiceError};
 use crate::store::{Store, StoreError};
 
 /// Longest pairing request lifetime an administrator may ask for.
@@ -109,48 +113,68 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// What the admin routes reach: the hub's services and the Bester door (its users and
-/// connections). Each handler extracts only the part it uses (axum's `FromRef`).
-#[derive(Clone)]
+/// What the admin routes reach: the hub's services, the registry (live connections), the
+/// fabric (disconnects), metrics, and the Bester door (its users and connections). Each
+/// handler extracts only the parts it uses (axum's `FromRef`); none sees the whole hub.
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AdminState {
-    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub locks: Locks,
+    pub tokens: Tokens,
+    pub registry: Arc<Registry>,
+    pub fabric: Arc<dyn Fabric>,
+    pub metrics: Arc<Metrics>,
+    pub access: Access,
     pub bester: Arc<crate::doors::bester::Ctx>,
 }
 
-impl axum::extract::FromRef<AdminState> for Arc<Hub> {
-    fn from_ref(state: &AdminState) -> Arc<Hub> {
-        state.hub.clone()
+impl AdminState {
+    pub fn new(hub: &Hub, bester: Arc<crate::doors::bester::Ctx>) -> AdminState {
+        AdminState {
+            store: hub.store.clone(),
+            locks: hub.locks.clone(),
+            tokens: hub.tokens.clone(),
+            registry: hub.registry.clone(),
+            fabric: hub.fabric.clone(),
+            metrics: hub.metrics.clone(),
+            access: Access {
+                admin_token: hub.config.admin_token.as_deref().map(Arc::from),
+            },
+            bester,
+        }
     }
 }
 
-impl axum::extract::FromRef<AdminState> for Store {
-    fn from_ref(state: &AdminState) -> Store {
-        state.hub.store.clone()
-    }
-}
-
-impl axum::extract::FromRef<AdminState> for Arc<crate::doors::bester::Ctx> {
-    fn from_ref(state: &AdminState) -> Arc<crate::doors::bester::Ctx> {
-        state.bester.clone()
-    }
+/// Who may use the admin API: the bearer token (`HOMEHUB_ADMIN_TOKEN`); with none, only
+/// clients on loopback.
+#[derive(Clone)]
+pub struct Access {
+    admin_token: Option<Arc<str>>,
 }
 
 /// `GET /metrics` (Prometheus text format), behind the same authorization as `/api`.
-pub fn metrics_router(hub: Arc<Hub>) -> Router<AdminState> {
+pub fn metrics_router(state: &AdminState) -> Router<AdminState> {
     Router::new()
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(hub, authorize))
+        .layer(middleware::from_fn_with_state(
+            state.access.clone(),
+            authorize,
+        ))
 }
 
-async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
-    let body = hub.metrics.render(
-        &hub.registry.connections_by_door(),
-        hub.store.lock_join_known_hits(),
+async fn metrics(
+    State(metrics): State<Arc<Metrics>>,
+    State(registry): State<Arc<Registry>>,
+    State(store): State<Store>,
+) -> Response {
+    let body = metrics.render(
+        &registry.connections_by_door(),
+        store.lock_join_known_hits(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-pub fn router(hub: Arc<Hub>) -> Router<AdminState> {
+pub fn router(state: &AdminState) -> Router<AdminState> {
     Router::new()
         .route("/locks", get(list_locks))
         .route("/locks/{serial}", get(show_lock).patch(update_lock))
@@ -175,11 +199,14 @@ pub fn router(hub: Arc<Hub>) -> Router<AdminState> {
             "/bester/users/{name}/password",
             put(crate::admin::bester::set_password),
         )
-        .layer(middleware::from_fn_with_state(hub, authorize))
+        .layer(middleware::from_fn_with_state(
+            state.access.clone(),
+            authorize,
+        ))
 }
 
 async fn authorize(
-    State(hub): State<Arc<Hub>>,
+    State(access): State<Access>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
     next: Next,
@@ -190,7 +217,7 @@ async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let allowed = match (&hub.config.admin_token, given) {
+    let allowed = match (&access.admin_token, given) {
         (Some(expected), Some(given)) => {
             crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes())
         }
@@ -217,8 +244,8 @@ pub struct LockView {
     pub online: bool,
 }
 
-fn view(hub: &Hub, lock: LockRecord) -> LockView {
-    let online = locks::lock_topic(&lock.serial).is_some_and(|t| hub.registry.has_subscribers(&t));
+fn view(locks: &Locks, lock: LockRecord) -> LockView {
+    let online = locks.online(&lock.serial);
     LockView { lock, online }
 }
 
@@ -234,28 +261,31 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AdminErr
 }
 
 /// `GET /api/locks`
-async fn list_locks(State(hub): State<Arc<Hub>>) -> Result<Json<Vec<LockView>>, AdminError> {
-    let locks = hub.store.list_locks().await?;
-    Ok(Json(locks.into_iter().map(|l| view(&hub, l)).collect()))
+async fn list_locks(
+    State(store): State<Store>,
+    State(locks): State<Locks>,
+) -> Result<Json<Vec<LockView>>, AdminError> {
+    let all = store.list_locks().await?;
+    Ok(Json(all.into_iter().map(|l| view(&locks, l)).collect()))
 }
 
 /// `GET /api/locks/{serial}`
 async fn show_lock(
-    State(hub): State<Arc<Hub>>,
+    State(store): State<Store>,
+    State(locks): State<Locks>,
     Path(serial): Path<String>,
 ) -> Result<Json<LockView>, AdminError> {
-    let lock = hub
-        .store
+    let lock = store
         .get_lock(&serial)
         .await?
         .ok_or(AdminError::NotFound("lock not found"))?;
-    Ok(Json(view(&hub, lock)))
+    Ok(Json(view(&locks, lock)))
 }
 
 /// `PUT /api/locks/{serial}/state`: stores the intended state and pushes `state` to the
 /// lock's channel.
 async fn set_state(
-    State(hub): State<Arc<Hub>>,
+    State(locks): State<Locks>,
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Result<Json<LockView>, AdminError> {
@@ -265,10 +295,8 @@ async fn set_state(
     }
     // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
     // lock gets its intended state in its next join or `reset` reply.
-    let (lock, _) = locks::set_state(&hub, &serial, &state)
-        .await
-        .map_err(lock_error)?;
-    Ok(Json(view(&hub, lock)))
+    let (lock, _) = locks.set_state(&serial, &state).await.map_err(lock_error)?;
+    Ok(Json(view(&locks, lock)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +310,7 @@ struct PairBody {
 
 /// `POST /api/locks/{serial}/pair`: creates a pairing request and pushes `mode:pair`.
 async fn start_pairing(
-    State(hub): State<Arc<Hub>>,
+    State(locks): State<Locks>,
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
@@ -301,16 +329,16 @@ async fn start_pairing(
             "name must be 1-{MAX_ITEM_NAME} bytes"
         )));
     }
-    let ttl = body.ttl_secs.unwrap_or(hub.config.pair_ttl.as_secs());
+    let ttl = body.ttl_secs.unwrap_or(locks.default_pair_ttl().as_secs());
     if ttl == 0 || ttl > MAX_PAIR_TTL_SECS {
         return Err(AdminError::BadRequest(format!(
             "ttl_secs must be 1-{MAX_PAIR_TTL_SECS}"
         )));
     }
-    let (request, delivered) =
-        locks::start_pairing(&hub, &serial, &name, kind, Duration::from_secs(ttl))
-            .await
-            .map_err(lock_error)?;
+    let (request, delivered) = locks
+        .start_pairing(&serial, &name, kind, Duration::from_secs(ttl))
+        .await
+        .map_err(lock_error)?;
     let mut out = serde_json::to_value(&request).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("delivered".into(), json!(delivered));
@@ -322,10 +350,10 @@ async fn start_pairing(
 /// again and the lock's `pair:complete` for it is refused. 409 if already completed or
 /// cancelled.
 async fn cancel_pairing(
-    State(hub): State<Arc<Hub>>,
+    State(locks): State<Locks>,
     Path(pair_id): Path<String>,
 ) -> Result<Json<crate::domain::PairingRequest>, AdminError> {
-    match locks::cancel_pairing(&hub, &pair_id).await {
+    match locks.cancel_pairing(&pair_id).await {
         Ok(request) => Ok(Json(request)),
         Err(ServiceError::Store(StoreError::PairingNotFound)) => {
             Err(AdminError::NotFound("pairing request not found"))
@@ -402,18 +430,19 @@ impl LockPatchBody {
 /// lock's record. The lock firmware reads its record only in the join and `reset` replies,
 /// so the answer says the change `takes_effect` at the lock's next join or reset.
 async fn update_lock(
-    State(hub): State<Arc<Hub>>,
+    State(store): State<Store>,
+    State(locks): State<Locks>,
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, AdminError> {
     let patch = patch_body::<LockPatchBody>(&body)?.validate()?;
-    let lock = match hub.store.update_lock(&serial, &patch).await {
+    let lock = match store.update_lock(&serial, &patch).await {
         Ok(lock) => lock,
         Err(StoreError::LockNotFound) => return Err(AdminError::NotFound("lock not found")),
         Err(e) => return Err(e.into()),
     };
     tracing::info!(%serial, name = %lock.name, mode = lock.mode, flags = ?lock.feature_flags, "lock record changed");
-    let mut out = serde_json::to_value(view(&hub, lock)).unwrap_or_else(|_| json!({}));
+    let mut out = serde_json::to_value(view(&locks, lock)).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("takes_effect".into(), json!("next join or reset"));
     }
@@ -428,19 +457,19 @@ async fn list_pairings(State(store): State<Store>) -> Result<Json<Value>, AdminE
 
 /// `GET /api/devices`: connected devices, their doors and joined topics, and the live
 /// Bester connections (door `bester`, with the user they are logged in as).
-async fn list_devices(State(hub): State<Arc<Hub>>) -> Json<Value> {
-    let devices = hub.registry.devices();
+async fn list_devices(State(registry): State<Arc<Registry>>) -> Json<Value> {
+    let devices = registry.devices();
     Json(json!({ "devices": devices }))
 }
 
 /// `POST /api/devices/{name}/disconnect`: the socket-id `disconnect` broadcast (§6):
 /// closes the device's connection with 1001 (it will reconnect).
 async fn disconnect_device(
-    State(hub): State<Arc<Hub>>,
+    State(fabric): State<Arc<dyn Fabric>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, AdminError> {
     let name = DeviceName::parse(&name).ok_or(AdminError::NotFound("device not connected"))?;
-    if hub.fabric.disconnect_device(&name).await? {
+    if fabric.disconnect_device(&name).await? {
         tracing::info!(device = %name, "device disconnected by admin");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -457,7 +486,7 @@ struct HolderBody {
 /// `PUT /api/locks/{serial}/holder` `{"device": name | null}`: reassigns (or frees) a lock.
 /// In token mode only the holder may join a held lock.
 async fn set_holder(
-    State(hub): State<Arc<Hub>>,
+    State(locks): State<Locks>,
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Result<Json<LockView>, AdminError> {
@@ -469,10 +498,11 @@ async fn set_holder(
                 .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?,
         ),
     };
-    let lock = locks::set_holder(&hub, &serial, device.as_ref())
+    let lock = locks
+        .set_holder(&serial, device.as_ref())
         .await
         .map_err(lock_error)?;
-    Ok(Json(view(&hub, lock)))
+    Ok(Json(view(&locks, lock)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -485,17 +515,17 @@ struct TokenBody {
 /// `POST /api/tokens` `{"device", "ttl_secs"?}`: issues a signed device token. The token
 /// itself is returned once and never stored.
 async fn issue_token(
-    State(hub): State<Arc<Hub>>,
+    State(tokens): State<Tokens>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AdminError> {
     let body: TokenBody = json_body(&body)?;
     let device = DeviceName::parse(&body.device)
         .ok_or_else(|| AdminError::BadRequest("invalid device name".into()))?;
-    let ttl = body.ttl_secs.unwrap_or(hub.config.token_ttl.as_secs());
+    let ttl = body.ttl_secs.unwrap_or(tokens.default_ttl().as_secs());
     if ttl == 0 {
         return Err(AdminError::BadRequest("ttl_secs must be positive".into()));
     }
-    let (token, record) = tokens::issue(&hub, &device, ttl).await?;
+    let (token, record) = tokens.issue(&device, ttl).await?;
     let mut out = serde_json::to_value(&record).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("token".into(), Value::String(token));
@@ -513,10 +543,10 @@ async fn list_tokens(State(store): State<Store>) -> Result<Json<Value>, AdminErr
 /// Compendium); their reconnects with it are refused. Connections of the same device
 /// admitted with another token stay.
 async fn revoke_token(
-    State(hub): State<Arc<Hub>>,
+    State(tokens): State<Tokens>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AdminError> {
-    match tokens::revoke(&hub, &id).await? {
+    match tokens.revoke(&id).await? {
         Some(_) => {}
         None => return Err(AdminError::NotFound("token not found")),
     }

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
 
-use crate::auth::{Claims, TokenId};
+use crate::auth::{Claims, Keyring, OriginPolicy, TokenId};
 use crate::config::AuthMode;
 use crate::core::close_code;
 use crate::core::outbox::Receiver;
-use crate::core::{Conn, Door};
+use crate::core::{Conn, Door, Registry};
 use crate::domain::DeviceName;
+use crate::metrics::Metrics;
 use crate::services::Hub;
 
 use std::collections::HashMap;
@@ -50,17 +51,47 @@ impl Params {
     }
 }
 
-/// Whether the request's `Origin` (if any) is allowed (§1.7).
-pub fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    hub.origins.allows(origin, host)
+/// What every device door checks before it accepts a connection, and where an accepted
+/// one is registered: the auth mode, allowed origins, the token keyring, the registry's
+/// per-address count and the refusal counter. One per door set, built from the hub once.
+pub struct Gate {
+    auth: AuthMode,
+    origins: OriginPolicy,
+    keyring: Arc<Keyring>,
+    registry: Arc<Registry>,
+    pub(crate) metrics: Arc<Metrics>,
+    max_conns_per_ip: usize,
 }
 
-/// Whether `peer` may open one more live connection.
-pub fn under_ip_limit(hub: &Hub, peer: SocketAddr) -> bool {
-    let max = hub.config.max_conns_per_ip;
-    max == 0 || hub.registry.connections_from(peer.ip()) < max
+impl Gate {
+    pub fn new(hub: &Hub) -> Gate {
+        Gate {
+            auth: hub.config.auth,
+            origins: hub.origins.clone(),
+            keyring: hub.keyring.clone(),
+            registry: hub.registry.clone(),
+            metrics: hub.metrics.clone(),
+            max_conns_per_ip: hub.config.max_conns_per_ip,
+        }
+    }
+
+    /// Whether the request's `Origin` (if any) is allowed (§1.7).
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        self.origins.allows(origin, host)
+    }
+
+    /// Whether `peer` may open one more live connection.
+    pub fn under_ip_limit(&self, peer: SocketAddr) -> bool {
+        let max = self.max_conns_per_ip;
+        max == 0 || self.registry.connections_from(peer.ip()) < max
+    }
+
+    /// Counts a refused connection (`/metrics`).
+    pub fn count_refused(&self) {
+        crate::metrics::inc(&self.metrics.connections_refused);
+    }
 }
 
 fn now_unix() -> i64 {
@@ -76,19 +107,19 @@ pub struct Refused;
 /// (the device it was issued to, its id); `Err` refuses the connection. In open mode:
 /// `Ok(None)`.
 pub fn device_token(
-    hub: &Hub,
+    gate: &Gate,
     peer: SocketAddr,
     device: Option<&str>,
     token: Option<&str>,
 ) -> Result<Option<Claims>, Refused> {
-    if hub.config.auth == AuthMode::Open {
+    if gate.auth == AuthMode::Open {
         return Ok(None);
     }
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         tracing::info!(%peer, device, "connect refused: token required");
         return Err(Refused);
     };
-    match hub.keyring.check(token, device, now_unix()) {
+    match gate.keyring.check(token, device, now_unix()) {
         Ok(claims) => Ok(Some(claims)),
         Err(e) => {
             tracing::info!(%peer, device, reason = %e, "connect refused: bad token");
@@ -101,25 +132,25 @@ pub fn device_token(
 /// per-address limit, and in token mode a valid `token` query parameter. `Ok` carries the
 /// token's claims (token mode).
 pub fn admit(
-    hub: &Hub,
+    gate: &Gate,
     peer: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Option<Claims>, axum::http::StatusCode> {
     use axum::http::StatusCode;
     let refuse = |reason: &str| {
-        crate::metrics::inc(&hub.metrics.connections_refused);
+        gate.count_refused();
         tracing::info!(%peer, reason, "connection refused");
         StatusCode::FORBIDDEN
     };
-    if !origin_allowed(hub, headers) {
+    if !gate.origin_allowed(headers) {
         return Err(refuse("origin not allowed"));
     }
-    if !under_ip_limit(hub, peer) {
+    if !gate.under_ip_limit(peer) {
         return Err(refuse("too many connections from this address"));
     }
     let params = Params::parse(query);
-    device_token(hub, peer, None, params.device_token.as_deref())
+    device_token(gate, peer, None, params.device_token.as_deref())
         .map_err(|Refused| refuse("token required or invalid"))
 }
 
@@ -128,15 +159,15 @@ pub fn admit(
 /// caught here: revocation marks the keyring first and then closes the registry's
 /// connections of that token, so a connection registered meanwhile sees the mark.
 pub fn connect(
-    hub: &Hub,
+    gate: &Gate,
     name: Option<DeviceName>,
     door: Door,
     peer: SocketAddr,
     token_id: Option<TokenId>,
 ) -> (Arc<Conn>, Receiver) {
-    let (conn, rx) = hub.registry.connect(name, door, peer, token_id);
+    let (conn, rx) = gate.registry.connect(name, door, peer, token_id);
     if let Some(id) = conn.token_id()
-        && hub.keyring.is_revoked(id)
+        && gate.keyring.is_revoked(id)
     {
         tracing::info!(conn = conn.id, %peer, token = id, "token revoked during admission; closing");
         conn.kill(close_code::GOING_AWAY);

@@ -145,12 +145,12 @@ pub struct Admitted {
 /// Admission to `/compendium` (origin, per-address cap, the token in token mode); `Err` is
 /// the status to refuse with.
 pub fn admit(
-    hub: &Hub,
+    gate: &crate::doors::admission::Gate,
     peer: SocketAddr,
     query: Option<&str>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Admitted, axum::http::StatusCode> {
-    let claims = crate::doors::admission::admit(hub, peer, headers, query)?;
+    let claims = crate::doors::admission::admit(gate, peer, headers, query)?;
     Ok(Admitted {
         token_id: claims.map(|c| c.jti.into_boxed_str()),
     })

@@ -24,22 +24,23 @@ use crate::services::Hub;
 
 /// The WebSocket doors behind the socket paths, for the edge ([`crate::net::upgrade`]).
 pub struct SocketDoors {
-    hub: Arc<Hub>,
+    gate: Arc<admission::Gate>,
     phoenix: Arc<phoenix::Ctx>,
     relay: relay::Ctx,
     compendium: compendium::Ctx,
+    /// `HOMEHUB_MAX_FRAME_BYTES`.
+    max_frame: usize,
 }
 
 impl SocketDoors {
-    pub fn new(hub: Arc<Hub>) -> SocketDoors {
-        let phoenix = phoenix::Ctx::new(&hub);
-        let relay = relay::Ctx::new(&hub);
-        let compendium = compendium::Ctx::new(&hub);
+    /// The doors' contexts, built from the hub once; `gate` is shared with long-poll.
+    pub fn new(hub: &Hub, gate: Arc<admission::Gate>) -> SocketDoors {
         SocketDoors {
-            hub,
-            phoenix,
-            relay,
-            compendium,
+            gate,
+            phoenix: phoenix::Ctx::new(hub),
+            relay: relay::Ctx::new(hub),
+            compendium: compendium::Ctx::new(hub),
+            max_frame: hub.config.max_frame_bytes,
         }
     }
 }
@@ -52,12 +53,12 @@ impl Doors for SocketDoors {
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Accepted, StatusCode> {
-        let hub = &self.hub;
-        let max_frame = hub.config.max_frame_bytes;
+        let gate = &self.gate;
+        let max_frame = self.max_frame;
         Ok(match path {
             SocketPath::Phoenix => {
-                let (admitted, protocol) = phoenix::websocket::admit(hub, peer, query, headers)?;
-                let hub = hub.clone();
+                let (admitted, protocol) = phoenix::websocket::admit(gate, peer, query, headers)?;
+                let gate = gate.clone();
                 let ctx = self.phoenix.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {
@@ -67,7 +68,7 @@ impl Doors for SocketDoors {
                             token_id,
                         } = admitted;
                         let conn =
-                            admission::connect(&hub, Some(name), Door::Phoenix, peer, token_id);
+                            admission::connect(&gate, Some(name), Door::Phoenix, peer, token_id);
                         Box::pin(phoenix::websocket::run(ws, ctx, vsn, conn, peer))
                     }),
                     protocol,
@@ -78,12 +79,12 @@ impl Doors for SocketDoors {
                 let relay::Admitted {
                     only_name,
                     token_id,
-                } = relay::admit(hub, peer, query, headers)?;
-                let hub = hub.clone();
+                } = relay::admit(gate, peer, query, headers)?;
+                let gate = gate.clone();
                 let ctx = self.relay.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {
-                        let conn = admission::connect(&hub, None, Door::Relay, peer, token_id);
+                        let conn = admission::connect(&gate, None, Door::Relay, peer, token_id);
                         Box::pin(relay::run(ws, ctx, only_name, conn, peer))
                     }),
                     protocol: None,
@@ -92,16 +93,17 @@ impl Doors for SocketDoors {
             }
             SocketPath::Compendium => {
                 let compendium::Admitted { token_id } =
-                    compendium::admit(hub, peer, query, headers)?;
+                    compendium::admit(gate, peer, query, headers)?;
                 // Messages up to the hub's frame limit reach the handler, which answers
                 // ERR 413 past the Compendium cap; only beyond HOMEHUB_MAX_FRAME_BYTES is
                 // the socket closed (1009).
-                let max_frame = max_frame.max(hub.config.compendium.max_bytes);
-                let hub = hub.clone();
+                let max_frame = max_frame.max(self.compendium.max_bytes);
+                let gate = gate.clone();
                 let ctx = self.compendium.clone();
                 Accepted {
                     run: Box::new(move |ws, peer| {
-                        let conn = admission::connect(&hub, None, Door::Compendium, peer, token_id);
+                        let conn =
+                            admission::connect(&gate, None, Door::Compendium, peer, token_id);
                         Box::pin(compendium::run(ws, ctx, conn, peer))
                     }),
                     protocol: None,

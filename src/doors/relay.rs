@@ -39,13 +39,13 @@ pub struct Admitted {
 /// Admission to `/relay` (origin, per-address cap, the token in token mode); `Err` is the
 /// status to refuse with.
 pub fn admit(
-    hub: &Hub,
+    gate: &crate::doors::admission::Gate,
     peer: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Admitted, StatusCode> {
     // In token mode the token names the only device this connection may register as.
-    let claims = crate::doors::admission::admit(hub, peer, headers, query)?;
+    let claims = crate::doors::admission::admit(gate, peer, headers, query)?;
     Ok(match claims {
         Some(c) => Admitted {
             only_name: Some(c.sub),

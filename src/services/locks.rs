@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Hub, ServiceError};
+use std::sync::Arc;
+
+use super::ServiceError;
 use crate::config::AuthMode;
 use crate::core::message::OutPayload;
-use crate::core::{Fabric, Topic};
+use crate::core::{Fabric, Registry, Topic};
 use crate::domain::{DeviceName, ItemKind, LockRecord, PairingRequest, Serial};
+use crate::store::Store;
 
 /// The topic of a lock's channel (`None` for a name that is no serial: no lock has it).
 pub fn lock_topic(serial: &str) -> Option<Topic> {
@@ -47,87 +50,128 @@ pub fn announce(fabric: &dyn Fabric, serial: &Serial, event: &str, body: &impl s
     }
 }
 
-/// Stores a new intended state, pushes `state` to the lock's channel instances that accept
-/// it (the others get it at their next join or `reset`) and tells watchers. Returns the
-/// lock and how many instances the push was queued for.
-pub async fn set_state(
-    hub: &Hub,
-    serial: &str,
-    state: &Value,
-) -> Result<(LockRecord, usize), ServiceError> {
-    let lock = hub.store.set_intended_state(serial, state).await?;
-    let delivered = push_to_lock(
-        hub.fabric.as_ref(),
-        serial,
-        STATE_EVENT,
-        OutPayload::json(state),
-    )?;
-    if let Some(serial) = Serial::parse(serial) {
-        let body = serde_json::json!({ "serial": serial, "state": state });
-        announce(hub.fabric.as_ref(), &serial, STATE_EVENT, &body);
-    }
-    tracing::info!(%serial, delivered, "intended state changed");
-    Ok((lock, delivered))
+/// The lock rules, on what they use: the store, the fabric (pushes and announcements),
+/// the registry (whether a lock is online), the auth mode (holders) and the default
+/// pairing lifetime. Cheap to clone; one per hub.
+#[derive(Clone)]
+pub struct Locks {
+    store: Store,
+    fabric: Arc<dyn Fabric>,
+    registry: Arc<Registry>,
+    auth: AuthMode,
+    pair_ttl: Duration,
 }
 
-/// Creates a pairing request and pushes `mode:pair` to the lock if it is connected (else it
-/// gets it after its next join, until the request completes, expires or is cancelled).
-/// The request comes back with its delivery recorded.
-pub async fn start_pairing(
-    hub: &Hub,
-    serial: &str,
-    name: &str,
-    kind: ItemKind,
-    ttl: Duration,
-) -> Result<(PairingRequest, bool), ServiceError> {
-    let mut request = hub.store.create_pairing(serial, name, kind, ttl).await?;
-    let delivered = push_to_lock(
-        hub.fabric.as_ref(),
-        serial,
-        PAIR_EVENT,
-        OutPayload::json(&request.mode_pair_payload()),
-    )?;
-    tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
-    if delivered > 0 {
-        // Best effort: the push is out whether or not this record is written.
-        match hub.store.record_pairing_delivered(&request.pair_id).await {
-            Ok(()) => {
-                request.delivered_at = Some(crate::domain::now_rfc3339());
-                request.deliveries += 1;
-            }
-            Err(e) => {
-                tracing::error!(pair_id = %request.pair_id, error = %e, "cannot record pairing delivery")
-            }
+impl Locks {
+    pub fn new(
+        store: Store,
+        fabric: Arc<dyn Fabric>,
+        registry: Arc<Registry>,
+        auth: AuthMode,
+        pair_ttl: Duration,
+    ) -> Locks {
+        Locks {
+            store,
+            fabric,
+            registry,
+            auth,
+            pair_ttl,
         }
     }
-    Ok((request, delivered > 0))
-}
 
-/// Cancels a pending pairing request: it is not pushed again and the lock's
-/// `pair:complete` for it is refused.
-pub async fn cancel_pairing(hub: &Hub, pair_id: &str) -> Result<PairingRequest, ServiceError> {
-    let request = hub.store.cancel_pairing(pair_id).await?;
-    tracing::info!(%pair_id, serial = %request.lock, "pairing request cancelled");
-    Ok(request)
-}
-
-/// Reassigns (or frees) a lock. In token mode only the holder may have the lock's channel,
-/// so every other device's instance of it ends.
-pub async fn set_holder(
-    hub: &Hub,
-    serial: &str,
-    device: Option<&DeviceName>,
-) -> Result<LockRecord, ServiceError> {
-    let lock = hub
-        .store
-        .set_lock_holder(serial, device.map(DeviceName::as_str))
-        .await?;
-    tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
-    if hub.config.auth == AuthMode::Token
-        && let Some(topic) = lock_topic(serial)
-    {
-        hub.fabric
-            .end_channel(&topic, lock.holder_device.as_deref())?;
+    /// How long a pairing request lives when the admin gives no `ttl_secs`
+    /// (`HOMEHUB_PAIR_TTL_SECS`).
+    pub fn default_pair_ttl(&self) -> Duration {
+        self.pair_ttl
     }
-    Ok(lock)
+
+    /// Whether a connection has lock `serial`'s channel joined right now (on this node).
+    pub fn online(&self, serial: &str) -> bool {
+        lock_topic(serial).is_some_and(|t| self.registry.has_subscribers(&t))
+    }
+
+    /// Stores a new intended state, pushes `state` to the lock's channel instances that accept
+    /// it (the others get it at their next join or `reset`) and tells watchers. Returns the
+    /// lock and how many instances the push was queued for.
+    pub async fn set_state(
+        &self,
+        serial: &str,
+        state: &Value,
+    ) -> Result<(LockRecord, usize), ServiceError> {
+        let lock = self.store.set_intended_state(serial, state).await?;
+        let delivered = push_to_lock(
+            self.fabric.as_ref(),
+            serial,
+            STATE_EVENT,
+            OutPayload::json(state),
+        )?;
+        if let Some(serial) = Serial::parse(serial) {
+            let body = serde_json::json!({ "serial": serial, "state": state });
+            announce(self.fabric.as_ref(), &serial, STATE_EVENT, &body);
+        }
+        tracing::info!(%serial, delivered, "intended state changed");
+        Ok((lock, delivered))
+    }
+
+    /// Creates a pairing request and pushes `mode:pair` to the lock if it is connected (else it
+    /// gets it after its next join, until the request completes, expires or is cancelled).
+    /// The request comes back with its delivery recorded.
+    pub async fn start_pairing(
+        &self,
+        serial: &str,
+        name: &str,
+        kind: ItemKind,
+        ttl: Duration,
+    ) -> Result<(PairingRequest, bool), ServiceError> {
+        let mut request = self.store.create_pairing(serial, name, kind, ttl).await?;
+        let delivered = push_to_lock(
+            self.fabric.as_ref(),
+            serial,
+            PAIR_EVENT,
+            OutPayload::json(&request.mode_pair_payload()),
+        )?;
+        tracing::info!(%serial, pair_id = %request.pair_id, delivered, "pairing started");
+        if delivered > 0 {
+            // Best effort: the push is out whether or not this record is written.
+            match self.store.record_pairing_delivered(&request.pair_id).await {
+                Ok(()) => {
+                    request.delivered_at = Some(crate::domain::now_rfc3339());
+                    request.deliveries += 1;
+                }
+                Err(e) => {
+                    tracing::error!(pair_id = %request.pair_id, error = %e, "cannot record pairing delivery")
+                }
+            }
+        }
+        Ok((request, delivered > 0))
+    }
+
+    /// Cancels a pending pairing request: it is not pushed again and the lock's
+    /// `pair:complete` for it is refused.
+    pub async fn cancel_pairing(&self, pair_id: &str) -> Result<PairingRequest, ServiceError> {
+        let request = self.store.cancel_pairing(pair_id).await?;
+        tracing::info!(%pair_id, serial = %request.lock, "pairing request cancelled");
+        Ok(request)
+    }
+
+    /// Reassigns (or frees) a lock. In token mode only the holder may have the lock's channel,
+    /// so every other device's instance of it ends.
+    pub async fn set_holder(
+        &self,
+        serial: &str,
+        device: Option<&DeviceName>,
+    ) -> Result<LockRecord, ServiceError> {
+        let lock = self
+            .store
+            .set_lock_holder(serial, device.map(DeviceName::as_str))
+            .await?;
+        tracing::info!(%serial, holder = ?lock.holder_device, "lock holder reassigned");
+        if self.auth == AuthMode::Token
+            && let Some(topic) = lock_topic(serial)
+        {
+            self.fabric
+                .end_channel(&topic, lock.holder_device.as_deref())?;
+        }
+        Ok(lock)
+    }
 }

@@ -31,13 +31,17 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
     /// Device-token key and revocations.
-    pub keyring: crate::auth::Keyring,
+    pub keyring: Arc<crate::auth::Keyring>,
     /// Browser origins allowed on the device doors.
     pub origins: crate::auth::OriginPolicy,
     /// Everything that crosses connections (delivery, broadcast, Presence, disconnects).
     pub fabric: Arc<dyn Fabric>,
     /// The device relay: registration, delivery, the `devices` records.
     pub relay: Arc<relay::Relay>,
+    /// The lock rules (state, pairing, holders, announcements).
+    pub locks: locks::Locks,
+    /// Device tokens (issue, revoke).
+    pub tokens: tokens::Tokens,
 }
 
 impl Hub {
@@ -58,6 +62,20 @@ impl Hub {
             registry.clone(),
             store.clone(),
         ));
+        let keyring = Arc::new(keyring);
+        let locks = locks::Locks::new(
+            store.clone(),
+            fabric.clone(),
+            registry.clone(),
+            config.auth,
+            config.pair_ttl,
+        );
+        let tokens = tokens::Tokens::new(
+            store.clone(),
+            keyring.clone(),
+            fabric.clone(),
+            config.token_ttl,
+        );
         Hub {
             config,
             store,
@@ -69,6 +87,8 @@ impl Hub {
             origins,
             fabric,
             relay,
+            locks,
+            tokens,
         }
     }
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::testing::TestHub;
-use super::{locks, tokens};
 use crate::config::AuthMode;
 use crate::core::message::OutPayload;
 use crate::core::outbox::Receiver;
@@ -68,7 +67,7 @@ async fn set_state_stores_it_pushes_it_to_the_lock_and_tells_watchers() {
     let (_other, mut other_rx) = joined(&hub, "watcher3", &["events:L2"]);
 
     let state = json!({"locked": false});
-    let (record, delivered) = locks::set_state(&hub, "L1", &state).await.expect("set");
+    let (record, delivered) = hub.locks.set_state("L1", &state).await.expect("set");
     assert_eq!(delivered, 1);
     assert_eq!(record.intended_state, state);
     let stored = hub.store.get_lock("L1").await.expect("read").expect("lock");
@@ -97,7 +96,7 @@ async fn set_state_stores_it_pushes_it_to_the_lock_and_tells_watchers() {
 async fn set_state_of_an_unknown_lock_is_a_store_error_and_pushes_nothing() {
     let hub = TestHub::new().await;
     let (_w, mut rx) = joined(&hub, "watcher", &["events", "lock:NOPE"]);
-    let result = locks::set_state(&hub, "NOPE", &json!({})).await;
+    let result = hub.locks.set_state("NOPE", &json!({})).await;
     assert!(
         matches!(result, Err(super::ServiceError::Store(_))),
         "{result:?}"
@@ -110,15 +109,11 @@ async fn pairing_is_pushed_to_a_connected_lock_and_its_delivery_recorded() {
     let hub = TestHub::new().await;
     a_lock(&hub, "L1", "door").await;
     let (_lock, mut rx) = joined(&hub, "door", &["lock:L1"]);
-    let (request, delivered) = locks::start_pairing(
-        &hub,
-        "L1",
-        "Alice's card",
-        ItemKind::Tag,
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("pairing");
+    let (request, delivered) = hub
+        .locks
+        .start_pairing("L1", "Alice's card", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .expect("pairing");
     assert!(delivered);
     assert_eq!(request.deliveries, 1);
     assert!(request.delivered_at.is_some());
@@ -127,7 +122,9 @@ async fn pairing_is_pushed_to_a_connected_lock_and_its_delivery_recorded() {
     assert_eq!(got[0].1, "mode:pair");
     assert_eq!(got[0].2, request.mode_pair_payload());
 
-    let cancelled = locks::cancel_pairing(&hub, &request.pair_id)
+    let cancelled = hub
+        .locks
+        .cancel_pairing(&request.pair_id)
         .await
         .expect("cancel");
     assert_eq!(cancelled.pair_id, request.pair_id);
@@ -137,10 +134,11 @@ async fn pairing_is_pushed_to_a_connected_lock_and_its_delivery_recorded() {
 async fn pairing_a_lock_that_is_not_connected_is_stored_undelivered() {
     let hub = TestHub::new().await;
     a_lock(&hub, "L1", "door").await;
-    let (request, delivered) =
-        locks::start_pairing(&hub, "L1", "fob", ItemKind::Tag, Duration::from_secs(60))
-            .await
-            .expect("pairing");
+    let (request, delivered) = hub
+        .locks
+        .start_pairing("L1", "fob", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .expect("pairing");
     assert!(!delivered);
     assert_eq!(request.deliveries, 0);
     assert!(request.delivered_at.is_none());
@@ -153,7 +151,9 @@ async fn in_token_mode_a_new_holder_ends_every_other_devices_lock_channel() {
     let (_old, mut old_rx) = joined(&hub, "old", &["lock:L1"]);
     let (_new, mut new_rx) = joined(&hub, "new", &["lock:L1"]);
     let new = DeviceName::parse("new").expect("name");
-    let record = locks::set_holder(&hub, "L1", Some(&new))
+    let record = hub
+        .locks
+        .set_holder("L1", Some(&new))
         .await
         .expect("holder");
     assert_eq!(record.holder_device.as_deref(), Some("new"));
@@ -172,7 +172,7 @@ async fn in_open_mode_a_new_holder_ends_no_channel() {
     let hub = TestHub::new().await;
     a_lock(&hub, "L1", "old").await;
     let (_old, mut old_rx) = joined(&hub, "old", &["lock:L1"]);
-    locks::set_holder(&hub, "L1", None).await.expect("holder");
+    hub.locks.set_holder("L1", None).await.expect("holder");
     assert!(drain(&mut old_rx).is_empty());
 }
 
@@ -180,7 +180,7 @@ async fn in_open_mode_a_new_holder_ends_no_channel() {
 async fn a_revoked_token_is_marked_and_its_connections_are_closed() {
     let hub = TestHub::with(|c| c.auth = AuthMode::Token).await;
     let device = DeviceName::parse("door").expect("name");
-    let (token, record) = tokens::issue(&hub, &device, 3600).await.expect("issue");
+    let (token, record) = hub.tokens.issue(&device, 3600).await.expect("issue");
     let claims = hub
         .keyring
         .check(&token, Some("door"), 0)
@@ -194,7 +194,9 @@ async fn a_revoked_token_is_marked_and_its_connections_are_closed() {
     );
     let (without, _rx2) = hub.connect(Some("door"), Door::Phoenix);
 
-    let (revoked, closed) = tokens::revoke(&hub, &record.id)
+    let (revoked, closed) = hub
+        .tokens
+        .revoke(&record.id)
         .await
         .expect("revoke")
         .expect("the token exists");
@@ -204,7 +206,8 @@ async fn a_revoked_token_is_marked_and_its_connections_are_closed() {
     assert!(with_token.is_killed());
     assert!(!without.is_killed());
     assert!(
-        tokens::revoke(&hub, "no-such-token")
+        hub.tokens
+            .revoke("no-such-token")
             .await
             .expect("revoke")
             .is_none()

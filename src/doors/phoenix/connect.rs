@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use super::Vsn;
 use crate::auth::TokenId;
 use crate::domain::DeviceName;
-use crate::doors::admission::{Params, Refused, device_token, under_ip_limit};
-use crate::services::Hub;
+use crate::doors::admission::{Gate, Params, Refused, device_token};
 
 /// A Phoenix connect that [`authorize_connect`] let in.
 #[derive(Debug)]
@@ -22,13 +21,13 @@ pub struct Connect {
 /// mode, and the per-address limit. `Err` is a refusal (HTTP 403, long-poll 403); the
 /// reason is logged here.
 pub fn authorize_connect(
-    hub: &Hub,
+    gate: &Gate,
     peer: SocketAddr,
     params: &Params,
     auth_token: Option<&str>,
 ) -> Result<Connect, Refused> {
     let refuse = |reason: &str| {
-        crate::metrics::inc(&hub.metrics.connections_refused);
+        gate.count_refused();
         tracing::info!(%peer, reason, "connect refused");
     };
     let Some(vsn) = Vsn::negotiate(params.get("vsn")) else {
@@ -41,11 +40,11 @@ pub fn authorize_connect(
     };
     // The `authToken` (header or subprotocol) first, else a device-token `token` param.
     let token = auth_token.or(params.device_token.as_deref());
-    let Ok(claims) = device_token(hub, peer, Some(name.as_str()), token) else {
-        crate::metrics::inc(&hub.metrics.connections_refused);
+    let Ok(claims) = device_token(gate, peer, Some(name.as_str()), token) else {
+        gate.count_refused();
         return Err(Refused);
     };
-    if !under_ip_limit(hub, peer) {
+    if !gate.under_ip_limit(peer) {
         refuse("too many connections from this address");
         return Err(Refused);
     }

@@ -27,10 +27,12 @@ use base64::Engine as _;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::core::outbox::Receiver;
 use crate::core::{Conn, Door, Outbound};
 use crate::domain::DeviceName;
+use crate::doors::admission::Gate;
 use crate::doors::phoenix::Ctx as PhoenixCtx;
 use crate::doors::phoenix::session::Session;
 use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
@@ -116,24 +118,30 @@ fn queue_replies(conn: &Conn, frames: impl IntoIterator<Item = WireFrame>) {
 
 /// The long-poll transport's state: the hub's services and the live sessions by token.
 pub struct LongPoll {
-    /// Admission (origin, connect checks, tokens) and the task tracker.
-    hub: Arc<Hub>,
+    /// Admission (origin, connect checks, tokens), shared with the WebSocket doors.
+    gate: Arc<Gate>,
     /// What each session uses.
     door: Arc<PhoenixCtx>,
+    /// Every session task is spawned on the hub's tracker, so shutdown waits for it.
+    tracker: TaskTracker,
     sessions: Sessions,
 }
 
 impl LongPoll {
-    pub fn new(hub: Arc<Hub>) -> Arc<LongPoll> {
+    pub fn new(hub: &Hub, gate: Arc<Gate>) -> Arc<LongPoll> {
         Arc::new(LongPoll {
-            door: PhoenixCtx::new(&hub),
-            hub,
+            gate,
+            door: PhoenixCtx::new(hub),
+            tracker: hub.tracker.clone(),
             sessions: Sessions::default(),
         })
     }
 }
 
-/// Live long-poll sessions by token.
+/// Live long-poll sessions by token: the door's routing from an HTTP request to its
+/// session task. The connection itself (queue, kill switch, idle clock, per-address count)
+/// is the registry's, like any other; this map only finds the task that serves it, the way
+/// a WebSocket's task is found by its socket.
 #[derive(Default)]
 struct Sessions {
     map: Mutex<HashMap<String, Arc<LpSession>>>,
@@ -194,7 +202,7 @@ pub async fn handle(
     }
     let params = crate::doors::admission::Params::parse(query.as_deref());
     // Origin is checked on every request, not only when a session is created (§1.7).
-    if !crate::doors::admission::origin_allowed(&lp.hub, &headers) {
+    if !lp.gate.origin_allowed(&headers) {
         tracing::info!(%peer, "long-poll refused: origin not allowed");
         return status(403);
     }
@@ -236,7 +244,6 @@ fn open(
     params: &crate::doors::admission::Params,
     headers: &HeaderMap,
 ) -> Response {
-    let hub = &lp.hub;
     let auth_token = headers
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok());
@@ -244,28 +251,33 @@ fn open(
         name,
         vsn,
         token_id,
-    } = match super::connect::authorize_connect(hub, peer, params, auth_token) {
+    } = match super::connect::authorize_connect(&lp.gate, peer, params, auth_token) {
         Ok(ok) => ok,
         Err(crate::doors::admission::Refused) => return status(403),
     };
     let token = format!("{:032x}", rand::random::<u128>());
-    let (conn, rx) =
-        crate::doors::admission::connect(hub, Some(name.clone()), Door::Phoenix, peer, token_id);
+    let (conn, rx) = crate::doors::admission::connect(
+        &lp.gate,
+        Some(name.clone()),
+        Door::Phoenix,
+        peer,
+        token_id,
+    );
+    let window = lp.door.settings.longpoll_window;
     let (inbox, inbox_rx) = mpsc::channel(8);
     let s = Arc::new(LpSession {
         token: token.clone(),
         conn: conn.clone(),
         inbox,
-        window: hub.config.phoenix.longpoll_window,
+        window,
     });
     conn.set_long_poll();
-    hub.registry
-        .watch_idle_within(&conn, hub.config.phoenix.longpoll_window * 2);
+    lp.door.registry.watch_idle_within(&conn, window * 2);
     lp.sessions.lock().insert(token.clone(), s.clone());
     tracing::info!(conn = conn.id, device = %name, %peer, ?vsn, "long-poll session opened");
     let task_lp = lp.clone();
     let task_token = token.clone();
-    hub.tracker.spawn(async move {
+    lp.tracker.spawn(async move {
         run(task_lp.door.clone(), s, rx, inbox_rx, vsn, name).await;
         task_lp.sessions.lock().remove(&task_token);
     });

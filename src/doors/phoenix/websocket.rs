@@ -24,7 +24,6 @@ use crate::doors::phoenix::session::Session;
 use crate::doors::phoenix::{DecodeError, Frame, Vsn, WireFrame};
 use crate::metrics;
 use crate::net::ws::{self, Close, Handler, WsStream};
-use crate::services::Hub;
 
 /// Subprotocol entries that carry an auth token rather than name a protocol (§1.5).
 const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
@@ -40,19 +39,19 @@ pub struct Admitted {
 /// name, token and the per-address cap. `Ok` carries the subprotocol to confirm
 /// (`phoenix`, when offered); `Err` is the status to refuse with (403, as Phoenix does).
 pub fn admit(
-    hub: &Hub,
+    gate: &crate::doors::admission::Gate,
     peer: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(Admitted, Option<&'static str>), StatusCode> {
     let params = crate::doors::admission::Params::parse(query);
-    if !crate::doors::admission::origin_allowed(hub, headers) {
-        metrics::inc(&hub.metrics.connections_refused);
+    if !gate.origin_allowed(headers) {
+        gate.count_refused();
         tracing::info!(%peer, "connect refused: origin not allowed");
         return Err(StatusCode::FORBIDDEN);
     }
     if !subprotocols_acceptable(headers) {
-        metrics::inc(&hub.metrics.connections_refused);
+        gate.count_refused();
         tracing::info!(%peer, "connect refused: no acceptable subprotocol");
         return Err(StatusCode::FORBIDDEN);
     }
@@ -61,7 +60,7 @@ pub fn admit(
         name,
         vsn,
         token_id,
-    } = super::connect::authorize_connect(hub, peer, &params, auth_token.as_deref())
+    } = super::connect::authorize_connect(gate, peer, &params, auth_token.as_deref())
         .map_err(|_| StatusCode::FORBIDDEN)?;
     let protocol = offers_phoenix(headers).then_some(PROTOCOL);
     Ok((
