@@ -2,13 +2,22 @@
 # Runs every test of homehub: formatting, lints, the Rust unit and integration tests, and
 # the interop suites with real Phoenix client libraries (which this script installs:
 # `npm ci` and a Python venv under tests/interop). Non-interactive; safe on a fresh clone.
+# The tests get a private PostgreSQL server (scripts/postgres.sh, docs/testing.md), stopped
+# and removed when this script exits (also on a failure, ^C or SIGTERM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+trap pg_stop EXIT
+trap 'exit 130' INT   # so that the EXIT trap also runs on ^C and SIGTERM
+trap 'exit 143' TERM
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== postgres"
+pg_start
 echo "== cargo test"
 cargo test --locked
 echo "== interop (official phoenix JS client, Python client)"

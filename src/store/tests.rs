@@ -1,11 +1,14 @@
-//! Store tests against real SQLite files in a temporary directory.
+//! The store's behaviour suite. Tests written with `on_both_stores!` run twice, against a
+//! temp SQLite file and against a fresh database on the test PostgreSQL server
+//! (`HOMEHUB_TEST_POSTGRES_URL`, which `./scripts/test.sh` starts); the others test what
+//! only SQLite has (pragmas, `data_version`, file paths, `:memory:`).
 
 use std::time::Duration;
 
 use serde_json::json;
-use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::testing::TestDb;
+use super::{Kind, Store, StoreError};
 use crate::domain::{DeviceName, ItemKind, Serial, parse_ts};
 
 fn serial(s: &str) -> Serial {
@@ -16,18 +19,37 @@ fn device(s: &str) -> DeviceName {
     DeviceName::parse(s).expect("test device name")
 }
 
-async fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
-    let store = Store::open(&url).await.expect("open store");
-    (dir, store)
+/// One test, run on each store: `mod name { fn sqlite(); fn postgres(); }`.
+macro_rules! on_both_stores {
+    (async fn $name:ident($store:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let db = TestDb::new(Kind::Sqlite).await;
+                let $store = db.open().await;
+                $body
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let db = TestDb::new(Kind::Postgres).await;
+                let $store = db.open().await;
+                $body
+            }
+        }
+    };
+}
+
+async fn temp_store() -> (TestDb, Store) {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let store = db.open().await;
+    (db, store)
 }
 
 async fn count(store: &Store, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(&store.pool)
-        .await
-        .expect("count query")
+    store.scalar(sql).await
 }
 
 /// A lock join in open mode that must succeed.
@@ -46,28 +68,67 @@ async fn tick() {
 #[tokio::test]
 async fn open_sets_pragmas_and_applies_migrations() {
     let (_dir, store) = temp_store().await;
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-    assert_eq!(journal, "wal");
-    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
-    assert_eq!(fk, 1);
+    let pragmas = store
+        .text_rows("SELECT journal_mode, CAST(foreign_keys AS TEXT) FROM pragma_journal_mode, pragma_foreign_keys")
+        .await;
+    assert_eq!(pragmas, [[Some("wal".to_owned()), Some("1".to_owned())]]);
     let applied = count(
         &store,
         "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
     )
     .await;
-    assert_eq!(applied, super::MIGRATOR.iter().count() as i64);
+    assert_eq!(applied, migrations("sqlite"));
     store.close().await;
 }
 
+/// How many migrations `migrations/<kind>/` holds.
+fn migrations(kind: &str) -> i64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(kind);
+    std::fs::read_dir(dir)
+        .expect("migrations dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count() as i64
+}
+
 #[tokio::test]
-async fn join_creates_lock_with_defaults() {
-    let (_dir, store) = temp_store().await;
+async fn postgres_applies_the_same_migrations() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let store = db.open().await;
+    assert_eq!(store.kind(), Kind::Postgres);
+    let applied = count(
+        &store,
+        "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
+    )
+    .await;
+    assert_eq!(applied, migrations("postgres"));
+    assert_eq!(
+        migrations("postgres"),
+        migrations("sqlite"),
+        "same numbers on both"
+    );
+    // JSON columns are jsonb.
+    let types = store
+        .text_rows(
+            "SELECT CAST(data_type AS TEXT) FROM information_schema.columns \
+             WHERE table_name = 'locks' AND column_name IN ('feature_flags', 'config', \
+             'intended_state', 'reported_state') ORDER BY column_name",
+        )
+        .await;
+    assert_eq!(types.len(), 4);
+    assert!(
+        types.iter().all(|t| t[0].as_deref() == Some("jsonb")),
+        "{types:?}"
+    );
+    store.close().await;
+}
+
+on_both_stores! {
+    async fn join_creates_lock_with_defaults(store) {
     let lock = join(&store, "L-1", "pi-hall").await;
     assert_eq!(lock.serial, "L-1");
     assert_eq!(lock.name, "L-1");
@@ -88,11 +149,11 @@ async fn join_creates_lock_with_defaults() {
     );
     assert_eq!(store.get_lock("L-1").await.unwrap(), Some(lock));
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen(store) {
     let first = join(&store, "L-1", "pi-a").await;
     store
         .set_intended_state("L-1", &json!({"locked": false}))
@@ -108,6 +169,7 @@ async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen() {
     assert_eq!(second.intended_state, json!({"locked": false}));
     assert_eq!(count(&store, "SELECT COUNT(*) FROM locks").await, 1);
     store.close().await;
+    }
 }
 
 #[tokio::test]
@@ -138,9 +200,8 @@ async fn reopening_the_file_keeps_the_uuid() {
     }
 }
 
-#[tokio::test]
-async fn two_serials_get_different_uuids() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn two_serials_get_different_uuids(store) {
     let b = join(&store, "B", "pi").await;
     let a = join(&store, "A", "pi").await;
     assert_ne!(a.uuid, b.uuid);
@@ -148,11 +209,11 @@ async fn two_serials_get_different_uuids() {
     let serials: Vec<_> = all.iter().map(|l| l.serial.as_str()).collect();
     assert_eq!(serials, ["A", "B"]);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn concurrent_joins_of_one_serial_agree_on_the_uuid() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn concurrent_joins_of_one_serial_agree_on_the_uuid(store) {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = store.clone();
@@ -172,11 +233,11 @@ async fn concurrent_joins_of_one_serial_agree_on_the_uuid() {
     assert_eq!(uuids.len(), 1);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM locks").await, 1);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn intended_and_reported_state() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn intended_and_reported_state(store) {
     join(&store, "L-1", "pi").await;
     let state = json!({"locked": false, "until": "2030-01-01T00:00:00Z"});
     let updated = store.set_intended_state("L-1", &state).await.unwrap();
@@ -197,11 +258,11 @@ async fn intended_and_reported_state() {
     // The intended state is untouched by a report.
     assert_eq!(fetched.intended_state, state);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn unknown_locks() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn unknown_locks(store) {
     assert_eq!(store.get_lock("nope").await.unwrap(), None);
     assert!(store.list_locks().await.unwrap().is_empty());
     assert!(matches!(
@@ -226,11 +287,11 @@ async fn unknown_locks() {
         0
     );
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn pairing_create_complete_list() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn pairing_create_complete_list(store) {
     join(&store, "L-1", "pi").await;
 
     let req = store
@@ -293,11 +354,11 @@ async fn pairing_create_complete_list() {
     assert_eq!(requests, vec![second.clone(), completed]);
     assert_eq!(items, vec![item]);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn repairing_an_item_replaces_and_unrevokes_it() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn repairing_an_item_replaces_and_unrevokes_it(store) {
     join(&store, "L-1", "pi").await;
     let first = store
         .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
@@ -307,8 +368,8 @@ async fn repairing_an_item_replaces_and_unrevokes_it() {
         .complete_pairing(&first.pair_id, "TAG-1")
         .await
         .unwrap();
-    sqlx::query("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
-        .execute(&store.pool)
+    store
+        .execute("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
         .await
         .unwrap();
 
@@ -326,11 +387,11 @@ async fn repairing_an_item_replaces_and_unrevokes_it() {
     let (_, items) = store.list_pairings().await.unwrap();
     assert_eq!(items, vec![item]);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn absurd_ttl_does_not_panic() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn absurd_ttl_does_not_panic(store) {
     join(&store, "L-1", "pi").await;
     let req = store
         .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::MAX)
@@ -338,11 +399,11 @@ async fn absurd_ttl_does_not_panic() {
         .unwrap();
     assert!(parse_ts(&req.expires_at).is_some());
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn decide_access_grants_only_active_pairings_and_logs_everything() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn decide_access_grants_only_active_pairings_and_logs_everything(store) {
     let l1 = serial("L-1");
     store.join_lock(&l1, &device("pi")).await.unwrap();
     join(&store, "L-2", "pi").await;
@@ -393,8 +454,8 @@ async fn decide_access_grants_only_active_pairings_and_logs_everything() {
             .access
     );
 
-    sqlx::query("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
-        .execute(&store.pool)
+    store
+        .execute("UPDATE paired_items SET revoked_at = '2020-01-01T00:00:00.000Z'")
         .await
         .unwrap();
     let d = store.decide_access(&l1, "TAG-1", "gw-2").await.unwrap();
@@ -413,44 +474,35 @@ async fn decide_access_grants_only_active_pairings_and_logs_everything() {
         .await,
         1
     );
-    let (lock, item, dev, granted, user, at): (
-        String,
-        String,
-        String,
-        i64,
-        Option<String>,
-        String,
-    ) = sqlx::query_as(
-        "SELECT lock_serial, item, device, granted, user_name, decided_at \
+    let granted = store
+        .text_rows(
+            "SELECT lock_serial, item, device, CAST(granted AS TEXT), user_name, decided_at \
              FROM access_decisions WHERE granted = 1",
-    )
-    .fetch_one(&store.pool)
-    .await
-    .unwrap();
+        )
+        .await;
+    assert_eq!(granted.len(), 1);
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
     assert_eq!(
-        (
-            lock.as_str(),
-            item.as_str(),
-            dev.as_str(),
-            granted,
-            user.as_deref()
-        ),
-        ("L-1", "TAG-1", "pi", 1, Some("Alice"))
+        granted[0][..5].iter().map(text).collect::<Vec<_>>(),
+        ["L-1", "TAG-1", "pi", "1", "Alice"]
     );
-    assert!(parse_ts(&at).is_some());
-    let last: (String, i64, Option<String>) = sqlx::query_as(
-        "SELECT device, granted, user_name FROM access_decisions ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_one(&store.pool)
-    .await
-    .unwrap();
-    assert_eq!(last, ("gw-2".to_owned(), 0, None));
+    assert!(parse_ts(&text(&granted[0][5])).is_some());
+    let last = store
+        .text_rows(
+            "SELECT device, CAST(granted AS TEXT), user_name FROM access_decisions \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .await;
+    assert_eq!(
+        last,
+        [[Some("gw-2".to_owned()), Some("0".to_owned()), None]]
+    );
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn record_event_appends() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn record_event_appends(store) {
     let l1 = serial("L-1");
     store.join_lock(&l1, &device("pi")).await.unwrap();
     let msg = json!({"event": "door_opened", "at": 1234, "nested": {"a": [1, 2]}});
@@ -460,24 +512,25 @@ async fn record_event_appends() {
         .await
         .unwrap();
     assert_eq!(count(&store, "SELECT COUNT(*) FROM lock_events").await, 2);
-    let (lock, from, message, at): (String, String, String, String) = sqlx::query_as(
-        "SELECT lock_serial, from_device, message, received_at FROM lock_events ORDER BY id LIMIT 1",
-    )
-    .fetch_one(&store.pool)
-    .await
-    .unwrap();
-    assert_eq!((lock.as_str(), from.as_str()), ("L-1", "pi"));
+    let rows = store
+        .text_rows(
+            "SELECT lock_serial, from_device, CAST(message AS TEXT), received_at \
+             FROM lock_events ORDER BY id LIMIT 1",
+        )
+        .await;
+    let row: Vec<String> = rows[0].iter().map(|v| v.clone().unwrap_or_default()).collect();
+    assert_eq!((row[0].as_str(), row[1].as_str()), ("L-1", "pi"));
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&message).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&row[2]).unwrap(),
         msg
     );
-    assert!(parse_ts(&at).is_some());
+    assert!(parse_ts(&row[3]).is_some());
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn lock_overview_view_is_queryable() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn lock_overview_view_is_queryable(store) {
     join(&store, "L-1", "pi").await;
     join(&store, "L-2", "pi").await;
     join(&store, "L-1", "pi-2").await;
@@ -485,50 +538,44 @@ async fn lock_overview_view_is_queryable() {
         .set_reported_state(&serial("L-1"), &json!({"locked": true}))
         .await
         .unwrap();
-    let rows = sqlx::query(
-        "SELECT serial, uuid, name, mode, intended_state, reported_state, reported_at, \
-         holder_device, last_seen_at FROM lock_overview ORDER BY serial",
-    )
-    .fetch_all(&store.pool)
-    .await
-    .unwrap();
+    // Exactly as an administrator would ask, on either store.
+    let rows = store
+        .text_rows(
+            "SELECT serial, uuid, name, CAST(mode AS TEXT), CAST(intended_state AS TEXT), \
+             CAST(reported_state AS TEXT), reported_at, holder_device, last_seen_at \
+             FROM lock_overview ORDER BY serial",
+        )
+        .await;
     assert_eq!(rows.len(), 2);
     let l1 = store.get_lock("L-1").await.unwrap().unwrap();
-    let get = |i: usize, col: &str| -> Option<String> { rows[i].try_get(col).unwrap() };
-    assert_eq!(get(0, "serial").as_deref(), Some("L-1"));
-    assert_eq!(get(0, "uuid"), Some(l1.uuid));
-    assert_eq!(get(0, "name").as_deref(), Some("L-1"));
-    assert_eq!(rows[0].try_get::<i64, _>("mode").unwrap(), 1);
-    assert_eq!(
-        get(0, "intended_state").as_deref(),
-        Some(r#"{"locked": true}"#)
-    );
-    assert_eq!(
-        get(0, "reported_state").as_deref(),
-        Some(r#"{"locked":true}"#)
-    );
-    assert_eq!(get(0, "reported_at"), l1.reported_at);
-    assert_eq!(get(0, "holder_device").as_deref(), Some("pi-2"));
-    assert_eq!(get(0, "last_seen_at"), l1.last_seen_at);
-    assert_eq!(get(1, "serial").as_deref(), Some("L-2"));
-    assert_eq!(get(1, "reported_state"), None);
+    let get = |i: usize, col: usize| -> Option<String> { rows[i][col].clone() };
+    let json = |v: Option<String>| v.map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap());
+    assert_eq!(get(0, 0).as_deref(), Some("L-1"));
+    assert_eq!(get(0, 1), Some(l1.uuid));
+    assert_eq!(get(0, 2).as_deref(), Some("L-1"));
+    assert_eq!(get(0, 3).as_deref(), Some("1"));
+    assert_eq!(json(get(0, 4)), Some(json!({"locked": true})));
+    assert_eq!(json(get(0, 5)), Some(json!({"locked": true})));
+    assert_eq!(get(0, 6), l1.reported_at);
+    assert_eq!(get(0, 7).as_deref(), Some("pi-2"));
+    assert_eq!(get(0, 8), l1.last_seen_at);
+    assert_eq!(get(1, 0).as_deref(), Some("L-2"));
+    assert_eq!(get(1, 5), None);
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn malformed_json_is_an_error_not_a_panic() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn malformed_json_is_an_error_not_a_panic(store) {
     join(&store, "L-1", "pi").await;
 
-    // The CHECK constraints refuse malformed JSON...
-    let refused = sqlx::query("UPDATE locks SET config = '{oops'")
-        .execute(&store.pool)
-        .await;
+    // The schema refuses malformed JSON (a CHECK on SQLite, jsonb on PostgreSQL)...
+    let refused = store.execute("UPDATE locks SET config = '{oops'").await;
     assert!(refused.is_err());
 
     // ...but valid JSON of the wrong shape gets through and must not panic.
-    sqlx::query("UPDATE locks SET feature_flags = '[1, 2]'")
-        .execute(&store.pool)
+    store
+        .execute("UPDATE locks SET feature_flags = '[1, 2]'")
         .await
         .unwrap();
     let err = store.get_lock("L-1").await.unwrap_err();
@@ -542,8 +589,16 @@ async fn malformed_json_is_an_error_not_a_panic() {
     );
     assert!(store.list_locks().await.is_err());
 
+    store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_text_behind_the_checks_is_an_error_not_a_panic() {
+    let (_dir, store) = temp_store().await;
+    join(&store, "L-1", "pi").await;
     // And with CHECKs bypassed, malformed text is an error too.
-    let mut conn = store.pool.acquire().await.unwrap();
+    let mut conn = store.sqlite_pool().acquire().await.unwrap();
     sqlx::query("PRAGMA ignore_check_constraints = ON")
         .execute(&mut *conn)
         .await
@@ -571,9 +626,8 @@ async fn in_memory_database_works() {
     store.close().await;
 }
 
-#[tokio::test]
-async fn concurrent_exclusive_joins_give_a_new_lock_to_exactly_one_device() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn concurrent_exclusive_joins_give_a_new_lock_to_exactly_one_device(store) {
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = store.clone();
@@ -618,6 +672,7 @@ async fn concurrent_exclusive_joins_give_a_new_lock_to_exactly_one_device() {
             .unwrap()
             .is_none()
     );
+    }
 }
 
 /// Joins `n` locks concurrently (so the join writer batches them), lock `i` named
@@ -646,9 +701,8 @@ async fn join_all_at_once(
     locks
 }
 
-#[tokio::test]
-async fn a_batch_of_many_locks_is_written_and_answered_per_lock() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn a_batch_of_many_locks_is_written_and_answered_per_lock(store) {
     let locks = join_all_at_once(&store, 600, |i| format!("BATCH-{i}"), |i| format!("h-{i}")).await;
     for (i, lock) in locks.iter().enumerate() {
         assert_eq!(lock.serial, format!("BATCH-{i}"));
@@ -659,34 +713,42 @@ async fn a_batch_of_many_locks_is_written_and_answered_per_lock() {
         count(&store, "SELECT count(DISTINCT uuid) FROM locks").await,
         600
     );
+    }
+}
+
+/// Joins the known-lock copy answers: `n` on SQLite; none on PostgreSQL, whose join
+/// writer keeps no copy (every join returns its row from the upsert).
+fn copy_hits(store: &Store, n: u64) -> u64 {
+    match store.kind() {
+        Kind::Sqlite => n,
+        Kind::Postgres => 0,
+    }
 }
 
 /// A connection of its own to the store's file, as an administrator's `sqlite3` would be.
-async fn outside_connection(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+async fn outside_connection(db: &TestDb) -> sqlx::SqliteConnection {
     use sqlx::Connection;
-    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
-    sqlx::SqliteConnection::connect(&url)
+    sqlx::SqliteConnection::connect(&db.url)
         .await
         .expect("outside connection")
 }
 
 async fn holder_in_table(store: &Store, serial: &str) -> (Option<String>, Option<String>) {
-    let row = sqlx::query("SELECT holder_device, last_seen_at FROM locks WHERE serial = ?1")
-        .bind(serial)
-        .fetch_one(&store.pool)
-        .await
-        .expect("lock row");
-    (row.get(0), row.get(1))
+    let rows = store
+        .text_rows(&format!(
+            "SELECT holder_device, last_seen_at FROM locks WHERE serial = '{serial}'"
+        ))
+        .await;
+    (rows[0][0].clone(), rows[0][1].clone())
 }
 
-#[tokio::test]
-async fn known_lock_joins_come_from_the_copy_and_are_still_written() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn known_lock_joins_come_from_the_copy_and_are_still_written(store) {
     let first = join(&store, "L-1", "pi-a").await;
     assert_eq!(store.lock_join_known_hits(), 0, "first sight is not a hit");
     tick().await;
     let second = join(&store, "L-1", "pi-b").await;
-    assert_eq!(store.lock_join_known_hits(), 1);
+    assert_eq!(store.lock_join_known_hits(), copy_hits(&store, 1));
     assert_eq!(second.uuid, first.uuid);
     assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
     assert!(second.last_seen_at > first.last_seen_at);
@@ -696,11 +758,11 @@ async fn known_lock_joins_come_from_the_copy_and_are_still_written() {
         (second.holder_device.clone(), second.last_seen_at.clone())
     );
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn many_known_locks_rejoined_at_once_are_each_answered_and_written(store) {
     for i in 0..300 {
         let s = format!("K-{i}");
         store.join_lock(&serial(&s), &device("old")).await.unwrap();
@@ -711,7 +773,7 @@ async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
         let holder = format!("new-{i}");
         assert_eq!(lock.holder_device.as_deref(), Some(holder.as_str()));
     }
-    assert_eq!(store.lock_join_known_hits(), 300);
+    assert_eq!(store.lock_join_known_hits(), copy_hits(&store, 300));
     assert_eq!(
         count(
             &store,
@@ -721,6 +783,7 @@ async fn many_known_locks_rejoined_at_once_are_each_answered_and_written() {
         300
     );
     store.close().await;
+    }
 }
 
 #[tokio::test]
@@ -755,9 +818,8 @@ async fn a_change_by_another_connection_reaches_the_next_join() {
     store.close().await;
 }
 
-#[tokio::test]
-async fn changes_through_the_store_reach_the_next_known_lock_join() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn changes_through_the_store_reach_the_next_known_lock_join(store) {
     join(&store, "L-1", "pi").await;
     store
         .set_intended_state("L-1", &json!({"locked": false}))
@@ -766,11 +828,11 @@ async fn changes_through_the_store_reach_the_next_known_lock_join() {
     let lock = join(&store, "L-1", "pi").await;
     assert_eq!(lock.intended_state, json!({"locked": false}));
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn a_known_lock_held_by_another_device_is_refused_in_token_mode() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn a_known_lock_held_by_another_device_is_refused_in_token_mode(store) {
     let held = store
         .join_lock_exclusive(&serial("T-1"), &device("dev-0"))
         .await
@@ -806,23 +868,32 @@ async fn a_known_lock_held_by_another_device_is_refused_in_token_mode() {
         Some("dev-0")
     );
     store.close().await;
+    }
 }
 
 #[tokio::test]
-async fn new_locks_get_the_configured_feature_flags() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
+async fn new_locks_get_the_configured_feature_flags_on_sqlite() {
+    configured_feature_flags(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn new_locks_get_the_configured_feature_flags_on_postgres() {
+    configured_feature_flags(Kind::Postgres).await;
+}
+
+async fn configured_feature_flags(kind: Kind) {
+    let db = TestDb::new(kind).await;
     let opts = super::StoreOptions {
         new_lock_flags: vec!["lock".into(), "nfc".into()],
     };
-    let store = Store::open_with(&url, &opts).await.expect("open store");
+    let store = db.open_with(&opts).await;
     let lock = join(&store, "L-1", "pi").await;
     assert_eq!(
         lock.feature_flags,
         vec!["lock".to_owned(), "nfc".to_owned()]
     );
     // A later join does not reset flags an administrator changed.
-    let patch = super::LockPatch {
+    let patch = crate::store::LockPatch {
         feature_flags: Some(vec![]),
         ..Default::default()
     };
@@ -832,11 +903,10 @@ async fn new_locks_get_the_configured_feature_flags() {
     store.close().await;
 }
 
-#[tokio::test]
-async fn update_lock_changes_only_given_fields() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn update_lock_changes_only_given_fields(store) {
     let before = join(&store, "L-1", "pi").await;
-    let patch = super::LockPatch {
+    let patch = crate::store::LockPatch {
         name: Some("Front door".into()),
         mode: Some(2),
         config: Some(
@@ -862,11 +932,11 @@ async fn update_lock_changes_only_given_fields() {
         Err(StoreError::LockNotFound)
     ));
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn pending_pairings_are_delivered_until_completed_or_cancelled() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn pending_pairings_are_delivered_until_completed_or_cancelled(store) {
     join(&store, "L-1", "pi").await;
     join(&store, "L-2", "pi").await;
     let a = store
@@ -922,18 +992,19 @@ async fn pending_pairings_are_delivered_until_completed_or_cancelled() {
             .expect("none")
             .is_empty()
     );
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM pairing_overview ORDER BY name")
-            .fetch_all(&store.pool)
-            .await
-            .expect("pairing_overview");
-    assert_eq!(states, ["completed", "cancelled"]);
+    let states = store
+        .text_rows("SELECT state FROM pairing_overview ORDER BY name")
+        .await;
+    assert_eq!(
+        states,
+        [[Some("completed".to_owned())], [Some("cancelled".to_owned())]]
+    );
     store.close().await;
+    }
 }
 
-#[tokio::test]
-async fn expired_pairings_are_not_delivered() {
-    let (_dir, store) = temp_store().await;
+on_both_stores! {
+    async fn expired_pairings_are_not_delivered(store) {
     join(&store, "L-1", "pi").await;
     store
         .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(1))
@@ -948,4 +1019,50 @@ async fn expired_pairings_are_not_delivered() {
             .is_empty()
     );
     store.close().await;
+    }
+}
+
+on_both_stores! {
+    async fn bester_users_round_trip(store) {
+        assert!(store.create_bester_user("alice", "$h1").await.unwrap());
+        assert!(!store.create_bester_user("alice", "$h2").await.unwrap());
+        assert_eq!(
+            store.bester_password_hash("alice").await.unwrap().as_deref(),
+            Some("$h1")
+        );
+        assert!(store.set_bester_password("alice", "$h3").await.unwrap());
+        assert!(!store.set_bester_password("bob", "$h3").await.unwrap());
+        assert_eq!(
+            store.bester_password_hash("alice").await.unwrap().as_deref(),
+            Some("$h3")
+        );
+        store.record_bester_login("alice").await.unwrap();
+        let users = store.list_bester_users().await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users[0].last_login_at.is_some());
+        assert!(store.delete_bester_user("alice").await.unwrap());
+        assert!(!store.delete_bester_user("alice").await.unwrap());
+        assert_eq!(store.bester_password_hash("alice").await.unwrap(), None);
+        store.close().await;
+    }
+}
+
+on_both_stores! {
+    async fn tokens_round_trip(store) {
+        let key = store.token_key().await.unwrap();
+        assert_eq!(key.len(), 64);
+        assert_eq!(store.token_key().await.unwrap(), key, "the key is kept");
+        let t = store
+            .record_token("t1", "lamp", "2999-01-01T00:00:00.000Z")
+            .await
+            .unwrap();
+        assert_eq!(t.revoked_at, None);
+        assert!(store.revoke_token("t1").await.unwrap());
+        assert!(!store.revoke_token("nope").await.unwrap());
+        assert_eq!(store.revoked_token_ids().await.unwrap(), ["t1"]);
+        let all = store.list_tokens().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].revoked_at.is_some());
+        store.close().await;
+    }
 }

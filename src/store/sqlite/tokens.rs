@@ -1,22 +1,12 @@
 //! SQL for device tokens, the token-signing key, and lock holders (token mode).
 
-use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError, lock_from_row};
+use super::{SqliteStore, StoreError, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
+use crate::store::TokenRecord;
 
-/// An issued device token (without the token itself).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub device: String,
-    pub issued_at: String,
-    pub expires_at: String,
-    pub revoked_at: Option<String>,
-}
-
-impl Store {
+impl SqliteStore {
     /// The key that signs device tokens: created (32 random bytes, hex) on first use and
     /// kept in `hub_settings`, so tokens survive restarts.
     pub async fn token_key(&self) -> Result<Vec<u8>, StoreError> {

@@ -1,22 +1,13 @@
 //! Bester users (`bester_users`, migration 0006): the username and the argon2id hash of the
 //! password (hashing and verification live in `bester::auth`; this file only stores).
 
-use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{SqliteStore, StoreError};
 use crate::domain::now_rfc3339;
+use crate::store::BesterUser;
 
-/// A Bester user as administrators see it (never the hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BesterUser {
-    pub username: String,
-    pub created_at: String,
-    pub password_changed_at: String,
-    pub last_login_at: Option<String>,
-}
-
-impl Store {
+impl SqliteStore {
     /// Creates a user with a password hash; `Ok(false)` if the username is taken.
     pub async fn create_bester_user(
         &self,
@@ -101,42 +92,5 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn users_round_trip() {
-        let store = Store::open("sqlite::memory:").await.unwrap();
-        assert!(store.create_bester_user("alice", "$h1").await.unwrap());
-        assert!(!store.create_bester_user("alice", "$h2").await.unwrap());
-        assert_eq!(
-            store
-                .bester_password_hash("alice")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("$h1")
-        );
-        assert!(store.set_bester_password("alice", "$h3").await.unwrap());
-        assert!(!store.set_bester_password("bob", "$h3").await.unwrap());
-        assert_eq!(
-            store
-                .bester_password_hash("alice")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("$h3")
-        );
-        store.record_bester_login("alice").await.unwrap();
-        let users = store.list_bester_users().await.unwrap();
-        assert_eq!(users.len(), 1);
-        assert!(users[0].last_login_at.is_some());
-        assert!(store.delete_bester_user("alice").await.unwrap());
-        assert!(!store.delete_bester_user("alice").await.unwrap());
-        assert_eq!(store.bester_password_hash("alice").await.unwrap(), None);
     }
 }
