@@ -23,6 +23,8 @@ const WAIT: Duration = Duration::from_secs(5);
 pub struct TestHub {
     pub addr: SocketAddr,
     pub dir: std::sync::Arc<tempfile::TempDir>,
+    /// The database, when it is not the file in `dir` (PostgreSQL).
+    database_url: Option<String>,
     server: Running,
 }
 
@@ -44,6 +46,19 @@ impl TestHub {
         Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), tweak).await
     }
 
+    /// Starts a hub on a fresh database of the test PostgreSQL server (its URL is
+    /// [`TestHub::database_url`], for a restart on the same database).
+    pub async fn start_on_postgres() -> TestHub {
+        let url = crate::support::postgres::fresh_postgres_database().await;
+        let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        let mut hub = Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), |c| {
+            c.database_url = url.clone()
+        })
+        .await;
+        hub.database_url = Some(url);
+        hub
+    }
+
     /// Starts a hub on the database file of `dir`.
     pub async fn start_in(
         dir: std::sync::Arc<tempfile::TempDir>,
@@ -56,6 +71,7 @@ impl TestHub {
         TestHub {
             addr: server.addr,
             dir,
+            database_url: None,
             server,
         }
     }
@@ -69,8 +85,16 @@ impl TestHub {
     pub async fn restart(self) -> TestHub {
         let dir = self.dir.clone();
         let addr = self.addr;
+        let url = self.database_url.clone();
         self.stop().await;
-        TestHub::start_in(dir, addr, |_| {}).await
+        let mut hub = TestHub::start_in(dir, addr, |c| {
+            if let Some(url) = &url {
+                c.database_url = url.clone();
+            }
+        })
+        .await;
+        hub.database_url = url;
+        hub
     }
 
     pub fn ws_url(&self, query: &str) -> String {

@@ -13,6 +13,7 @@ mod lock_admin;
 mod lock_channel;
 mod longpoll;
 mod one_registry;
+mod postgres;
 mod presence;
 mod protocol;
 mod relay;

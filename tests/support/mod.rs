@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each suite uses its own part
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
