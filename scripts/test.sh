@@ -20,5 +20,7 @@ echo "== postgres"
 pg_start
 echo "== cargo test"
 cargo test --locked
+echo "== cargo test --test hub, on PostgreSQL (the same suite, HOMEHUB_TEST_STORE=postgres)"
+HOMEHUB_TEST_STORE=postgres cargo test --locked --test hub
 echo "== interop (official phoenix JS client, Python client)"
 bash tests/interop/run.sh

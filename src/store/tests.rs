@@ -716,23 +716,6 @@ on_both_stores! {
     }
 }
 
-/// Joins the known-lock copy answers: `n` on SQLite; none on PostgreSQL, whose join
-/// writer keeps no copy (every join returns its row from the upsert).
-fn copy_hits(store: &Store, n: u64) -> u64 {
-    match store.kind() {
-        Kind::Sqlite => n,
-        Kind::Postgres => 0,
-    }
-}
-
-/// A connection of its own to the store's file, as an administrator's `sqlite3` would be.
-async fn outside_connection(db: &TestDb) -> sqlx::SqliteConnection {
-    use sqlx::Connection;
-    sqlx::SqliteConnection::connect(&db.url)
-        .await
-        .expect("outside connection")
-}
-
 async fn holder_in_table(store: &Store, serial: &str) -> (Option<String>, Option<String>) {
     let rows = store
         .text_rows(&format!(
@@ -748,7 +731,7 @@ on_both_stores! {
     assert_eq!(store.lock_join_known_hits(), 0, "first sight is not a hit");
     tick().await;
     let second = join(&store, "L-1", "pi-b").await;
-    assert_eq!(store.lock_join_known_hits(), copy_hits(&store, 1));
+    assert_eq!(store.lock_join_known_hits(), 1);
     assert_eq!(second.uuid, first.uuid);
     assert_eq!(second.holder_device.as_deref(), Some("pi-b"));
     assert!(second.last_seen_at > first.last_seen_at);
@@ -773,7 +756,7 @@ on_both_stores! {
         let holder = format!("new-{i}");
         assert_eq!(lock.holder_device.as_deref(), Some(holder.as_str()));
     }
-    assert_eq!(store.lock_join_known_hits(), copy_hits(&store, 300));
+    assert_eq!(store.lock_join_known_hits(), 300);
     assert_eq!(
         count(
             &store,
@@ -787,23 +770,34 @@ on_both_stores! {
 }
 
 #[tokio::test]
-async fn a_change_by_another_connection_reaches_the_next_join() {
-    let (dir, store) = temp_store().await;
+async fn a_change_by_another_connection_reaches_the_next_join_on_sqlite() {
+    change_by_another_connection(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_change_by_another_connection_reaches_the_next_join_on_postgres() {
+    change_by_another_connection(Kind::Postgres).await;
+}
+
+/// An administrator's change (another connection: `sqlite3`, `psql`, another hub process)
+/// to a lock in the known-lock copy reaches that lock's next join.
+async fn change_by_another_connection(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let store = db.open().await;
     let first = join(&store, "L-1", "pi").await;
     join(&store, "L-1", "pi").await;
     assert_eq!(store.lock_join_known_hits(), 1, "the lock is in the copy");
 
-    let mut admin = outside_connection(&dir).await;
-    sqlx::query(
+    outside_execute(
+        &db,
         "UPDATE locks SET name = 'Front door', mode = 2, config = '{\"beep\":true}' \
          WHERE serial = 'L-1'",
     )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    .await;
 
     let after = join(&store, "L-1", "pi").await;
     assert_eq!(after.name, "Front door");
+    assert_eq!(after.mode, 2);
     assert_eq!(after.config, json!({"beep": true}));
     assert_eq!(after.uuid, first.uuid);
     assert_eq!(
@@ -815,7 +809,34 @@ async fn a_change_by_another_connection_reaches_the_next_join() {
     let again = join(&store, "L-1", "pi").await;
     assert_eq!(again.name, "Front door");
     assert_eq!(store.lock_join_known_hits(), 2);
+    // A holder change by another connection is seen too.
+    outside_execute(
+        &db,
+        "UPDATE locks SET holder_device = 'other' WHERE serial = 'L-1'",
+    )
+    .await;
+    let taken = store
+        .join_lock_exclusive(&serial("L-1"), &device("pi"))
+        .await
+        .unwrap();
+    assert_eq!(taken, None, "held by another device now");
+    assert_eq!(store.lock_join_known_hits(), 2);
     store.close().await;
+}
+
+/// Runs `sql` on a connection of its own to the test database, as an administrator would.
+async fn outside_execute(db: &TestDb, sql: &str) {
+    use sqlx::Connection;
+    match Kind::of(&db.url) {
+        Kind::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        Kind::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
 }
 
 on_both_stores! {

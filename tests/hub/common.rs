@@ -1,8 +1,8 @@
-//! Test harness: a real hub on port 0 with a temp SQLite file, and a small Phoenix client
-//! over tokio-tungstenite.
+//! Test harness: a real hub on port 0 on the store under test (a temp SQLite file, or with
+//! `HOMEHUB_TEST_STORE=postgres` a fresh database on the test PostgreSQL server), and a
+//! small Phoenix client over tokio-tungstenite.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -23,8 +23,8 @@ const WAIT: Duration = Duration::from_secs(5);
 pub struct TestHub {
     pub addr: SocketAddr,
     pub dir: std::sync::Arc<tempfile::TempDir>,
-    /// The database, when it is not the file in `dir` (PostgreSQL).
-    database_url: Option<String>,
+    /// The hub's database (`support::database_in(dir)`).
+    pub database_url: String,
     server: Running,
 }
 
@@ -46,32 +46,22 @@ impl TestHub {
         Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), tweak).await
     }
 
-    /// Starts a hub on a fresh database of the test PostgreSQL server (its URL is
-    /// [`TestHub::database_url`], for a restart on the same database).
-    pub async fn start_on_postgres() -> TestHub {
-        let url = crate::support::postgres::fresh_postgres_database().await;
-        let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
-        let mut hub = Self::start_in(dir, "127.0.0.1:0".parse().unwrap(), |c| {
-            c.database_url = url.clone()
-        })
-        .await;
-        hub.database_url = Some(url);
-        hub
-    }
-
-    /// Starts a hub on the database file of `dir`.
+    /// Starts a hub on the database of `dir` (the store under test; the same database
+    /// again for the same `dir`).
     pub async fn start_in(
         dir: std::sync::Arc<tempfile::TempDir>,
         bind: SocketAddr,
         tweak: impl FnOnce(&mut Config),
     ) -> TestHub {
         let mut config = config_in(dir.path(), bind, TOKEN);
+        config.database_url = crate::support::database_in(dir.path()).await;
         tweak(&mut config);
+        let database_url = config.database_url.clone();
         let server = Running::start(config).await;
         TestHub {
             addr: server.addr,
             dir,
-            database_url: None,
+            database_url,
             server,
         }
     }
@@ -85,16 +75,8 @@ impl TestHub {
     pub async fn restart(self) -> TestHub {
         let dir = self.dir.clone();
         let addr = self.addr;
-        let url = self.database_url.clone();
         self.stop().await;
-        let mut hub = TestHub::start_in(dir, addr, |c| {
-            if let Some(url) = &url {
-                c.database_url = url.clone();
-            }
-        })
-        .await;
-        hub.database_url = url;
-        hub
+        TestHub::start_in(dir, addr, |_| {}).await
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -120,8 +102,10 @@ impl TestHub {
         }
     }
 
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("homehub.db")
+    /// Rows of `sql` on the hub's database, every column read as text (write
+    /// `CAST(x AS TEXT)` for other columns: it reads the same on both stores).
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        crate::support::text_rows(&self.database_url, sql).await
     }
 
     /// V2 client named `name`.

@@ -338,14 +338,10 @@ async fn events_are_stored_and_broadcast_to_watchers() {
     );
     other.expect_silence(150).await;
 
-    let conn = sqlx::SqlitePool::connect(&format!("sqlite://{}", hub.db_path().display()))
-        .await
-        .unwrap();
-    let (n,): (i64,) = sqlx::query_as("select count(*) from lock_events where lock_serial = 'EV1'")
-        .fetch_one(&conn)
-        .await
-        .unwrap();
-    assert_eq!(n, 1);
+    let n = hub
+        .rows("select cast(count(*) as text) from lock_events where lock_serial = 'EV1'")
+        .await;
+    assert_eq!(n, [[Some("1".to_owned())]]);
 }
 
 #[tokio::test]

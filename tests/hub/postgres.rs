@@ -1,6 +1,7 @@
-//! The whole hub on PostgreSQL (`DATABASE_URL=postgres://…`): a lock's life through the
-//! Phoenix door and the admin API, with the same replies as on SQLite, and the same rows
-//! in the views an administrator reads.
+//! The whole hub on PostgreSQL (`DATABASE_URL=postgres://…`) whatever the store under test
+//! is (the rest of the suite runs on PostgreSQL too with `HOMEHUB_TEST_STORE=postgres`): a
+//! lock's life through the Phoenix door and the admin API, with the same replies as on
+//! SQLite.
 
 use reqwest::Method;
 use serde_json::json;
@@ -9,7 +10,11 @@ use crate::common::{TestHub, reply_of};
 
 #[tokio::test]
 async fn a_lock_lives_its_whole_life_on_postgres() {
-    let hub = TestHub::start_on_postgres().await;
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let url = crate::support::postgres::fresh_postgres_database().await;
+    std::fs::write(dir.path().join("database_url"), &url).expect("keep the URL");
+    let hub = TestHub::start_in(dir, "127.0.0.1:0".parse().unwrap(), |_| {}).await;
+    assert!(hub.database_url.starts_with("postgres://"));
     let mut lock = hub.client("frontdoor-pi").await;
     let r = lock
         .join("lock:SN-PG", "1", json!({"accepts": ["state"]}))

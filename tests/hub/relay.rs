@@ -1172,22 +1172,26 @@ type OverviewRow = (
 /// Polls `device_overview` until `name`'s row satisfies `ok` (the store is written in the
 /// background).
 async fn overview_row(hub: &TestHub, name: &str, ok: impl Fn(&OverviewRow) -> bool) -> OverviewRow {
-    let url = format!("sqlite://{}", hub.db_path().display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-    let row = eventually(&format!("the device_overview row for {name}"), async || {
-        let row: Option<OverviewRow> = sqlx::query_as(
-            "SELECT name, door, description, version, interface, last_seen_at, packets_sent \
-             FROM device_overview WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&pool)
-        .await
-        .expect("query device_overview");
-        row.filter(|r| ok(r))
+    let sql = format!(
+        "SELECT name, door, description, version, interface, last_seen_at, \
+         CAST(packets_sent AS TEXT) FROM device_overview WHERE name = '{name}'"
+    );
+    eventually(&format!("the device_overview row for {name}"), async || {
+        let rows = hub.rows(&sql).await;
+        let r = rows.into_iter().next()?;
+        let text = |i: usize| r[i].clone().unwrap_or_default();
+        let row: OverviewRow = (
+            text(0),
+            text(1),
+            r[2].clone(),
+            r[3].clone(),
+            r[4].clone(),
+            text(5),
+            text(6).parse().expect("packets_sent"),
+        );
+        ok(&row).then_some(row)
     })
-    .await;
-    pool.close().await;
-    row
+    .await
 }
 
 #[tokio::test]
@@ -1299,18 +1303,19 @@ async fn departures_at_shutdown_are_written_before_the_store_closes() {
     }
     // Every device is still connected: shutdown closes them all, queueing their departures
     // (which carry the packet counts) just before the store closes.
-    let dir = hub.dir.clone();
+    let url = hub.database_url.clone();
     hub.stop().await;
-    let url = format!("sqlite://{}", dir.path().join("homehub.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-    let recorded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM device_overview WHERE name LIKE 'sender-%' AND packets_sent = 1",
+    let recorded = crate::support::text_rows(
+        &url,
+        "SELECT CAST(count(*) AS TEXT) FROM device_overview \
+         WHERE name LIKE 'sender-%' AND packets_sent = 1",
     )
-    .fetch_one(&pool)
-    .await
-    .expect("query device_overview");
-    pool.close().await;
-    assert_eq!(recorded, 30, "every departure written at shutdown");
+    .await;
+    assert_eq!(
+        recorded,
+        [[Some("30".to_owned())]],
+        "every departure written at shutdown"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,6 +35,68 @@ pub fn config_in(dir: &Path, bind: SocketAddr, admin_token: &str) -> Config {
     config
 }
 
+/// The store the integration suites run on: `HOMEHUB_TEST_STORE=postgres` for the test
+/// PostgreSQL server (`HOMEHUB_TEST_POSTGRES_URL`), else SQLite. `./scripts/test.sh` runs
+/// the hub suite once on each.
+pub fn store_under_test() -> homehub::store::Kind {
+    match std::env::var("HOMEHUB_TEST_STORE").as_deref() {
+        Ok("postgres") => homehub::store::Kind::Postgres,
+        Ok("sqlite") | Ok("") | Err(_) => homehub::store::Kind::Sqlite,
+        Ok(other) => panic!("HOMEHUB_TEST_STORE={other:?}: use sqlite or postgres"),
+    }
+}
+
+/// The database of a hub whose files are in `dir`: the URL kept in `dir/database_url` if
+/// there is one, else on the store under test the SQLite file `dir/homehub.db`, or a fresh
+/// PostgreSQL database whose URL is then kept there, so a hub restarted on `dir` finds the
+/// same database.
+pub async fn database_in(dir: &Path) -> String {
+    let kept = dir.join("database_url");
+    if let Ok(url) = std::fs::read_to_string(&kept) {
+        return url;
+    }
+    match store_under_test() {
+        homehub::store::Kind::Sqlite => format!("sqlite://{}", dir.join("homehub.db").display()),
+        homehub::store::Kind::Postgres => {
+            let url = postgres::fresh_postgres_database().await;
+            std::fs::write(&kept, &url).expect("keep the database URL");
+            url
+        }
+    }
+}
+
+/// Rows of `sql` on the database at `url`, every column read as text.
+pub async fn text_rows(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::{Connection, Row};
+    fn read<R: Row>(rows: Vec<R>) -> Vec<Vec<Option<String>>>
+    where
+        for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get(i).unwrap_or_else(|e| panic!("column {i}: {e}")))
+                    .collect()
+            })
+            .collect()
+    }
+    match homehub::store::Kind::of(url) {
+        homehub::store::Kind::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.expect("open db");
+            let rows = sqlx::query(sql).fetch_all(&mut conn).await;
+            let _ = conn.close().await;
+            read(rows.unwrap_or_else(|e| panic!("{sql}: {e}")))
+        }
+        homehub::store::Kind::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("open db");
+            let rows = sqlx::query(sql).fetch_all(&mut conn).await;
+            let _ = conn.close().await;
+            read(rows.unwrap_or_else(|e| panic!("{sql}: {e}")))
+        }
+    }
+}
+
 /// A running hub. Dropping it without [`Running::stop`] aborts the server task.
 pub struct Running {
     pub addr: SocketAddr,

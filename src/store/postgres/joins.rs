@@ -12,11 +12,24 @@
 //! every join of that serial is answered from the returned row.
 //!
 //! The writer runs on a pool of one connection of its own (it reconnects by itself after
-//! the server went away; a batch waits at most `ACQUIRE_TIMEOUT` for it). There is no
-//! known-lock copy yet: every join returns its row from the upsert, so a change made by
-//! another hub process or by an administrator is always seen by the next join.
+//! the server went away; a batch waits at most `ACQUIRE_TIMEOUT` for it).
+//!
+//! **Known locks.** As on SQLite, the writer keeps a copy of the lock rows its joins
+//! returned, and a join of a lock in the copy is written as a small `UPDATE … RETURNING
+//! serial` and answered from the copy. PostgreSQL has no `data_version`; the copy keeps
+//! each row's `xmin` instead (the id of the transaction that last wrote the row version,
+//! which every update by anyone changes: another hub process or node, an administrator's
+//! `psql`), and the update only touches a row whose `xmin` is still the one the copy holds
+//! (`WHERE locks.xmin = t.seen`). A row someone else wrote since is not touched, so its
+//! join goes the first-sight way, which reads the row as it is now and refills the copy.
+//! Concurrent writers are ordered by PostgreSQL's row locks (an update that waited for
+//! another re-checks the condition on the new row version), so no change is missed and the
+//! check costs no round trip of its own. If a batch's transaction fails, the copy is
+//! dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -31,6 +44,8 @@ use crate::store::StoreError;
 const MAX_BATCH: usize = 512;
 /// Joins that may wait for the writer before `join` callers wait for room.
 const QUEUE: usize = 8192;
+/// Most lock rows kept for known-lock joins; beyond that the copy starts over.
+const MAX_KNOWN: usize = 65_536;
 
 type Answer = Result<Option<LockRecord>, StoreError>;
 
@@ -50,7 +65,16 @@ enum Request {
 #[derive(Clone, Debug)]
 pub(super) struct JoinWriter {
     tx: mpsc::Sender<Request>,
+    known_hits: Arc<AtomicU64>,
 }
+
+/// A lock row as the copy keeps it, with the `xmin` of the row version it was read from.
+struct KnownLock {
+    record: LockRecord,
+    xmin: i64,
+}
+
+type Known = HashMap<String, KnownLock>;
 
 fn writer_gone() -> StoreError {
     StoreError::Database(sqlx::Error::PoolClosed)
@@ -66,8 +90,14 @@ impl JoinWriter {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, rx, new_lock_flags));
-        JoinWriter { tx }
+        let known_hits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(pool, rx, new_lock_flags, known_hits.clone()));
+        JoinWriter { tx, known_hits }
+    }
+
+    /// Joins answered from the known-lock copy since start.
+    pub(super) fn known_hits(&self) -> u64 {
+        self.known_hits.load(Ordering::Relaxed)
     }
 
     /// Queues one join and waits for its commit.
@@ -95,7 +125,13 @@ impl JoinWriter {
     }
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<Request>, new_lock_flags: Value) {
+async fn run(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Request>,
+    new_lock_flags: Value,
+    known_hits: Arc<AtomicU64>,
+) {
+    let mut known = Known::new();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     while let Some(request) = rx.recv().await {
@@ -111,8 +147,14 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Request>, new_lock_flags: Valu
             }
         }
         if !batch.is_empty() {
-            let answers = commit(&pool, &batch, &new_lock_flags).await;
-            answer(&mut batch, answers);
+            let answers = write_batch(&pool, &mut known, &batch, &new_lock_flags).await;
+            match &answers {
+                Ok((_, hits)) => {
+                    known_hits.fetch_add(*hits, Ordering::Relaxed);
+                }
+                Err(_) => known.clear(),
+            }
+            answer(&mut batch, answers.map(|(a, _)| a));
         }
         if let Some(done) = closing {
             pool.close().await;
@@ -144,19 +186,119 @@ fn answer(batch: &mut Vec<Op>, answers: Result<Vec<Answer>, sqlx::Error>) {
     }
 }
 
-/// Writes one batch in one transaction and returns the answers in batch order.
-async fn commit(
+/// Writes one batch in one transaction: known locks through [`touch_known`], the rest
+/// through [`upsert`]. Returns the answers in batch order and how many came from the copy.
+/// The copy is changed only once the transaction committed.
+async fn write_batch(
     pool: &PgPool,
+    known: &mut Known,
     batch: &[Op],
     new_lock_flags: &Value,
-) -> Result<Vec<Answer>, sqlx::Error> {
+) -> Result<(Vec<Answer>, u64), sqlx::Error> {
     let now = now_rfc3339();
-    let mut found: [HashMap<String, Result<LockRecord, String>>; 2] = Default::default();
     let mut tx = pool.begin().await?;
+    // One candidate per serial: a second join of the same lock in this batch goes the
+    // first-sight way, after the first one's write.
+    let mut seen = HashSet::new();
+    let candidates: Vec<usize> = (0..batch.len())
+        .filter(|&i| known.contains_key(&batch[i].serial) && seen.insert(&batch[i].serial))
+        .collect();
+    let touched = if candidates.is_empty() {
+        HashMap::new()
+    } else {
+        touch_known(&mut tx, known, candidates.iter().map(|&i| &batch[i]), &now).await?
+    };
+    let mut answers: Vec<Option<Answer>> = (0..batch.len()).map(|_| None).collect();
+    let mut copied = Vec::new();
+    for &i in &candidates {
+        let op = &batch[i];
+        if let (Some(&xmin), Some(lock)) = (touched.get(&op.serial), known.get(&op.serial)) {
+            let mut record = lock.record.clone();
+            record.holder_device = Some(op.holder.clone());
+            record.last_seen_at = Some(now.clone());
+            answers[i] = Some(Ok(Some(record.clone())));
+            copied.push(KnownLock { record, xmin });
+        }
+    }
+    let hits = copied.len() as u64;
+    let rest: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
+    let mut read = Vec::new();
+    if !rest.is_empty() {
+        let ops: Vec<&Op> = rest.iter().map(|&i| &batch[i]).collect();
+        let (written, rows) = upsert(&mut tx, &ops, new_lock_flags, &now).await?;
+        for (&i, answer) in rest.iter().zip(written) {
+            answers[i] = Some(answer);
+        }
+        read = rows;
+    }
+    tx.commit().await?;
+    if known.len() + read.len() > MAX_KNOWN {
+        known.clear();
+    }
+    for lock in copied.into_iter().chain(read) {
+        known.insert(lock.record.serial.clone(), lock);
+    }
+    let answers = answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Database(sqlx::Error::RowNotFound))))
+        .collect();
+    Ok((answers, hits))
+}
+
+/// Records holder and last-seen time of known locks in one `UPDATE … FROM unnest(…)`, only
+/// where the row is still the version the copy holds (its `xmin`) and, in token mode, free
+/// or already this device's. Returns the serials it updated with their new `xmin`.
+async fn touch_known<'a>(
+    tx: &mut sqlx::PgConnection,
+    known: &Known,
+    ops: impl Iterator<Item = &'a Op>,
+    now: &str,
+) -> Result<HashMap<String, i64>, sqlx::Error> {
+    let mut serials = Vec::new();
+    let mut holders = Vec::new();
+    let mut seen = Vec::new();
+    let mut exclusive = Vec::new();
+    for op in ops {
+        if let Some(lock) = known.get(&op.serial) {
+            serials.push(op.serial.as_str());
+            holders.push(op.holder.as_str());
+            seen.push(lock.xmin);
+            exclusive.push(op.exclusive);
+        }
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE locks SET holder_device = t.holder, last_seen_at = $5 \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) \
+             AS t(serial, holder, seen, exclusive) \
+         WHERE locks.serial = t.serial AND locks.xmin::text::bigint = t.seen \
+           AND (NOT t.exclusive OR locks.holder_device IS NULL \
+                OR locks.holder_device = t.holder) \
+         RETURNING locks.serial, locks.xmin::text::bigint",
+    )
+    .bind(&serials)
+    .bind(&holders)
+    .bind(&seen)
+    .bind(&exclusive)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Writes joins as at most two upserts (shared and token mode). Returns the answers in
+/// `ops` order and the rows read, with their `xmin`, for the copy.
+async fn upsert(
+    tx: &mut sqlx::PgConnection,
+    ops: &[&Op],
+    new_lock_flags: &Value,
+    now: &str,
+) -> Result<(Vec<Answer>, Vec<KnownLock>), sqlx::Error> {
+    let mut found: [HashMap<String, Result<LockRecord, String>>; 2] = Default::default();
+    let mut read = Vec::new();
     for exclusive in [false, true] {
         // One row per serial: the last shared join of it, or the first token-mode one.
         let mut pick: HashMap<&str, &Op> = HashMap::new();
-        for op in batch.iter().filter(|op| op.exclusive == exclusive) {
+        for op in ops.iter().copied().filter(|op| op.exclusive == exclusive) {
             if exclusive {
                 pick.entry(op.serial.as_str()).or_insert(op);
             } else {
@@ -179,24 +321,28 @@ async fn commit(
             .bind(&uuids)
             .bind(&holders)
             .bind(Json(new_lock_flags))
-            .bind(&now)
+            .bind(now)
             .fetch_all(&mut *tx)
             .await?;
         for row in rows {
+            let serial: String = sqlx::Row::try_get(&row, "serial")?;
+            let xmin: i64 = sqlx::Row::try_get(&row, "row_xmin")?;
             let record = lock_from_row(&row).map_err(|e| e.to_string());
-            let serial = match &record {
-                Ok(lock) => lock.serial.clone(),
-                Err(_) => sqlx::Row::try_get::<String, _>(&row, "serial")?,
-            };
+            if let Ok(lock) = &record {
+                read.push(KnownLock {
+                    record: lock.clone(),
+                    xmin,
+                });
+            }
             found[usize::from(exclusive)].insert(serial, record);
         }
     }
-    tx.commit().await?;
-    Ok(batch
+    let answers = ops
         .iter()
         .map(
             |op| match found[usize::from(op.exclusive)].get(&op.serial) {
                 None => Ok(None),
+                // In token mode, two joins of one new lock in one batch: the first wins.
                 Some(Ok(lock))
                     if op.exclusive && lock.holder_device.as_deref() != Some(&op.holder) =>
                 {
@@ -206,7 +352,8 @@ async fn commit(
                 Some(Err(e)) => Err(StoreError::Database(sqlx::Error::Decode(e.clone().into()))),
             },
         )
-        .collect())
+        .collect();
+    Ok((answers, read))
 }
 
 /// The upsert of a batch: `$1` serials, `$2` new UUIDs, `$3` holders, `$4` the feature
@@ -232,6 +379,7 @@ fn upsert_sql(exclusive: bool) -> &'static str {
         }
         sql.push_str(" RETURNING ");
         sql.push_str(LOCK_COLUMNS);
+        sql.push_str(", locks.xmin::text::bigint AS row_xmin");
         sql
     };
     if exclusive {

@@ -130,7 +130,7 @@ impl PgStore {
     }
 
     pub fn lock_join_known_hits(&self) -> u64 {
-        0
+        self.joins.known_hits()
     }
 
     pub async fn join_lock(
