@@ -42,7 +42,7 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> 
 
 fn internal(e: AuthError) -> Response {
     match e {
-        AuthError::Store(e) => AdminError::Internal(e).into_response(),
+        AuthError::Store(e) => AdminError::from(e).into_response(),
         AuthError::Busy => {
             tracing::warn!("bester user admin refused: every password hashing slot is busy");
             (

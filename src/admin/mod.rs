@@ -58,7 +58,10 @@ pub enum AdminError {
     Unprocessable(String),
     /// 500: logged; the client sees a generic message.
     #[error("internal error")]
-    Internal(#[from] StoreError),
+    Internal(StoreError),
+    /// 503: the database is out of reach or busy; the client may retry.
+    #[error("store unavailable")]
+    StoreUnavailable,
     /// 503: the fabric (the messaging between hub nodes) cannot carry the request.
     #[error("fabric unavailable")]
     Unavailable,
@@ -70,10 +73,22 @@ impl From<crate::core::DeliveryError> for AdminError {
     }
 }
 
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> AdminError {
+        match e {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "admin request failed: store unavailable");
+                AdminError::StoreUnavailable
+            }
+            e => AdminError::Internal(e),
+        }
+    }
+}
+
 impl From<ServiceError> for AdminError {
     fn from(e: ServiceError) -> AdminError {
         match e {
-            ServiceError::Store(e) => AdminError::Internal(e),
+            ServiceError::Store(e) => e.into(),
             ServiceError::Unavailable => AdminError::Unavailable,
         }
     }
@@ -100,7 +115,9 @@ impl IntoResponse for AdminError {
                 tracing::error!(error = %e, "admin request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            AdminError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AdminError::Unavailable | AdminError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -40,10 +40,52 @@ pub enum StoreError {
     /// The pairing request is already completed or cancelled.
     #[error("pairing request already completed or cancelled")]
     PairingClosed,
+    /// The database cannot be reached or is held by someone else right now (PostgreSQL
+    /// down or restarting, no connection within the pool's timeout, a statement timeout,
+    /// SQLite's write lock held by another process): clients are told
+    /// `store unavailable` (HTTP 503) and may retry; the hub recovers by itself.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Whether `e` means the database is out of reach or busy, rather than that the request or
+/// the data is wrong.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), also as extended codes
+            // (261, 517, 262, …: the low byte is the primary code).
+            let sqlite_busy = code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            // PostgreSQL: connection exceptions (class 08), the server shutting down or
+            // starting (57P01-57P03), too many connections (53300), a statement cancelled
+            // by statement_timeout (57014).
+            let pg = code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "57014");
+            sqlite_busy || pg
+        }
+        _ => false,
+    }
 }
 
 /// A change to a lock's record (validated by the caller): `None` keeps the column.

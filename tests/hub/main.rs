@@ -13,6 +13,7 @@ mod lock_admin;
 mod lock_channel;
 mod longpoll;
 mod one_registry;
+mod outage;
 mod postgres;
 mod presence;
 mod protocol;

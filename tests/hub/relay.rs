@@ -1304,6 +1304,7 @@ async fn departures_at_shutdown_are_written_before_the_store_closes() {
     // Every device is still connected: shutdown closes them all, queueing their departures
     // (which carry the packet counts) just before the store closes.
     let url = hub.database_url.clone();
+    let _dir = hub.dir.clone(); // the SQLite file outlives the hub
     hub.stop().await;
     let recorded = crate::support::text_rows(
         &url,

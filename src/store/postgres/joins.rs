@@ -174,13 +174,15 @@ fn answer(batch: &mut Vec<Op>, answers: Result<Vec<Answer>, sqlx::Error>) {
         }
         Err(e) => {
             tracing::error!(error = %e, joins = batch.len(), "lock join batch failed");
-            let msg = e.to_string();
+            let unavailable = crate::store::is_unavailable(&e);
+            let msg = format!("join batch failed: {e}");
             for op in batch.drain(..) {
-                let err = match &e {
-                    sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-                    _ => sqlx::Error::Protocol(format!("join batch failed: {msg}")),
+                let err = if unavailable {
+                    StoreError::Unavailable(msg.clone())
+                } else {
+                    StoreError::Database(sqlx::Error::Protocol(msg.clone()))
                 };
-                let _ = op.reply.send(Err(StoreError::Database(err)));
+                let _ = op.reply.send(Err(err));
             }
         }
     }

@@ -95,9 +95,19 @@ impl ChannelError {
 
 impl From<crate::store::StoreError> for ChannelError {
     fn from(e: crate::store::StoreError) -> ChannelError {
-        ChannelError::Internal(e.into())
+        match e {
+            // The client may retry (the lock firmware retries its join); logged once.
+            crate::store::StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable");
+                ChannelError::Refused(STORE_UNAVAILABLE.to_owned())
+            }
+            e => ChannelError::Internal(e.into()),
+        }
     }
 }
+
+/// The reason a join or an event gets while the database is out of reach or busy.
+pub const STORE_UNAVAILABLE: &str = "store unavailable";
 
 /// Decodes a JSON payload into a typed event body, or refuses with `reason`.
 pub fn decode_json<T: serde::de::DeserializeOwned>(
