@@ -22,6 +22,7 @@ use crate::domain::{
     PairingRequest, Serial,
 };
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod admin;
 mod bester_common;
 mod common;
 mod compendium;
+mod db_copy;
 mod firmware;
 mod lock_admin;
 mod lock_channel;

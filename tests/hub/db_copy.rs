@@ -1,0 +1,1 @@
+//! `homehub db copy` (being written).
