@@ -31,3 +31,17 @@ CREATE TABLE paired_items (
 );
 
 CREATE INDEX paired_items_by_pair_id ON paired_items (pair_id);
+
+-- PostgreSQL only: tells every hub process sharing this database that a pairing request
+-- was created (the payload is its expires_at), so each one pushes it to the lock when the
+-- lock joins that process, whichever process created it.
+CREATE FUNCTION homehub_pairing_request_created() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('homehub_pairing_requests', NEW.expires_at);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER pairing_requests_notify AFTER INSERT ON pairing_requests
+    FOR EACH ROW EXECUTE FUNCTION homehub_pairing_request_created();

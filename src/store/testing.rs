@@ -44,4 +44,7 @@ impl TestDb {
 
 #[path = "../../tests/support/postgres.rs"]
 mod postgres_db;
+#[path = "../../tests/support/eventually.rs"]
+mod wait;
 pub use postgres_db::fresh_postgres_database;
+pub use wait::eventually;

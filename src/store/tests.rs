@@ -1087,3 +1087,39 @@ on_both_stores! {
         store.close().await;
     }
 }
+
+/// Two hub processes on one PostgreSQL database: a pairing request created through one is
+/// delivered when the lock joins the other (the trigger's notification moves the other's
+/// watermark).
+#[tokio::test]
+async fn a_pairing_created_by_another_process_is_delivered_on_postgres() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let here = db.open().await;
+    let there = db.open().await;
+    join(&here, "L-1", "pi").await;
+    assert!(
+        there
+            .deliver_pending_pairings("L-1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let request = here
+        .create_pairing("L-1", "Alice", ItemKind::Tag, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let delivered = super::testing::eventually("the other process sees the request", async || {
+        let d = there.deliver_pending_pairings("L-1").await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|r| r.pair_id.as_str())
+            .collect::<Vec<_>>(),
+        [request.pair_id.as_str()]
+    );
+    here.close().await;
+    there.close().await;
+}

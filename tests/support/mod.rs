@@ -5,7 +5,10 @@
 
 #![allow(dead_code)] // each suite uses its own part
 
+mod eventually;
 pub mod postgres;
+
+pub use eventually::{eventually, eventually_within};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +19,8 @@ use homehub::config::Config;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-/// How long [`eventually`] waits (generous: CI machines are slow).
-pub const WAIT: Duration = Duration::from_secs(10);
+#[allow(unused_imports)] // each suite uses its own part
+pub use eventually::WAIT;
 
 /// Hub logs on stderr when `TEST_LOG` is set.
 pub fn init_logs() {
@@ -198,31 +201,4 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls `probe` every 20 ms until it returns `Some`, for at most [`WAIT`]; panics naming
-/// `what` otherwise. The one way the suites wait for something the hub does in the
-/// background (a disconnect noticed, a row written, a slot freed).
-pub async fn eventually<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
-    eventually_within(WAIT, what, probe).await
-}
-
-/// [`eventually`] with its own limit, for what takes longer by design (a handler process
-/// restarted after its backoff, a peer reconnecting).
-pub async fn eventually_within<T>(
-    limit: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

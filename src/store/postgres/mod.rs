@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 
 use super::{BesterUser, LockPatch, StoreError, StoreOptions, TokenRecord};
@@ -69,9 +69,11 @@ pub struct PgStore {
     pool: PgPool,
     joins: joins::JoinWriter,
     /// As in the SQLite store: joins ask for pending pairing requests only before this
-    /// Unix time. Requests created by another hub process are seen after this process's
-    /// next restart or its own next request; see docs/store.md.
+    /// Unix time. Requests created by another hub process sharing the database move it
+    /// too: a trigger notifies `homehub_pairing_requests` and [`watch_pairings`] listens.
     pairings_pending_until: Arc<AtomicI64>,
+    /// Ends the listener when the store closes.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// The connect options for `database_url`, with the hub's timeouts.
@@ -98,12 +100,7 @@ impl PgStore {
         }
         let new_lock_flags = Value::from(opts.new_lock_flags.clone());
         let joins = joins::JoinWriter::spawn(options, new_lock_flags);
-        let latest: Option<String> = match sqlx::query_scalar(
-            "SELECT MAX(expires_at) FROM pairing_requests \
-             WHERE completed_at IS NULL AND cancelled_at IS NULL",
-        )
-        .fetch_one(&pool)
-        .await
+        let latest: Option<String> = match sqlx::query_scalar(LATEST_PENDING).fetch_one(&pool).await
         {
             Ok(v) => v,
             Err(e) => {
@@ -111,10 +108,26 @@ impl PgStore {
                 return Err(e.into());
             }
         };
+        let pending = Arc::new(AtomicI64::new(super::pending_until(latest)));
+        let listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                pool.close().await;
+                return Err(e.into());
+            }
+        };
+        let closing = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(watch_pairings(
+            listener,
+            pool.clone(),
+            pending.clone(),
+            closing.clone(),
+        ));
         Ok(PgStore {
             pool,
             joins,
-            pairings_pending_until: Arc::new(AtomicI64::new(super::pending_until(latest))),
+            pairings_pending_until: pending,
+            closing,
         })
     }
 
@@ -125,6 +138,7 @@ impl PgStore {
     }
 
     pub async fn close(&self) {
+        self.closing.cancel();
         self.joins.close().await;
         self.pool.close().await;
     }
@@ -689,6 +703,59 @@ impl PgStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+}
+
+/// The channel the `pairing_requests` trigger notifies (migration 0002).
+const PAIRING_CHANNEL: &str = "homehub_pairing_requests";
+
+/// The latest `expires_at` of the pending pairing requests.
+const LATEST_PENDING: &str = "SELECT MAX(expires_at) FROM pairing_requests \
+     WHERE completed_at IS NULL AND cancelled_at IS NULL";
+
+/// Follows the pairing requests other hub processes create: each notification moves
+/// `pending` to the request's expiry. After the listener's connection was lost (it
+/// reconnects by itself), notifications sent meanwhile are gone, so the latest expiry is
+/// read from the table again.
+async fn watch_pairings(
+    mut listener: PgListener,
+    pool: PgPool,
+    pending: Arc<AtomicI64>,
+    closing: tokio_util::sync::CancellationToken,
+) {
+    if let Err(e) = listener.listen(PAIRING_CHANNEL).await {
+        tracing::warn!(error = %e, "cannot listen for pairing requests of other hub processes");
+    }
+    loop {
+        let next = tokio::select! {
+            _ = closing.cancelled() => return,
+            n = listener.try_recv() => n,
+        };
+        match next {
+            Ok(Some(note)) => {
+                let until = super::pending_until(Some(note.payload().to_owned()));
+                pending.fetch_max(until + 1, Ordering::Relaxed);
+            }
+            Ok(None) => {
+                // Reconnected: catch up from the table.
+                match sqlx::query_scalar::<_, Option<String>>(LATEST_PENDING)
+                    .fetch_one(&pool)
+                    .await
+                {
+                    Ok(latest) => {
+                        pending.fetch_max(super::pending_until(latest) + 1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read pending pairing requests"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pairing request listener lost its connection");
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
