@@ -434,72 +434,9 @@ async fn a_new_lock_has_the_lock_feature_flag() {
     assert_eq!(joined["feature_flags"], json!(["lock", "nfc"]));
 }
 
-/// The hub as a process, for what only its log shows.
-struct HubProcess {
-    child: std::process::Child,
-    addr: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl HubProcess {
-    fn start() -> HubProcess {
-        use std::io::{BufRead, BufReader};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = format!("sqlite://{}", dir.path().join("homehub.db").display());
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", &db])
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the hub");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("listening line");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .expect("address")
-            .to_owned();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }
-        });
-        HubProcess {
-            child,
-            addr,
-            stderr,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_dropped_tcp_connection_is_logged_as_1006() {
-    let hub = tokio::task::spawn_blocking(HubProcess::start)
+    let hub = tokio::task::spawn_blocking(crate::common::HubProcess::start)
         .await
         .expect("hub process");
     let url = format!(

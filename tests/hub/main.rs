@@ -9,6 +9,7 @@ mod bester_common;
 mod common;
 mod compendium;
 mod db_copy;
+mod durability;
 mod firmware;
 mod lock_admin;
 mod lock_channel;
