@@ -50,6 +50,7 @@ async fn run(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
         None => serve(cli.config).await.map(|()| 0),
         Some(Command::Serve(args)) => serve(args.config).await.map(|()| 0),
+        Some(Command::Db { action }) => homehub::cli::db::run(&action).await,
         Some(command) => homehub::cli::run_admin(&command).await,
     };
     match result {

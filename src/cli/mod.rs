@@ -1,7 +1,9 @@
-//! The `homehub` command line: `serve` (the default) runs the hub; every other command is a
-//! thin client of the admin API (spec §5) that prints the JSON answer.
+//! The `homehub` command line: `serve` (the default) runs the hub; `db` works on the
+//! databases themselves (`cli::db`); every other command is a thin client of the admin API
+//! (spec §5) that prints the JSON answer.
 
 pub mod bester;
+pub mod db;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
@@ -125,13 +127,19 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::cli::bester::UsersAction,
     },
+    /// The databases themselves: `db copy --from URL --to URL` moves a home to another
+    /// store (SQLite to PostgreSQL, or back). Not an admin API command: stop the hub first.
+    Db {
+        #[command(subcommand)]
+        action: crate::cli::db::DbAction,
+    },
 }
 
 impl Command {
-    /// The admin API settings of an admin command (`None` for `serve`).
+    /// The admin API settings of an admin command (`None` for `serve` and `db`).
     fn api(&self) -> Option<&Api> {
         match self {
-            Command::Serve(_) => None,
+            Command::Serve(_) | Command::Db { .. } => None,
             Command::Locks(api)
             | Command::Pairings(api)
             | Command::Devices(api)
@@ -247,6 +255,7 @@ pub async fn run_admin(command: &Command) -> anyhow::Result<i32> {
     let base = base.trim_end_matches('/').to_owned();
     let (method, path, body): (reqwest::Method, String, Option<Value>) = match command {
         Command::Serve(_) => anyhow::bail!("serve is not an admin command"),
+        Command::Db { .. } => anyhow::bail!("db is not an admin command"),
         Command::Locks(_) => (reqwest::Method::GET, "/api/locks".into(), None),
         Command::Lock { action, .. } => match action {
             LockAction::Show { serial } => (
