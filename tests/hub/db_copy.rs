@@ -176,6 +176,14 @@ async fn expected_report(url: &str) -> Vec<String> {
     out
 }
 
+/// The `error: …` line of the copy's stderr (log lines may come before it).
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"))
+}
+
 /// The report lines of the copy's stdout (after its first line).
 fn report_lines(stdout: &str) -> Vec<String> {
     stdout.lines().skip(1).map(str::to_owned).collect()
@@ -446,10 +454,10 @@ async fn a_second_copy_needs_replace() {
 
     let (code, stdout, stderr) = db_copy(work.path(), &["--from", &from, "--to", &to]).await;
     assert_ne!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains("not empty"), "{stderr}");
-    assert!(stderr.contains("--replace"), "{stderr}");
-    assert!(stderr.contains("locks 2"), "{stderr}");
+    let error = error_line(&stderr);
+    assert!(error.contains("not empty"), "{error}");
+    assert!(error.contains("--replace"), "{error}");
+    assert!(error.contains("locks 2"), "{error}");
     assert_eq!(stdout, "");
     assert_eq!(
         snapshot(&to, TABLES).await,
@@ -478,9 +486,9 @@ async fn a_missing_sqlite_source_is_an_error() {
     let (code, stdout, stderr) = db_copy(work.path(), &["--from", &from, "--to", &to]).await;
     assert_ne!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(code, Some(1));
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains("does not exist"), "{stderr}");
-    assert!(stderr.contains("no-such-home.db"), "{stderr}");
+    let error = error_line(&stderr);
+    assert!(error.contains("does not exist"), "{error}");
+    assert!(error.contains("no-such-home.db"), "{error}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(stdout, "");
     assert!(!missing.exists(), "the source is not created");
