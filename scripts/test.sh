@@ -16,6 +16,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== sqlite3 (a test holds the database with a real sqlite3, as an administrator would)"
+if ! command -v sqlite3 >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends sqlite3 >/dev/null 2>&1 ||
+            { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends sqlite3 >/dev/null; }
+    fi
+    command -v sqlite3 >/dev/null 2>&1 || { echo "sqlite3 is needed by the tests" >&2; exit 1; }
+fi
 echo "== postgres"
 pg_start
 echo "== cargo test"

@@ -303,7 +303,15 @@ impl HubProcess {
     pub fn start_on(dir: tempfile::TempDir, db: &str) -> HubProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", db])
+            // Bester on an ephemeral port: several hub processes run at once.
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--bester-bind",
+                "127.0.0.1:0",
+            ])
+            .args(["--database-url", db])
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -315,12 +323,17 @@ impl HubProcess {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("listening line");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .expect("address")
-            .to_owned();
+        let Some(addr) = line.trim().strip_prefix("homehub listening on http://") else {
+            // The hub did not start: say why.
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("hub output");
+            panic!(
+                "the hub did not start (first line {line:?}, {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let addr = addr.to_owned();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
         let err = child.stderr.take().expect("stderr");

@@ -22,5 +22,6 @@ mod protocol;
 mod relay;
 mod revocation;
 mod security;
+mod sqlite_held;
 #[path = "../support/mod.rs"]
 mod support;

@@ -748,6 +748,7 @@ async fn watch_pairings(
                     Err(e) => tracing::warn!(error = %e, "cannot read pending pairing requests"),
                 }
             }
+            Err(_) if closing.is_cancelled() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "pairing request listener lost its connection");
                 tokio::select! {

@@ -20,10 +20,23 @@
 //! and an administrator's `sqlite3` alike); if one did, the copy is dropped, those joins
 //! go the first-sight way, and the copy is refilled by the following joins. An
 //! in-memory database has a single shared connection, so it runs without the copy.
+//!
+//! **When someone else holds the database.** Administrators are invited to open the file
+//! with `sqlite3`; a transaction left open there holds SQLite's write lock. The writer's
+//! own connection waits for it only [`WRITER_BUSY_TIMEOUT`]. Then, since readers are not
+//! blocked in WAL mode, it reads the batch's locks as they are committed: a lock the hub
+//! already knows is answered at once (its UUID and intended state; in token mode only if
+//! it is free or this device's) and its bookkeeping write (holder, last-seen time) is kept
+//! and retried every [`RETRY_EVERY`] until it is written (the latest per lock); a lock seen
+//! for the first time cannot be created, and its join gets `store unavailable` (the lock
+//! firmware retries its join). The log names the process holding the lock (once per
+//! outage, [`super::holder`]) and says when writing resumed.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row, SqlitePool};
@@ -31,6 +44,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{LOCK_COLUMNS, StoreError, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
+
+/// How long the writer's own connection waits for another connection's write lock before
+/// a batch takes the read-only way (module docs).
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often bookkeeping writes kept during an outage are retried.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Most joins committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -145,13 +165,20 @@ impl JoinWriter {
         own: Option<&SqliteConnectOptions>,
         new_lock_flags: String,
     ) -> Result<JoinWriter, StoreError> {
-        let db = match own {
-            Some(options) => Db::Own(SqliteConnection::connect_with(options).await?),
-            None => Db::Shared(pool),
+        let (db, path) = match own {
+            Some(options) => {
+                let options = options.clone().busy_timeout(WRITER_BUSY_TIMEOUT);
+                let path = options.get_filename().to_path_buf();
+                (
+                    Db::Own(SqliteConnection::connect_with(&options).await?),
+                    Some(path),
+                )
+            }
+            None => (Db::Shared(pool), None),
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let known_hits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(db, rx, Arc::clone(&known_hits), new_lock_flags));
+        tokio::spawn(run(db, path, rx, Arc::clone(&known_hits), new_lock_flags));
         Ok(JoinWriter { tx, known_hits })
     }
 
@@ -187,6 +214,7 @@ impl JoinWriter {
 
 async fn run(
     mut db: Db,
+    path: Option<PathBuf>,
     mut rx: mpsc::Receiver<Request>,
     known_hits: Arc<AtomicU64>,
     new_lock_flags: String,
@@ -194,7 +222,23 @@ async fn run(
     let mut known = Known::default();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
-    while let Some(request) = rx.recv().await {
+    let mut outage = Outage::default();
+    loop {
+        // While bookkeeping writes wait, wake up to retry them even if no join comes.
+        let request = if outage.kept.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(RETRY_EVERY, rx.recv()).await {
+                Ok(request) => request,
+                Err(_) => {
+                    if let Db::Own(conn) = &mut db {
+                        outage.retry(conn, &mut known).await;
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(request) = request else { break };
         match request {
             Request::Join(op) => batch.push(op),
             Request::Close(done) => closing = Some(done),
@@ -208,7 +252,21 @@ async fn run(
         }
         if !batch.is_empty() {
             let answers = match &mut db {
-                Db::Own(conn) => write_batch(conn, Some(&mut known), &batch, &new_lock_flags).await,
+                Db::Own(conn) => {
+                    if !outage.kept.is_empty() {
+                        outage.retry(conn, &mut known).await;
+                    }
+                    match write_batch(conn, Some(&mut known), &batch, &new_lock_flags).await {
+                        Err(e) if crate::store::is_unavailable(&e) => {
+                            outage.begin(path.as_deref(), &e);
+                            match outage.answer_from_reads(conn, &batch, &mut known).await {
+                                Ok(answers) => Ok((answers, 0)),
+                                Err(_) => Err(e),
+                            }
+                        }
+                        other => other,
+                    }
+                }
                 Db::Shared(pool) => match pool.acquire().await {
                     Ok(mut conn) => write_batch(&mut conn, None, &batch, &new_lock_flags).await,
                     Err(e) => Err(e),
@@ -217,6 +275,17 @@ async fn run(
             answer(&mut batch, answers, &known_hits);
         }
         if let Some(done) = closing {
+            if let Db::Own(conn) = &mut db
+                && !outage.kept.is_empty()
+            {
+                outage.retry(conn, &mut known).await;
+                if !outage.kept.is_empty() {
+                    tracing::warn!(
+                        locks = outage.kept.len(),
+                        "closing with lock bookkeeping still unwritten: the database is held"
+                    );
+                }
+            }
             if let Db::Own(conn) = db
                 && let Err(e) = conn.close().await
             {
@@ -226,6 +295,134 @@ async fn run(
             return;
         }
     }
+}
+
+/// The writer's state while another connection holds the write lock: the bookkeeping
+/// writes still to do (the latest holder and last-seen time per lock, and whether the join
+/// was exclusive), and whether the outage was logged.
+#[derive(Default)]
+struct Outage {
+    kept: HashMap<String, (String, bool, String)>,
+    logged: bool,
+}
+
+impl Outage {
+    /// Logs the outage once, naming the process that holds the write lock.
+    fn begin(&mut self, path: Option<&std::path::Path>, cause: &sqlx::Error) {
+        if self.logged {
+            return;
+        }
+        self.logged = true;
+        match path.and_then(super::holder::write_lock_holder) {
+            Some((pid, cmdline)) => tracing::warn!(
+                pid,
+                process = %cmdline,
+                error = %cause,
+                "the database is held by another process: known locks are answered from \
+                 what is committed, their bookkeeping is retried, new locks must wait"
+            ),
+            None => tracing::warn!(
+                error = %cause,
+                "the database is busy: known locks are answered from what is committed, \
+                 their bookkeeping is retried, new locks must wait"
+            ),
+        }
+    }
+
+    /// Answers a batch that could not be written: reads its locks (WAL readers are not
+    /// blocked by a writer), answers the known ones and keeps their bookkeeping; the
+    /// others (first sight, or held by another device in token mode) cannot be decided
+    /// without writing and get `Unavailable`.
+    async fn answer_from_reads(
+        &mut self,
+        conn: &mut SqliteConnection,
+        batch: &[Op],
+        known: &mut Known,
+    ) -> Result<Vec<Answer>, sqlx::Error> {
+        let serials: HashSet<&str> = batch.iter().map(|op| op.serial.as_str()).collect();
+        let mut sql = format!("SELECT {LOCK_COLUMNS} FROM locks WHERE serial IN (");
+        for i in 0..serials.len() {
+            sql.push_str(if i == 0 { "?" } else { ",?" });
+        }
+        sql.push(')');
+        let mut query = sqlx::query(&sql);
+        for serial in &serials {
+            query = query.bind(*serial);
+        }
+        let mut rows = HashMap::new();
+        for row in query.fetch_all(&mut *conn).await? {
+            let lock = lock_from_row(&row)?;
+            rows.insert(lock.serial.clone(), lock);
+        }
+        // What is read is what is committed; the copy is not trusted past this outage.
+        known.locks.clear();
+        known.data_version = None;
+        let now = now_rfc3339();
+        Ok(batch
+            .iter()
+            .map(|op| {
+                let Some(lock) = rows.get(&op.serial) else {
+                    return Err(unavailable("a new lock cannot be stored now"));
+                };
+                if op.exclusive
+                    && lock
+                        .holder_device
+                        .as_deref()
+                        .is_some_and(|h| h != op.holder)
+                {
+                    return Ok(None);
+                }
+                let mut record = lock.clone();
+                record.holder_device = Some(op.holder.clone());
+                record.last_seen_at = Some(now.clone());
+                self.kept.insert(
+                    op.serial.clone(),
+                    (op.holder.clone(), op.exclusive, now.clone()),
+                );
+                Ok(Some(record))
+            })
+            .collect())
+    }
+
+    /// Tries the kept bookkeeping writes again; once they are written the outage is over.
+    async fn retry(&mut self, conn: &mut SqliteConnection, known: &mut Known) {
+        let mut sql = String::from(
+            "UPDATE locks SET holder_device = t.column2, last_seen_at = t.column4 FROM (VALUES ",
+        );
+        for i in 0..self.kept.len() {
+            sql.push_str(if i == 0 { "(?,?,?,?)" } else { ",(?,?,?,?)" });
+        }
+        sql.push_str(
+            ") AS t WHERE locks.serial = t.column1 AND (NOT t.column3 \
+             OR locks.holder_device IS NULL OR locks.holder_device = t.column2)",
+        );
+        let mut query = sqlx::query(&sql);
+        for (serial, (holder, exclusive, at)) in &self.kept {
+            query = query.bind(serial).bind(holder).bind(*exclusive).bind(at);
+        }
+        match query.execute(&mut *conn).await {
+            Ok(_) => {
+                tracing::info!(
+                    locks = self.kept.len(),
+                    "the database is writable again: kept lock bookkeeping written"
+                );
+                self.kept.clear();
+                self.logged = false;
+                known.locks.clear();
+                known.data_version = None;
+            }
+            Err(e) if crate::store::is_unavailable(&e) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "kept lock bookkeeping cannot be written; dropped");
+                self.kept.clear();
+                self.logged = false;
+            }
+        }
+    }
+}
+
+fn unavailable(why: &str) -> StoreError {
+    StoreError::Unavailable(why.to_owned())
 }
 
 /// Sends every join of `batch` its answer, or the batch's error.

@@ -57,6 +57,7 @@ macro_rules! paired_item_columns {
     };
 }
 
+mod holder;
 mod joins;
 mod tokens;
 
