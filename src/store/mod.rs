@@ -24,6 +24,7 @@ use crate::domain::{
 
 pub mod copy;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -340,40 +341,6 @@ delegate! {
     fn record_bester_login(&self, username: &str) -> Result<(), StoreError>;
     /// Every user, ordered by username.
     fn list_bester_users(&self) -> Result<Vec<BesterUser>, StoreError>;
-}
-
-/// Parses JSON text read from a column. Malformed or mis-shaped JSON (possible only
-/// through hand edits) is a decode error naming the column and `whose` row, never a panic.
-fn parse_json<T: serde::de::DeserializeOwned>(
-    text: &str,
-    column: &str,
-    whose: &str,
-) -> Result<T, sqlx::Error> {
-    serde_json::from_str(text).map_err(|e| mis_shaped(column, whose, e))
-}
-
-/// Takes a JSON value read from a column into the type the hub wants.
-fn from_json<T: serde::de::DeserializeOwned>(
-    value: Value,
-    column: &str,
-    whose: &str,
-) -> Result<T, sqlx::Error> {
-    serde_json::from_value(value).map_err(|e| mis_shaped(column, whose, e))
-}
-
-fn mis_shaped(column: &str, whose: &str, e: serde_json::Error) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: format!("{column} of {whose}"),
-        source: Box::new(e),
-    }
-}
-
-/// An `item_type` value (`'tag'` or `'mobile_phone'`, enforced by a CHECK).
-fn item_kind(text: &str, column: &str) -> Result<ItemKind, sqlx::Error> {
-    ItemKind::parse(text).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("unknown item type {text:?}").into(),
-    })
 }
 
 /// The Unix time until which a pending pairing request may exist, from the latest

@@ -15,9 +15,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 
+use super::rows::{
+    found_lock, lock as lock_from_row, paired_item as paired_item_from_row,
+    pairing as pairing_from_row,
+};
 use super::{BesterUser, LockPatch, StoreError, StoreOptions, TokenRecord};
 use crate::domain::{
     AccessDecision, DeviceInfo, DeviceName, Door, ItemKind, LockRecord, PairedItem, PairingRequest,
@@ -758,84 +762,4 @@ async fn watch_pairings(
             }
         }
     }
-}
-
-/// A `jsonb` column taken into the type the hub wants (a mis-shaped value, possible only
-/// through hand edits, is a decode error naming the column and row).
-fn json_column<T: serde::de::DeserializeOwned>(
-    row: &PgRow,
-    column: &str,
-    whose: &str,
-) -> Result<T, sqlx::Error> {
-    let value: Value = row.try_get(column)?;
-    super::from_json(value, column, whose)
-}
-
-fn json_column_opt<T: serde::de::DeserializeOwned>(
-    row: &PgRow,
-    column: &str,
-    whose: &str,
-) -> Result<Option<T>, sqlx::Error> {
-    let value: Option<Value> = row.try_get(column)?;
-    value
-        .map(|v| super::from_json(v, column, whose))
-        .transpose()
-}
-
-fn item_kind_column(row: &PgRow, column: &str) -> Result<ItemKind, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    super::item_kind(&text, column)
-}
-
-fn lock_from_row(row: &PgRow) -> Result<LockRecord, sqlx::Error> {
-    let serial: String = row.try_get("serial")?;
-    let whose = format!("lock {serial:?}");
-    Ok(LockRecord {
-        uuid: row.try_get("uuid")?,
-        name: row.try_get("name")?,
-        mode: row.try_get("mode")?,
-        feature_flags: json_column(row, "feature_flags", &whose)?,
-        config: json_column(row, "config", &whose)?,
-        intended_state: json_column(row, "intended_state", &whose)?,
-        reported_state: json_column_opt(row, "reported_state", &whose)?,
-        reported_at: row.try_get("reported_at")?,
-        holder_device: row.try_get("holder_device")?,
-        first_seen_at: row.try_get("first_seen_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-        serial,
-    })
-}
-
-fn found_lock(row: Option<PgRow>) -> Result<LockRecord, StoreError> {
-    match row {
-        Some(row) => Ok(lock_from_row(&row)?),
-        None => Err(StoreError::LockNotFound),
-    }
-}
-
-fn pairing_from_row(row: &PgRow) -> Result<PairingRequest, sqlx::Error> {
-    Ok(PairingRequest {
-        pair_id: row.try_get("pair_id")?,
-        lock: row.try_get("lock_serial")?,
-        name: row.try_get("name")?,
-        kind: item_kind_column(row, "item_type")?,
-        expires_at: row.try_get("expires_at")?,
-        created_at: row.try_get("created_at")?,
-        completed_at: row.try_get("completed_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        deliveries: row.try_get("deliveries")?,
-        cancelled_at: row.try_get("cancelled_at")?,
-    })
-}
-
-fn paired_item_from_row(row: &PgRow) -> Result<PairedItem, sqlx::Error> {
-    Ok(PairedItem {
-        lock: row.try_get("lock_serial")?,
-        serial: row.try_get("item_serial")?,
-        name: row.try_get("name")?,
-        kind: item_kind_column(row, "item_type")?,
-        pair_id: row.try_get("pair_id")?,
-        paired_at: row.try_get("paired_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
 }

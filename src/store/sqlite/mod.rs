@@ -8,12 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::domain::{
     AccessDecision, DeviceInfo, DeviceName, Door, ItemKind, LockRecord, PairedItem, PairingRequest,
@@ -22,6 +19,10 @@ use crate::domain::{
 
 mod users;
 
+use super::rows::{
+    found_lock, lock as lock_from_row, paired_item as paired_item_from_row,
+    pairing as pairing_from_row,
+};
 use super::{LockPatch, StoreError, StoreOptions};
 
 /// The schema, embedded at compile time from `migrations/sqlite/` and applied at open.
@@ -594,85 +595,4 @@ impl SqliteStore {
         .await?;
         Ok(())
     }
-}
-
-/// Parses a JSON text column (see [`super::parse_json`]).
-fn json_column<T: DeserializeOwned>(
-    row: &SqliteRow,
-    column: &str,
-    whose: &str,
-) -> Result<T, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    super::parse_json(&text, column, whose)
-}
-
-/// Like [`json_column`] for a nullable column.
-fn json_column_opt<T: DeserializeOwned>(
-    row: &SqliteRow,
-    column: &str,
-    whose: &str,
-) -> Result<Option<T>, sqlx::Error> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|text| super::parse_json(&text, column, whose))
-        .transpose()
-}
-
-/// Parses an `item_type` column.
-fn item_kind_column(row: &SqliteRow, column: &str) -> Result<ItemKind, sqlx::Error> {
-    let text: String = row.try_get(column)?;
-    super::item_kind(&text, column)
-}
-
-fn lock_from_row(row: &SqliteRow) -> Result<LockRecord, sqlx::Error> {
-    let serial: String = row.try_get("serial")?;
-    let whose = format!("lock {serial:?}");
-    Ok(LockRecord {
-        uuid: row.try_get("uuid")?,
-        name: row.try_get("name")?,
-        mode: row.try_get("mode")?,
-        feature_flags: json_column(row, "feature_flags", &whose)?,
-        config: json_column(row, "config", &whose)?,
-        intended_state: json_column(row, "intended_state", &whose)?,
-        reported_state: json_column_opt(row, "reported_state", &whose)?,
-        reported_at: row.try_get("reported_at")?,
-        holder_device: row.try_get("holder_device")?,
-        first_seen_at: row.try_get("first_seen_at")?,
-        last_seen_at: row.try_get("last_seen_at")?,
-        serial,
-    })
-}
-
-/// The lock row an `UPDATE … RETURNING` found, or `LockNotFound`.
-fn found_lock(row: Option<SqliteRow>) -> Result<LockRecord, StoreError> {
-    match row {
-        Some(row) => Ok(lock_from_row(&row)?),
-        None => Err(StoreError::LockNotFound),
-    }
-}
-
-fn pairing_from_row(row: &SqliteRow) -> Result<PairingRequest, sqlx::Error> {
-    Ok(PairingRequest {
-        pair_id: row.try_get("pair_id")?,
-        lock: row.try_get("lock_serial")?,
-        name: row.try_get("name")?,
-        kind: item_kind_column(row, "item_type")?,
-        expires_at: row.try_get("expires_at")?,
-        created_at: row.try_get("created_at")?,
-        completed_at: row.try_get("completed_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        deliveries: row.try_get("deliveries")?,
-        cancelled_at: row.try_get("cancelled_at")?,
-    })
-}
-
-fn paired_item_from_row(row: &SqliteRow) -> Result<PairedItem, sqlx::Error> {
-    Ok(PairedItem {
-        lock: row.try_get("lock_serial")?,
-        serial: row.try_get("item_serial")?,
-        name: row.try_get("name")?,
-        kind: item_kind_column(row, "item_type")?,
-        pair_id: row.try_get("pair_id")?,
-        paired_at: row.try_get("paired_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
 }
