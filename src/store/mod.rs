@@ -23,6 +23,7 @@ use crate::domain::{
 };
 
 pub mod copy;
+mod join_queue;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

@@ -162,9 +162,7 @@ impl JsonColumns for sqlx::postgres::PgRow {
         whose: &str,
     ) -> Result<Option<T>, sqlx::Error> {
         let value: Option<serde_json::Value> = self.try_get(column)?;
-        value
-            .map(|v| from_json(v, column, whose))
-            .transpose()
+        value.map(|v| from_json(v, column, whose)).transpose()
     }
 }
 

@@ -28,45 +28,18 @@
 //! dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{ACQUIRE_TIMEOUT, LOCK_COLUMNS, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
 use crate::store::StoreError;
+use crate::store::join_queue::{Answer, Inbox, JoinWriter, MAX_BATCH, Op};
 
-/// Most joins committed in one transaction.
-const MAX_BATCH: usize = 512;
-/// Joins that may wait for the writer before `join` callers wait for room.
-const QUEUE: usize = 8192;
 /// Most lock rows kept for known-lock joins; beyond that the copy starts over.
 const MAX_KNOWN: usize = 65_536;
-
-type Answer = Result<Option<LockRecord>, StoreError>;
-
-struct Op {
-    serial: String,
-    holder: String,
-    exclusive: bool,
-    reply: oneshot::Sender<Answer>,
-}
-
-enum Request {
-    Join(Op),
-    Close(oneshot::Sender<()>),
-}
-
-/// Handle to the join writer; cheap to clone.
-#[derive(Clone, Debug)]
-pub(super) struct JoinWriter {
-    tx: mpsc::Sender<Request>,
-    known_hits: Arc<AtomicU64>,
-}
 
 /// A lock row as the copy keeps it, with the `xmin` of the row version it was read from.
 struct KnownLock {
@@ -76,114 +49,34 @@ struct KnownLock {
 
 type Known = HashMap<String, KnownLock>;
 
-fn writer_gone() -> StoreError {
-    StoreError::Database(sqlx::Error::PoolClosed)
+/// Starts the writer task on a connection of its own to `options` (opened when the first
+/// batch needs it). `new_lock_flags` is the `feature_flags` a lock gets on first sight.
+pub(super) fn spawn(options: PgConnectOptions, new_lock_flags: Value) -> JoinWriter {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options);
+    let (writer, inbox) = JoinWriter::channel();
+    tokio::spawn(run(pool, inbox, new_lock_flags));
+    writer
 }
 
-impl JoinWriter {
-    /// Starts the writer task on a connection of its own to `options` (opened when the
-    /// first batch needs it). `new_lock_flags` is the `feature_flags` a lock gets on first
-    /// sight.
-    pub(super) fn spawn(options: PgConnectOptions, new_lock_flags: Value) -> JoinWriter {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let known_hits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(pool, rx, new_lock_flags, known_hits.clone()));
-        JoinWriter { tx, known_hits }
-    }
-
-    /// Joins answered from the known-lock copy since start.
-    pub(super) fn known_hits(&self) -> u64 {
-        self.known_hits.load(Ordering::Relaxed)
-    }
-
-    /// Queues one join and waits for its commit.
-    pub(super) async fn join(&self, serial: &str, holder: &str, exclusive: bool) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        let op = Op {
-            serial: serial.to_owned(),
-            holder: holder.to_owned(),
-            exclusive,
-            reply,
-        };
-        self.tx
-            .send(Request::Join(op))
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
-    }
-
-    /// Lets the joins already queued finish, then closes the writer's connection.
-    pub(super) async fn close(&self) {
-        let (done, closed) = oneshot::channel();
-        if self.tx.send(Request::Close(done)).await.is_ok() {
-            let _ = closed.await;
-        }
-    }
-}
-
-async fn run(
-    pool: PgPool,
-    mut rx: mpsc::Receiver<Request>,
-    new_lock_flags: Value,
-    known_hits: Arc<AtomicU64>,
-) {
+async fn run(pool: PgPool, mut inbox: Inbox, new_lock_flags: Value) {
     let mut known = Known::new();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = None;
-    while let Some(request) = rx.recv().await {
-        match request {
-            Request::Join(op) => batch.push(op),
-            Request::Close(done) => closing = Some(done),
-        }
-        while closing.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Request::Join(op)) => batch.push(op),
-                Ok(Request::Close(done)) => closing = Some(done),
-                Err(_) => break,
-            }
-        }
+    while let Some(request) = inbox.rx.recv().await {
+        let closing = inbox.gather(request, &mut batch);
         if !batch.is_empty() {
             let answers = write_batch(&pool, &mut known, &batch, &new_lock_flags).await;
-            match &answers {
-                Ok((_, hits)) => {
-                    known_hits.fetch_add(*hits, Ordering::Relaxed);
-                }
-                Err(_) => known.clear(),
+            if answers.is_err() {
+                known.clear();
             }
-            answer(&mut batch, answers.map(|(a, _)| a));
+            inbox.answer(&mut batch, answers);
         }
         if let Some(done) = closing {
             pool.close().await;
             let _ = done.send(());
             return;
-        }
-    }
-}
-
-/// Sends every join of `batch` its answer, or the batch's error.
-fn answer(batch: &mut Vec<Op>, answers: Result<Vec<Answer>, sqlx::Error>) {
-    match answers {
-        Ok(answers) => {
-            for (op, answer) in batch.drain(..).zip(answers) {
-                let _ = op.reply.send(answer);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, joins = batch.len(), "lock join batch failed");
-            let unavailable = crate::store::is_unavailable(&e);
-            let msg = format!("join batch failed: {e}");
-            for op in batch.drain(..) {
-                let err = if unavailable {
-                    StoreError::Unavailable(msg.clone())
-                } else {
-                    StoreError::Database(sqlx::Error::Protocol(msg.clone()))
-                };
-                let _ = op.reply.send(Err(err));
-            }
         }
     }
 }

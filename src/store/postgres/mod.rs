@@ -71,7 +71,7 @@ const LOCK_COLUMNS: &str = lock_columns!();
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    joins: joins::JoinWriter,
+    joins: crate::store::join_queue::JoinWriter,
     /// As in the SQLite store: joins ask for pending pairing requests only before this
     /// Unix time. Requests created by another hub process sharing the database move it
     /// too: a trigger notifies `homehub_pairing_requests` and [`watch_pairings`] listens.
@@ -103,7 +103,7 @@ impl PgStore {
             return Err(e.into());
         }
         let new_lock_flags = Value::from(opts.new_lock_flags.clone());
-        let joins = joins::JoinWriter::spawn(options, new_lock_flags);
+        let joins = joins::spawn(options, new_lock_flags);
         let latest: Option<String> = match sqlx::query_scalar(LATEST_PENDING).fetch_one(&pool).await
         {
             Ok(v) => v,

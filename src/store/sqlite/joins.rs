@@ -34,16 +34,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Row, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
 
 use super::{LOCK_COLUMNS, StoreError, lock_from_row};
 use crate::domain::{LockRecord, now_rfc3339};
+use crate::store::join_queue::{Answer, Inbox, JoinWriter, MAX_BATCH, Op};
 
 /// How long the writer's own connection waits for another connection's write lock before
 /// a batch takes the read-only way (module docs).
@@ -52,41 +50,9 @@ const WRITER_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often bookkeeping writes kept during an outage are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
-/// Most joins committed in one transaction.
-const MAX_BATCH: usize = 512;
-/// Joins that may wait for the writer before `join` callers wait for room.
-const QUEUE: usize = 8192;
 /// Most lock rows kept for known-lock joins; beyond that the copy starts over (a home has
 /// tens of locks, a large site thousands).
 const MAX_KNOWN: usize = 65_536;
-
-/// The answer to one join: `None` when an exclusive join found the lock held by another
-/// device.
-type Answer = Result<Option<LockRecord>, StoreError>;
-
-struct Op {
-    serial: String,
-    holder: String,
-    exclusive: bool,
-    reply: oneshot::Sender<Answer>,
-}
-
-enum Request {
-    Join(Op),
-    /// Finish: close the writer's own connection, then acknowledge.
-    Close(oneshot::Sender<()>),
-}
-
-/// Handle to the join writer; cheap to clone.
-#[derive(Clone, Debug)]
-pub(super) struct JoinWriter {
-    tx: mpsc::Sender<Request>,
-    known_hits: Arc<AtomicU64>,
-}
-
-fn writer_gone() -> StoreError {
-    StoreError::Database(sqlx::Error::PoolClosed)
-}
 
 /// Where the writer's statements run.
 enum Db {
@@ -155,80 +121,41 @@ impl KnownLock {
     }
 }
 
-impl JoinWriter {
-    /// Starts the writer task. With `own` (a file database) it opens a connection of its
-    /// own and keeps the known-lock copy; otherwise it borrows `pool`'s connection per
-    /// batch. It ends when every handle is dropped or [`JoinWriter::close`] is called.
-    /// `new_lock_flags` is the `feature_flags` JSON a lock gets on first sight.
-    pub(super) async fn spawn(
-        pool: SqlitePool,
-        own: Option<&SqliteConnectOptions>,
-        new_lock_flags: String,
-    ) -> Result<JoinWriter, StoreError> {
-        let (db, path) = match own {
-            Some(options) => {
-                let options = options.clone().busy_timeout(WRITER_BUSY_TIMEOUT);
-                let path = options.get_filename().to_path_buf();
-                (
-                    Db::Own(SqliteConnection::connect_with(&options).await?),
-                    Some(path),
-                )
-            }
-            None => (Db::Shared(pool), None),
-        };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let known_hits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(db, path, rx, Arc::clone(&known_hits), new_lock_flags));
-        Ok(JoinWriter { tx, known_hits })
-    }
-
-    /// Queues one join and waits for its commit.
-    pub(super) async fn join(&self, serial: &str, holder: &str, exclusive: bool) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        let op = Op {
-            serial: serial.to_owned(),
-            holder: holder.to_owned(),
-            exclusive,
-            reply,
-        };
-        self.tx
-            .send(Request::Join(op))
-            .await
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
-    }
-
-    /// Joins answered from the known-lock copy since start.
-    pub(super) fn known_hits(&self) -> u64 {
-        self.known_hits.load(Ordering::Relaxed)
-    }
-
-    /// Lets the joins already queued finish, then closes the writer's connection.
-    pub(super) async fn close(&self) {
-        let (done, closed) = oneshot::channel();
-        if self.tx.send(Request::Close(done)).await.is_ok() {
-            let _ = closed.await;
+/// Starts the writer task. With `own` (a file database) it opens a connection of its own
+/// and keeps the known-lock copy; otherwise it borrows `pool`'s connection per batch. It
+/// ends when every handle is dropped or [`JoinWriter::close`] is called. `new_lock_flags`
+/// is the `feature_flags` JSON a lock gets on first sight.
+pub(super) async fn spawn(
+    pool: SqlitePool,
+    own: Option<&SqliteConnectOptions>,
+    new_lock_flags: String,
+) -> Result<JoinWriter, StoreError> {
+    let (db, path) = match own {
+        Some(options) => {
+            let options = options.clone().busy_timeout(WRITER_BUSY_TIMEOUT);
+            let path = options.get_filename().to_path_buf();
+            (
+                Db::Own(SqliteConnection::connect_with(&options).await?),
+                Some(path),
+            )
         }
-    }
+        None => (Db::Shared(pool), None),
+    };
+    let (writer, inbox) = JoinWriter::channel();
+    tokio::spawn(run(db, path, inbox, new_lock_flags));
+    Ok(writer)
 }
 
-async fn run(
-    mut db: Db,
-    path: Option<PathBuf>,
-    mut rx: mpsc::Receiver<Request>,
-    known_hits: Arc<AtomicU64>,
-    new_lock_flags: String,
-) {
+async fn run(mut db: Db, path: Option<PathBuf>, mut inbox: Inbox, new_lock_flags: String) {
     let mut known = Known::default();
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
-    let mut closing = None;
     let mut outage = Outage::default();
     loop {
         // While bookkeeping writes wait, wake up to retry them even if no join comes.
         let request = if outage.kept.is_empty() {
-            rx.recv().await
+            inbox.rx.recv().await
         } else {
-            match tokio::time::timeout(RETRY_EVERY, rx.recv()).await {
+            match tokio::time::timeout(RETRY_EVERY, inbox.rx.recv()).await {
                 Ok(request) => request,
                 Err(_) => {
                     if let Db::Own(conn) = &mut db {
@@ -239,17 +166,7 @@ async fn run(
             }
         };
         let Some(request) = request else { break };
-        match request {
-            Request::Join(op) => batch.push(op),
-            Request::Close(done) => closing = Some(done),
-        }
-        while closing.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Request::Join(op)) => batch.push(op),
-                Ok(Request::Close(done)) => closing = Some(done),
-                Err(_) => break,
-            }
-        }
+        let closing = inbox.gather(request, &mut batch);
         if !batch.is_empty() {
             let answers = match &mut db {
                 Db::Own(conn) => {
@@ -272,7 +189,7 @@ async fn run(
                     Err(e) => Err(e),
                 },
             };
-            answer(&mut batch, answers, &known_hits);
+            inbox.answer(&mut batch, answers);
         }
         if let Some(done) = closing {
             if let Db::Own(conn) = &mut db
@@ -423,35 +340,6 @@ impl Outage {
 
 fn unavailable(why: &str) -> StoreError {
     StoreError::Unavailable(why.to_owned())
-}
-
-/// Sends every join of `batch` its answer, or the batch's error.
-fn answer(
-    batch: &mut Vec<Op>,
-    answers: Result<(Vec<Answer>, u64), sqlx::Error>,
-    known_hits: &AtomicU64,
-) {
-    match answers {
-        Ok((answers, hits)) => {
-            known_hits.fetch_add(hits, Ordering::Relaxed);
-            for (op, answer) in batch.drain(..).zip(answers) {
-                let _ = op.reply.send(answer);
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, joins = batch.len(), "lock join batch failed");
-            let unavailable = crate::store::is_unavailable(&e);
-            let msg = format!("join batch failed: {e}");
-            for op in batch.drain(..) {
-                let err = if unavailable {
-                    StoreError::Unavailable(msg.clone())
-                } else {
-                    StoreError::Database(sqlx::Error::Protocol(msg.clone()))
-                };
-                let _ = op.reply.send(Err(err));
-            }
-        }
-    }
 }
 
 /// Writes one batch: known locks through [`touch_known`], the rest through [`commit`].

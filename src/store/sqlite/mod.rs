@@ -70,7 +70,7 @@ const LOCK_COLUMNS: &str = lock_columns!();
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     /// Group-commit writer for lock joins (the hot write path).
-    joins: joins::JoinWriter,
+    joins: crate::store::join_queue::JoinWriter,
     /// Unix time (seconds) until which some pairing request may still be pending: a lock
     /// join asks for pending requests only before it, so joins cost no query when no
     /// pairing is under way (requests are created only through this store).
@@ -117,7 +117,7 @@ impl SqliteStore {
         // A file database gives the join writer a connection of its own (see `joins`).
         let own = (!in_memory).then_some(&options);
         let new_lock_flags = Value::from(opts.new_lock_flags.clone()).to_string();
-        let joins = match joins::JoinWriter::spawn(pool.clone(), own, new_lock_flags).await {
+        let joins = match joins::spawn(pool.clone(), own, new_lock_flags).await {
             Ok(joins) => joins,
             Err(e) => {
                 pool.close().await;
