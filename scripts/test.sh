@@ -29,7 +29,7 @@ echo "== postgres"
 pg_start
 echo "== cargo test"
 cargo test --locked
-echo "== cargo test --test hub, on PostgreSQL (the same suite, HOMEHUB_TEST_STORE=postgres)"
-HOMEHUB_TEST_STORE=postgres cargo test --locked --test hub
+echo "== the integration suites again, on PostgreSQL (HOMEHUB_TEST_STORE=postgres)"
+HOMEHUB_TEST_STORE=postgres cargo test --locked --test hub --test bester
 echo "== interop (official phoenix JS client, Python client)"
 bash tests/interop/run.sh

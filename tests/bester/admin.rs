@@ -48,10 +48,8 @@ async fn admin_api_manages_users() {
     );
 
     // The database holds a salted argon2id hash, not the password.
-    let db = hub.dir.path().join("homehub.db");
-    let store = homehub::store::Store::open(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let db = crate::support::database_in(hub.dir.path()).await;
+    let store = homehub::store::Store::open(&db).await.unwrap();
     let hash = store.bester_password_hash("alice").await.unwrap().unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains(PASSWORD));

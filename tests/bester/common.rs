@@ -119,6 +119,7 @@ impl HubBuilder {
         let config_path = self.dir.path().join("bester.json");
         std::fs::write(&config_path, file.to_string()).expect("write bester.json");
         let mut config = config_in(self.dir.path(), "127.0.0.1:0".parse().unwrap(), TOKEN);
+        config.database_url = crate::support::database_in(self.dir.path()).await;
         config.bester.bind = Some("127.0.0.1:0".parse().unwrap());
         config.bester.config = Some(config_path);
         config.bester.handler_timeout = std::time::Duration::from_millis(3_000);

@@ -57,13 +57,11 @@ async fn spawn_hub() -> HubProcess {
     let dir = tempfile::tempdir().expect("tempdir");
     let bester = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = std::fs::File::create(dir.path().join("hub.log")).expect("hub log");
+    let db = crate::support::database_in(dir.path()).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
         .env_clear()
         .current_dir(dir.path())
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("hub.db").display()),
-        )
+        .env("DATABASE_URL", db)
         .env("HOMEHUB_BIND", "127.0.0.1:0")
         .env("HOMEHUB_ADMIN_TOKEN", TOKEN)
         .env("HOMEHUB_BESTER_BIND", bester.to_string())

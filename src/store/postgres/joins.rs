@@ -1,10 +1,11 @@
 //! Group commit for lock joins on PostgreSQL.
 //!
 //! As on SQLite (`store::sqlite::joins`), one writer task takes every join waiting in its
-//! queue and writes them together, answering each after the commit. Here a batch is one
-//! transaction of at most two statements (shared-mode and token-mode joins), each an
-//! `INSERT … SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE … RETURNING`: one statement
-//! and one round trip whatever the batch size, and one prepared statement for every size.
+//! queue and writes them together, answering each after the commit. Here a batch is at
+//! most three statements, each committing by itself: the known locks' touch (below), then
+//! the upserts of shared-mode and token-mode joins, each an
+//! `INSERT … SELECT FROM unnest($arrays) ON CONFLICT DO UPDATE … RETURNING`. Each is one
+//! round trip whatever the batch size, and one prepared statement for every size.
 //!
 //! PostgreSQL refuses to update one row twice in a statement, so each statement carries a
 //! serial once: for shared joins the last join of a serial in the batch (its holder is the
@@ -81,9 +82,9 @@ async fn run(pool: PgPool, mut inbox: Inbox, new_lock_flags: Value) {
     }
 }
 
-/// Writes one batch in one transaction: known locks through [`touch_known`], the rest
-/// through [`upsert`]. Returns the answers in batch order and how many came from the copy.
-/// The copy is changed only once the transaction committed.
+/// Writes one batch: known locks through [`touch_known`], the rest through [`upsert`].
+/// Returns the answers in batch order and how many came from the copy. The copy is changed
+/// only once every statement committed.
 async fn write_batch(
     pool: &PgPool,
     known: &mut Known,
@@ -91,7 +92,11 @@ async fn write_batch(
     new_lock_flags: &Value,
 ) -> Result<(Vec<Answer>, u64), sqlx::Error> {
     let now = now_rfc3339();
-    let mut tx = pool.begin().await?;
+    // Each statement commits by itself (no BEGIN/COMMIT round trips): a batch of known
+    // locks is one round trip and one WAL flush. A later statement failing fails the
+    // batch's replies, while an earlier one's write stays: it only recorded a join that
+    // the client is told failed and will retry.
+    let mut conn = pool.acquire().await?;
     // One candidate per serial: a second join of the same lock in this batch goes the
     // first-sight way, after the first one's write.
     let mut seen = HashSet::new();
@@ -101,7 +106,13 @@ async fn write_batch(
     let touched = if candidates.is_empty() {
         HashMap::new()
     } else {
-        touch_known(&mut tx, known, candidates.iter().map(|&i| &batch[i]), &now).await?
+        touch_known(
+            &mut conn,
+            known,
+            candidates.iter().map(|&i| &batch[i]),
+            &now,
+        )
+        .await?
     };
     let mut answers: Vec<Option<Answer>> = (0..batch.len()).map(|_| None).collect();
     let mut copied = Vec::new();
@@ -120,13 +131,12 @@ async fn write_batch(
     let mut read = Vec::new();
     if !rest.is_empty() {
         let ops: Vec<&Op> = rest.iter().map(|&i| &batch[i]).collect();
-        let (written, rows) = upsert(&mut tx, &ops, new_lock_flags, &now).await?;
+        let (written, rows) = upsert(&mut conn, &ops, new_lock_flags, &now).await?;
         for (&i, answer) in rest.iter().zip(written) {
             answers[i] = Some(answer);
         }
         read = rows;
     }
-    tx.commit().await?;
     if known.len() + read.len() > MAX_KNOWN {
         known.clear();
     }
