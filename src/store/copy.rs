@@ -603,32 +603,7 @@ async fn write_sqlite(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(target("starting the transaction"))?;
-    let mut counts = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
-        let sql = format!("SELECT COUNT(*) FROM {}", table.name);
-        let n = sqlx::query_scalar::<_, i64>(&sql)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(target("counting rows"))?;
-        counts.push(n);
-    }
-    if let Some(tables) = occupied(&counts) {
-        if !replace {
-            return Err(CopyError::TargetNotEmpty {
-                url: redact(url),
-                tables,
-            });
-        }
-        for table in TABLES.iter().rev() {
-            sqlx::query(&format!("DELETE FROM {}", table.name))
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| CopyError::Write {
-                    table: table.name,
-                    error,
-                })?;
-        }
-    }
+    empty_target::<sqlx::Sqlite>(&mut tx, url, replace).await?;
     for (table, rows) in TABLES.iter().zip(data) {
         for chunk in rows.chunks(batch(table, SQLITE_MAX_BINDS)) {
             let sql = insert_sql(table, Kind::Sqlite, chunk.len());
@@ -653,6 +628,53 @@ async fn write_sqlite(
         }
     }
     tx.commit().await.map_err(target("committing"))
+}
+
+/// Refuses a target holding rows in any of the hub's tables, or with `replace` empties
+/// them (children first), on the target's open transaction.
+async fn empty_target<DB>(
+    conn: &mut DB::Connection,
+    url: &str,
+    replace: bool,
+) -> Result<(), CopyError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let mut counts = Vec::with_capacity(TABLES.len());
+    for table in TABLES {
+        let sql = format!("SELECT COUNT(*) FROM {}", table.name);
+        let n = sqlx::query_scalar::<DB, i64>(&sql)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|error| CopyError::Target {
+                what: "counting rows",
+                error,
+            })?;
+        counts.push(n);
+    }
+    let Some(tables) = occupied(&counts) else {
+        return Ok(());
+    };
+    if !replace {
+        return Err(CopyError::TargetNotEmpty {
+            url: redact(url),
+            tables,
+        });
+    }
+    for table in TABLES.iter().rev() {
+        sqlx::query::<DB>(&format!("DELETE FROM {}", table.name))
+            .execute(&mut *conn)
+            .await
+            .map_err(|error| CopyError::Write {
+                table: table.name,
+                error,
+            })?;
+    }
+    Ok(())
 }
 
 /// Writes `data` to a PostgreSQL target in one transaction, with the hub's tables locked
@@ -683,32 +705,7 @@ async fn write_postgres(
     .execute(&mut *tx)
     .await
     .map_err(target("locking the tables"))?;
-    let mut counts = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
-        let sql = format!("SELECT COUNT(*) FROM {}", table.name);
-        let n = sqlx::query_scalar::<_, i64>(&sql)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(target("counting rows"))?;
-        counts.push(n);
-    }
-    if let Some(tables) = occupied(&counts) {
-        if !replace {
-            return Err(CopyError::TargetNotEmpty {
-                url: redact(url),
-                tables,
-            });
-        }
-        for table in TABLES.iter().rev() {
-            sqlx::query(&format!("DELETE FROM {}", table.name))
-                .execute(&mut *tx)
-                .await
-                .map_err(|error| CopyError::Write {
-                    table: table.name,
-                    error,
-                })?;
-        }
-    }
+    empty_target::<sqlx::Postgres>(&mut tx, url, replace).await?;
     for (table, rows) in TABLES.iter().zip(data) {
         let write_error = |error| CopyError::Write {
             table: table.name,
