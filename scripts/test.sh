@@ -3,11 +3,14 @@
 # the interop suites with real Phoenix client libraries (which this script installs:
 # `npm ci` and a Python venv under tests/interop). Non-interactive; safe on a fresh clone.
 # The tests get a private PostgreSQL server (scripts/postgres.sh, docs/testing.md), stopped
-# and removed when this script exits (also on a failure, ^C or SIGTERM).
+# and removed when this script exits (also on a failure, ^C or SIGTERM), and a nats-server
+# binary (scripts/nats.sh) from which the cluster tests start NATS servers of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/postgres.sh
 source scripts/postgres.sh
+# shellcheck source=scripts/nats.sh
+source scripts/nats.sh
 trap pg_stop EXIT
 trap 'exit 130' INT   # so that the EXIT trap also runs on ^C and SIGTERM
 trap 'exit 143' TERM
@@ -27,6 +30,8 @@ if ! command -v sqlite3 >/dev/null 2>&1; then
 fi
 echo "== postgres"
 pg_start
+echo "== nats-server (the cluster tests start their own from it)"
+nats_install
 echo "== cargo test"
 cargo test --locked
 echo "== the integration suites again, on PostgreSQL (HOMEHUB_TEST_STORE=postgres)"
