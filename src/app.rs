@@ -46,6 +46,14 @@ impl Server {
                 config.bind
             );
         }
+        if crate::cluster::Options::from_config(&config).is_some()
+            && crate::store::Kind::of(&config.database_url) != crate::store::Kind::Postgres
+        {
+            anyhow::bail!(
+                "HOMEHUB_CLUSTER needs a store every node shares: set DATABASE_URL to a \
+                 postgres:// URL (a SQLite file belongs to one process; docs/cluster.md)"
+            );
+        }
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(crate::net::listener::tls_acceptor(cert, key)?),
             (None, None) => None,
@@ -79,7 +87,23 @@ impl Server {
             None => store.token_key().await.context("loading the token key")?,
         };
         let keyring = Keyring::new(key, store.revoked_token_ids().await?);
-        let hub = Arc::new(Hub::new(config, store, keyring));
+        let hub = match crate::cluster::Options::from_config(&config) {
+            None => Hub::new(config, store, keyring),
+            Some(cluster) => {
+                let (client, events) = crate::cluster::connect(&cluster).await?;
+                Hub::with_fabric(config, store, keyring, |parts| {
+                    Arc::new(crate::cluster::NatsFabric::start(
+                        client,
+                        events,
+                        cluster,
+                        parts.registry.clone(),
+                        parts.keyring.clone(),
+                        parts.shutdown.clone(),
+                    ))
+                })
+            }
+        };
+        let hub = Arc::new(hub);
         let bester = Arc::new(crate::doors::bester::Ctx {
             bester,
             store: hub.store.clone(),
@@ -217,6 +241,7 @@ pub fn router(
     Router::new()
         .nest("/api", crate::admin::router(&admin))
         .merge(crate::admin::metrics_router(&admin))
+        .merge(crate::admin::health_router())
         .with_state(admin)
         .merge(sockets)
         .merge(longpoll)

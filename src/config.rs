@@ -175,6 +175,91 @@ pub struct Config {
     /// Settings of the Bester door (length-prefixed JSON over TCP, docs/bester.md).
     #[command(flatten)]
     pub bester: BesterSettings,
+
+    /// Settings of a cluster of hub nodes on NATS (docs/cluster.md).
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
+}
+
+/// Several hub processes acting as one on NATS (docs/cluster.md). Unset `HOMEHUB_CLUSTER`:
+/// a single hub.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterSettings {
+    /// The NATS server(s) that make this hub a node of a cluster, e.g.
+    /// `nats://10.0.0.5:4222` (several: comma-separated). Needs a PostgreSQL store.
+    #[arg(id = "cluster_url", long = "cluster", env = "HOMEHUB_CLUSTER")]
+    pub url: Option<String>,
+
+    /// This node's name in the cluster (logs, `/api/cluster`, `/api/devices`); default:
+    /// the host name.
+    #[arg(id = "cluster_node", long = "node", env = "HOMEHUB_NODE")]
+    pub node: Option<String>,
+
+    /// The first token of every subject the cluster uses, so several clusters can share
+    /// one NATS account.
+    #[arg(
+        id = "cluster_subject_prefix",
+        long = "cluster-subject-prefix",
+        env = "HOMEHUB_CLUSTER_SUBJECT_PREFIX",
+        default_value = "homehub"
+    )]
+    pub subject_prefix: String,
+
+    /// A NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(
+        id = "cluster_credentials",
+        long = "cluster-credentials",
+        env = "HOMEHUB_CLUSTER_CREDENTIALS"
+    )]
+    pub credentials: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the NATS server's certificate; setting it requires TLS.
+    #[arg(
+        id = "cluster_tls_ca",
+        long = "cluster-tls-ca",
+        env = "HOMEHUB_CLUSTER_TLS_CA"
+    )]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for NATS servers that verify clients (with
+    /// `HOMEHUB_CLUSTER_TLS_KEY`).
+    #[arg(
+        id = "cluster_tls_cert",
+        long = "cluster-tls-cert",
+        env = "HOMEHUB_CLUSTER_TLS_CERT"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `HOMEHUB_CLUSTER_TLS_CERT`.
+    #[arg(
+        id = "cluster_tls_key",
+        long = "cluster-tls-key",
+        env = "HOMEHUB_CLUSTER_TLS_KEY"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Milliseconds without a heartbeat after which the other nodes consider a node gone
+    /// and remove its Presence entries (nodes heartbeat every third of it).
+    #[arg(
+        id = "cluster_node_timeout",
+        long = "cluster-node-timeout-ms",
+        env = "HOMEHUB_CLUSTER_NODE_TIMEOUT_MS",
+        default_value = "3000",
+        value_parser = parse_millis_at_least_10
+    )]
+    pub node_timeout: Duration,
+
+    /// Milliseconds a cross-node request (a relay packet, a disconnect) waits for the node
+    /// that holds the target before the sender is told the fabric is unavailable.
+    #[arg(
+        id = "cluster_request_timeout",
+        long = "cluster-request-timeout-ms",
+        env = "HOMEHUB_CLUSTER_REQUEST_TIMEOUT_MS",
+        default_value = "2000",
+        value_parser = parse_millis_at_least_10
+    )]
+    pub request_timeout: Duration,
 }
 
 /// The Phoenix door (`/socket/websocket`, `/socket/longpoll`).
@@ -332,6 +417,21 @@ fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 impl Config {
+    /// This hub's node name: `HOMEHUB_NODE`, else the host name, else `homehub`.
+    pub fn node_name(&self) -> String {
+        self.cluster
+            .node
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "homehub".to_owned())
+    }
+
     /// The shipped defaults (an empty command line; `HOMEHUB_*` variables still apply)
     /// with the addresses a test or an embedding chooses: `bind`, `database_url`, and no
     /// Bester listener (many hubs run at once in the tests; set `bester.bind` to have one).

@@ -183,16 +183,50 @@ async fn metrics(
     State(metrics): State<Arc<Metrics>>,
     State(registry): State<Arc<Registry>>,
     State(store): State<Store>,
+    State(fabric): State<Arc<dyn Fabric>>,
 ) -> Response {
-    let body = metrics.render(
+    let mut body = metrics.render(
         &registry.connections_by_door(),
         store.lock_join_known_hits(),
     );
+    fabric.render_metrics(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `GET /health/live` (the process answers) and `GET /health/ready` (it can serve: the
+/// database answers and, on a cluster node, NATS is reachable), for load balancers and
+/// orchestrators; no authorization, no secrets.
+pub fn health_router() -> Router<AdminState> {
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
+        .route("/health/ready", get(ready))
+}
+
+async fn ready(State(store): State<Store>, State(fabric): State<Arc<dyn Fabric>>) -> Response {
+    let database = tokio::time::timeout(std::time::Duration::from_secs(2), store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let cluster = fabric.cluster();
+    let ready = database && cluster.connected;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "ready": ready,
+        "database": database,
+        "cluster": if cluster.clustered { json!(cluster.connected) } else { Value::Null },
+    });
+    (status, Json(body)).into_response()
 }
 
 pub fn router(state: &AdminState) -> Router<AdminState> {
     Router::new()
+        .route("/cluster", get(show_cluster))
         .route("/locks", get(list_locks))
         .route("/locks/{serial}", get(show_lock).patch(update_lock))
         .route("/locks/{serial}/state", put(set_state))
@@ -474,9 +508,16 @@ async fn list_pairings(State(store): State<Store>) -> Result<Json<Value>, AdminE
 
 /// `GET /api/devices`: connected devices, their doors and joined topics, and the live
 /// Bester connections (door `bester`, with the user they are logged in as).
-async fn list_devices(State(registry): State<Arc<Registry>>) -> Json<Value> {
-    let devices = registry.devices();
-    Json(json!({ "devices": devices }))
+/// `GET /api/devices`: every live connection of every node (each with its `node` on a
+/// cluster).
+async fn list_devices(State(fabric): State<Arc<dyn Fabric>>) -> Result<Json<Value>, AdminError> {
+    let devices = fabric.devices().await?;
+    Ok(Json(json!({ "devices": devices })))
+}
+
+/// `GET /api/cluster`: this node, whether it reaches the others, and every node it sees.
+async fn show_cluster(State(fabric): State<Arc<dyn Fabric>>) -> Json<crate::core::ClusterView> {
+    Json(fabric.cluster())
 }
 
 /// `POST /api/devices/{name}/disconnect`: the socket-id `disconnect` broadcast (§6):

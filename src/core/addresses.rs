@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tungstenite::Utf8Bytes;
 
 use super::fabric::DeliveryError;
+use super::interest::{Interest, Name};
 use super::{Conn, Outbound, SendError};
 
 #[derive(Default)]
 pub struct Addresses {
     map: Mutex<HashMap<String, Arc<Conn>>>,
+    interest: Interest,
 }
 
 /// A fresh address: 128 random bits as 32 lower-case hex digits.
@@ -20,8 +22,21 @@ fn random_address() -> String {
 }
 
 impl Addresses {
+    /// Addresses whose changes are reported to `interest`.
+    pub fn new(interest: Interest) -> Addresses {
+        Addresses {
+            map: Mutex::default(),
+            interest,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Conn>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this process holds `addr`.
+    pub fn holds(&self, addr: &str) -> bool {
+        self.lock().contains_key(addr)
     }
 
     /// Gives `conn` a new address.
@@ -31,6 +46,8 @@ impl Addresses {
             let addr = random_address();
             if !map.contains_key(&addr) {
                 map.insert(addr.clone(), conn.clone());
+                drop(map);
+                self.interest.changed(Name::Address(addr.clone()));
                 return addr;
             }
         }
@@ -41,6 +58,8 @@ impl Addresses {
         let mut map = self.lock();
         if map.get(addr).is_some_and(|c| c.id == conn_id) {
             map.remove(addr);
+            drop(map);
+            self.interest.changed(Name::Address(addr.to_owned()));
         }
     }
 

@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 
 use super::close_code;
 use super::fabric::DeliveryError;
+use super::interest::{Interest, Name};
 use super::{Conn, Outbound, SendError};
 use crate::domain::DeviceName;
 
@@ -73,6 +74,7 @@ struct Entry {
 #[derive(Default)]
 pub struct Directory {
     map: RwLock<HashMap<String, Entry>>,
+    interest: Interest,
 }
 
 /// Why a registration was refused. The text is what every door tells the device (Phoenix
@@ -140,6 +142,14 @@ pub struct Registered {
 }
 
 impl Directory {
+    /// A directory whose changes are reported to `interest`.
+    pub fn new(interest: Interest) -> Directory {
+        Directory {
+            map: RwLock::default(),
+            interest,
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Entry>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -162,7 +172,7 @@ impl Directory {
         if claim.token_device.is_some_and(|d| normalize(d) != name) {
             return Err(RegisterError::WrongDevice);
         }
-        let displaced = {
+        let (displaced, fresh) = {
             let mut map = self.write();
             let displaced = match map.get(&name) {
                 Some(e) if e.conn.id == conn.id => None,
@@ -170,15 +180,20 @@ impl Directory {
                 Some(e) => Some(e.conn.clone()),
                 None => None,
             };
-            map.insert(
-                name.clone(),
-                Entry {
-                    conn: conn.clone(),
-                    info: claim.info,
-                },
-            );
-            displaced
+            let fresh = map
+                .insert(
+                    name.clone(),
+                    Entry {
+                        conn: conn.clone(),
+                        info: claim.info,
+                    },
+                )
+                .is_none();
+            (displaced, fresh)
         };
+        if fresh {
+            self.interest.changed(Name::Relay(name.clone()));
+        }
         if let Some(old) = &displaced {
             tracing::info!(device = %name, old_conn = old.id, new_conn = conn.id, "relay name taken over");
             if old.send(Outbound::RelayRevoked).is_err() {
@@ -193,6 +208,8 @@ impl Directory {
         let mut map = self.write();
         if map.get(name).is_some_and(|e| e.conn.id == conn_id) {
             map.remove(name);
+            drop(map);
+            self.interest.changed(Name::Relay(name.to_owned()));
             true
         } else {
             false

@@ -26,7 +26,7 @@ use super::close_code;
 use super::directory::{BinaryPacket, Claim, Packet, RegisterError, Registered};
 use super::message::OutPayload;
 use super::presence::DeviceMeta;
-use super::registry::{Conn, Outbound, Registry};
+use super::registry::{Conn, DeviceView, Registry};
 use super::topic::Topic;
 use crate::domain::DeviceName;
 
@@ -51,6 +51,34 @@ pub enum DeliveryError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("fabric unavailable")]
 pub struct Unavailable;
+
+/// One hub node as `/api/cluster` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeView {
+    pub name: String,
+    /// The node answering the request.
+    pub this_node: bool,
+    /// `up`: heartbeating (nodes that stop are removed).
+    pub state: &'static str,
+    /// Its live connections.
+    pub connections: usize,
+    pub started_at: String,
+    /// Milliseconds since its last heartbeat arrived (absent for this node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+/// The cluster as one node sees it (`/api/cluster`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterView {
+    /// Whether this hub is a node of a cluster (`HOMEHUB_CLUSTER`).
+    pub clustered: bool,
+    /// This node's name.
+    pub node: String,
+    /// Whether the fabric can reach the other nodes (a single hub always can).
+    pub connected: bool,
+    pub nodes: Vec<NodeView>,
+}
 
 /// Everything that crosses connections. See the module docs for the two kinds of call.
 pub trait Fabric: Send + Sync + 'static {
@@ -131,16 +159,32 @@ pub trait Fabric: Send + Sync + 'static {
         conn_id: u64,
         fields: Option<DeviceMeta>,
     ) -> Result<(), Unavailable>;
+
+    /// Every live connection of every node (each with its node in a cluster), by name.
+    fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>>;
+
+    /// The nodes and whether this one reaches them.
+    fn cluster(&self) -> ClusterView;
+
+    /// Appends the fabric's own Prometheus lines to `/metrics` (none for a single hub).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 /// The fabric of one hub process: every target is in this process's [`Registry`].
 pub struct LocalFabric {
     registry: Arc<Registry>,
+    node: String,
+    started_at: String,
 }
 
 impl LocalFabric {
-    pub fn new(registry: Arc<Registry>) -> LocalFabric {
-        LocalFabric { registry }
+    /// The fabric over `registry` of the hub called `node`.
+    pub fn new(registry: Arc<Registry>, node: String) -> LocalFabric {
+        LocalFabric {
+            registry,
+            node,
+            started_at: crate::domain::format_ts(time::OffsetDateTime::now_utc()),
+        }
     }
 }
 
@@ -227,15 +271,7 @@ impl Fabric for LocalFabric {
     }
 
     fn end_channel(&self, topic: &Topic, keep: Option<&str>) -> Result<usize, Unavailable> {
-        let topic = Arc::new(topic.clone());
-        let told = self
-            .registry
-            .subscribers(&topic)
-            .into_iter()
-            .filter(|conn| Some(conn.name.as_str()) != keep)
-            .filter(|conn| conn.send(Outbound::EndChannel(topic.clone())).is_ok())
-            .count();
-        Ok(told)
+        Ok(self.registry.end_channel(topic, keep))
     }
 
     fn presence_set(
@@ -247,13 +283,33 @@ impl Fabric for LocalFabric {
         self.registry.presence_set(key, conn_id, fields);
         Ok(())
     }
+
+    fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>> {
+        Box::pin(std::future::ready(Ok(self.registry.devices())))
+    }
+
+    fn cluster(&self) -> ClusterView {
+        ClusterView {
+            clustered: false,
+            node: self.node.clone(),
+            connected: true,
+            nodes: vec![NodeView {
+                name: self.node.clone(),
+                this_node: true,
+                state: "up",
+                connections: self.registry.connection_count(),
+                started_at: self.started_at.clone(),
+                last_heartbeat_ms: None,
+            }],
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Door;
     use crate::core::outbox::Receiver;
+    use crate::core::{Door, Outbound};
     use crate::domain::DeviceInfo;
     use crate::metrics::Metrics;
     use tokio_util::sync::CancellationToken;
@@ -264,7 +320,10 @@ mod tests {
             16,
             Arc::new(Metrics::default()),
         ));
-        (registry.clone(), LocalFabric::new(registry))
+        (
+            registry.clone(),
+            LocalFabric::new(registry, "hub".to_owned()),
+        )
     }
 
     fn connect(registry: &Registry, name: &str) -> (Arc<Conn>, Receiver) {

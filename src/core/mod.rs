@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod close_code;
 pub mod directory;
 pub mod fabric;
+pub mod interest;
 pub mod message;
 pub mod outbox;
 pub mod presence;
@@ -20,6 +21,6 @@ pub mod topic;
 pub mod users;
 
 pub use crate::domain::Door;
-pub use fabric::{DeliveryError, Fabric, LocalFabric};
+pub use fabric::{ClusterView, DeliveryError, Fabric, LocalFabric, NodeView};
 pub use registry::{Conn, DeviceView, Outbound, Registry, SendError};
 pub use topic::Topic;

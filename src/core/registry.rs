@@ -7,6 +7,7 @@
 //! ([`Conn::kill`]). A full queue means the reader is too slow: the connection is closed
 //! (policy, close code 1008) instead of letting memory grow.
 
+use super::interest::{Interest, Name};
 use super::topic::Topic;
 use super::{addresses, directory, outbox, presence, users};
 
@@ -241,13 +242,13 @@ impl Conn {
 }
 
 /// What the admin API shows about a connected device (or Bester connection).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceView {
     pub name: String,
     /// [`Door::as_str`], or `bester`.
-    pub door: &'static str,
+    pub door: std::borrow::Cow<'static, str>,
     /// The Bester user a Bester connection is logged in as (absent for other doors).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The name the device registered on the relay, if any.
     pub relay_name: Option<String>,
@@ -262,8 +263,11 @@ pub struct DeviceView {
     /// `DELETE /api/tokens/{id}` takes.
     pub token_id: Option<String>,
     /// `longpoll` for a Phoenix long-poll session (absent for sockets).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub transport: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<std::borrow::Cow<'static, str>>,
+    /// The cluster node that holds the connection (absent on a single hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Default)]
@@ -326,6 +330,8 @@ pub struct Registry {
     pub presence: presence::Presence,
     /// Bester users (and peers) by connection.
     pub users: users::Users,
+    /// Where the names other nodes can address are reported (a cluster fabric listens).
+    pub interest: Interest,
     /// The shortest [`Conn::watch_idle_within`] limit given so far (ms; 0 = none).
     shortest_own_limit_ms: AtomicU64,
     /// Wakes the idle sweep early: a shorter own limit than any before was given.
@@ -338,16 +344,18 @@ impl Registry {
         queue_capacity: usize,
         metrics: Arc<Metrics>,
     ) -> Registry {
+        let interest = Interest::default();
         Registry {
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
             shutdown,
             queue_capacity: queue_capacity.max(1),
             metrics,
-            relay: directory::Directory::default(),
-            compendium: addresses::Addresses::default(),
+            relay: directory::Directory::new(interest.clone()),
+            compendium: addresses::Addresses::new(interest.clone()),
             presence: presence::Presence::default(),
             users: users::Users::default(),
+            interest,
             shortest_own_limit_ms: AtomicU64::new(0),
             sweep_wake: tokio::sync::Notify::new(),
         }
@@ -452,11 +460,14 @@ impl Registry {
             *n += 1;
             inner.conns.insert(id, conn.clone());
             if named {
-                inner.devices.insert(name, conn.clone())
+                inner.devices.insert(name.clone(), conn.clone())
             } else {
                 None
             }
         };
+        if named {
+            self.interest.changed(Name::Device(name));
+        }
         if let Some(old) = old {
             tracing::info!(device = %old.name, old_conn = old.id, new_conn = conn.id, "device reconnected; closing its older connection");
             old.kill(close_code::GOING_AWAY);
@@ -472,19 +483,28 @@ impl Registry {
         if conn.door == Door::Bester {
             self.users.forget(conn.id);
         }
-        let mut inner = self.lock();
-        if inner.conns.remove(&conn.id).is_some() {
-            inner.release(conn.address());
-        }
-        if inner
-            .devices
-            .get(&conn.name)
-            .is_some_and(|c| c.id == conn.id)
+        let mut gone = Vec::new();
         {
-            inner.devices.remove(&conn.name);
+            let mut inner = self.lock();
+            if inner.conns.remove(&conn.id).is_some() {
+                inner.release(conn.address());
+            }
+            if inner
+                .devices
+                .get(&conn.name)
+                .is_some_and(|c| c.id == conn.id)
+            {
+                inner.devices.remove(&conn.name);
+                gone.push(Name::Device(conn.name.clone()));
+            }
+            for t in topics {
+                if remove_sub(&mut inner, t, conn.id) {
+                    gone.push(Name::Topic(t.clone()));
+                }
+            }
         }
-        for t in topics {
-            remove_sub(&mut inner, t, conn.id);
+        for name in gone {
+            self.interest.changed(name);
         }
     }
 
@@ -577,15 +597,22 @@ impl Registry {
     }
 
     pub fn subscribe(&self, topic: &Topic, conn: &Arc<Conn>) {
-        self.lock()
-            .topics
-            .entry(topic.clone())
-            .or_default()
-            .insert(conn.id, conn.clone());
+        let first = {
+            let mut inner = self.lock();
+            let subs = inner.topics.entry(topic.clone()).or_default();
+            subs.insert(conn.id, conn.clone());
+            subs.len() == 1
+        };
+        if first {
+            self.interest.changed(Name::Topic(topic.clone()));
+        }
     }
 
     pub fn unsubscribe(&self, topic: &Topic, conn_id: u64) {
-        remove_sub(&mut self.lock(), topic, conn_id);
+        let last = remove_sub(&mut self.lock(), topic, conn_id);
+        if last {
+            self.interest.changed(Name::Topic(topic.clone()));
+        }
     }
 
     /// Broadcasts `event` on `topic` to every subscriber except `except`; the frame is
@@ -626,6 +653,17 @@ impl Registry {
         receivers
             .iter()
             .filter(|c| c.send(Outbound::Push(Box::new(frame.clone()))).is_ok())
+            .count()
+    }
+
+    /// Ends the channel instance on `topic` of every local connection whose device is not
+    /// `keep`; how many were told.
+    pub fn end_channel(&self, topic: &Topic, keep: Option<&str>) -> usize {
+        let topic = Arc::new(topic.clone());
+        self.subscribers(&topic)
+            .into_iter()
+            .filter(|conn| Some(conn.name.as_str()) != keep)
+            .filter(|conn| conn.send(Outbound::EndChannel(topic.clone())).is_ok())
             .count()
     }
 
@@ -693,7 +731,7 @@ impl Registry {
                         (_, _, Some(users::Label::Peer(p))) => format!("server:{p}"),
                         _ => c.name.to_string(),
                     },
-                    door: c.door.as_str(),
+                    door: c.door.as_str().into(),
                     user: match label {
                         Some(users::Label::User(u)) => Some(u),
                         _ => None,
@@ -713,7 +751,11 @@ impl Registry {
                     packets_sent: c.packet_counts().0,
                     packets_received: c.packet_counts().1,
                     token_id: c.token_id().map(str::to_owned),
-                    transport: c.long_poll.load(Ordering::Relaxed).then_some("longpoll"),
+                    transport: c
+                        .long_poll
+                        .load(Ordering::Relaxed)
+                        .then_some("longpoll".into()),
+                    node: None,
                 }
             })
             .collect();
@@ -722,10 +764,46 @@ impl Registry {
     }
 
     /// Tracks, updates (`Some`) or untracks (`None`) a connection's Presence meta under
-    /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers.
-    pub fn presence_set(&self, key: &str, conn_id: u64, fields: Option<presence::DeviceMeta>) {
+    /// `key`, broadcasting the `presence_diff` to `presence:devices` subscribers here.
+    pub fn presence_set(
+        &self,
+        key: &str,
+        conn_id: u64,
+        fields: Option<presence::DeviceMeta>,
+    ) -> presence::Change {
         let want_diff = self.has_subscribers(&Topic::Presence);
-        if let Some(diff) = self.presence.set(key, conn_id, fields, want_diff) {
+        let (diff, change) = self.presence.set(key, conn_id, fields, want_diff);
+        self.presence_tell(diff);
+        change
+    }
+
+    /// Applies another node's change to one of its Presence metas and tells the local
+    /// `presence:devices` subscribers.
+    pub fn presence_set_remote(
+        &self,
+        owner: presence::Owner,
+        key: &str,
+        conn: u64,
+        fields: Option<(presence::DeviceMeta, u64)>,
+    ) {
+        let want_diff = self.has_subscribers(&Topic::Presence);
+        let diff = self
+            .presence
+            .set_remote(owner, key, conn, fields, want_diff);
+        self.presence_tell(diff);
+    }
+
+    /// Replaces every Presence meta of another node by `entries` (its full state; empty
+    /// when the node is gone) and tells the local `presence:devices` subscribers.
+    pub fn presence_replace(&self, owner: presence::Owner, entries: Vec<presence::Tracked>) {
+        let want_diff = self.has_subscribers(&Topic::Presence);
+        for diff in self.presence.replace_owner(owner, entries, want_diff) {
+            self.presence_tell(Some(diff));
+        }
+    }
+
+    fn presence_tell(&self, diff: Option<Box<serde_json::value::RawValue>>) {
+        if let Some(diff) = diff {
             self.broadcast(
                 &Topic::Presence,
                 "presence_diff",
@@ -815,13 +893,16 @@ impl Inner {
     }
 }
 
-fn remove_sub(inner: &mut Inner, topic: &Topic, conn_id: u64) {
+/// Whether that was the topic's last subscriber.
+fn remove_sub(inner: &mut Inner, topic: &Topic, conn_id: u64) -> bool {
     if let Some(subs) = inner.topics.get_mut(topic) {
         subs.remove(&conn_id);
         if subs.is_empty() {
             inner.topics.remove(topic);
+            return true;
         }
     }
+    false
 }
 
 #[cfg(test)]

@@ -44,10 +44,33 @@ pub struct Hub {
     pub tokens: tokens::Tokens,
 }
 
+/// What a fabric is built over.
+pub struct FabricParts {
+    pub registry: Arc<Registry>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// Token revocations another node announces are marked here too.
+    pub keyring: Arc<crate::auth::Keyring>,
+}
+
 impl Hub {
     /// The hub on `store`, with a fresh registry, metrics and shutdown token, and the
     /// in-process fabric over that registry.
     pub fn new(config: Config, store: Store, keyring: crate::auth::Keyring) -> Hub {
+        let node = config.node_name();
+        Hub::with_fabric(config, store, keyring, |parts| {
+            Arc::new(crate::core::LocalFabric::new(parts.registry.clone(), node))
+        })
+    }
+
+    /// The hub on `store` with the fabric `fabric` builds over the hub's registry (a
+    /// cluster's, in `app.rs`).
+    pub fn with_fabric(
+        config: Config,
+        store: Store,
+        keyring: crate::auth::Keyring,
+        fabric: impl FnOnce(&FabricParts) -> Arc<dyn Fabric>,
+    ) -> Hub {
         let origins = crate::auth::OriginPolicy::parse(&config.allowed_origins);
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
@@ -56,13 +79,17 @@ impl Hub {
             config.outbound_queue,
             metrics.clone(),
         ));
-        let fabric: Arc<dyn Fabric> = Arc::new(crate::core::LocalFabric::new(registry.clone()));
+        let keyring = Arc::new(keyring);
+        let fabric = fabric(&FabricParts {
+            registry: registry.clone(),
+            shutdown: shutdown.clone(),
+            keyring: keyring.clone(),
+        });
         let relay = Arc::new(relay::Relay::new(
             fabric.clone(),
             registry.clone(),
             store.clone(),
         ));
-        let keyring = Arc::new(keyring);
         let locks = locks::Locks::new(
             store.clone(),
             fabric.clone(),

@@ -280,6 +280,8 @@ delegate! {
     /// another device is not touched and `None` is returned.
     fn join_lock_exclusive(&self, serial: &Serial, holder: &DeviceName)
         -> Result<Option<LockRecord>, StoreError>;
+    /// One round trip to the database: whether it answers (`/health/ready`).
+    fn ping(&self) -> Result<(), StoreError>;
     /// One lock, if it exists.
     fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError>;
     /// Every lock, ordered by serial.

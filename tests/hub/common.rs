@@ -301,6 +301,12 @@ impl HubProcess {
 
     /// The hub on `db`, its files in `dir` (kept until the process is dropped).
     pub fn start_on(dir: tempfile::TempDir, db: &str) -> HubProcess {
+        HubProcess::start_with(dir, db, &[])
+    }
+
+    /// [`HubProcess::start_on`] with `env` set for the process (a cluster node's
+    /// `HOMEHUB_CLUSTER`, `HOMEHUB_NODE`, …).
+    pub fn start_with(dir: tempfile::TempDir, db: &str, env: &[(&str, &str)]) -> HubProcess {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homehub"))
             // Bester on an ephemeral port: several hub processes run at once.
@@ -313,6 +319,7 @@ impl HubProcess {
             ])
             .args(["--database-url", db])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

@@ -172,6 +172,12 @@ impl PgStore {
             .await
     }
 
+    /// One round trip to the database (`/health/ready`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",

@@ -19,7 +19,7 @@ pub fn state(ctx: &Ctx<'_>) -> Box<RawValue> {
 /// whether it is on the relay.
 pub fn meta(door: &'static str, online_at: i64, locks: Vec<String>, relay: bool) -> DeviceMeta {
     DeviceMeta {
-        door,
+        door: door.into(),
         online_at,
         locks,
         relay,
