@@ -75,11 +75,18 @@ fn username(name: &str) -> Result<Username, AdminError> {
 /// `GET /api/bester/users`
 pub async fn list_users(State(door): State<Arc<Ctx>>) -> Result<Json<Value>, AdminError> {
     let users = door.store.list_bester_users().await?;
+    // Connections on every node; this node's alone while the cluster is unreachable.
+    let devices = match door.fabric.devices().await {
+        Ok(all) => all,
+        Err(_) => door.registry.devices(),
+    };
     let out: Vec<Value> = users
         .into_iter()
         .map(|u| {
-            let connections =
-                crate::doors::bester::sessions::connections_of(&door.registry, &u.username);
+            let connections = devices
+                .iter()
+                .filter(|d| d.user.as_deref() == Some(u.username.as_str()))
+                .count();
             let mut v = serde_json::to_value(&u).unwrap_or_else(|_| json!({}));
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("connections".into(), json!(connections));
@@ -166,7 +173,7 @@ pub async fn remove_user(
     if !door.store.delete_bester_user(&name).await? {
         return Err(AdminError::NotFound("user not found"));
     }
-    let closed = crate::doors::bester::sessions::kick_user(&door.registry, &name);
+    let closed = door.fabric.kick_user(&name).await?;
     tracing::info!(user = %name, closed, "bester user removed");
     Ok(StatusCode::NO_CONTENT)
 }

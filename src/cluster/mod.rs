@@ -53,7 +53,7 @@ use crate::domain::DeviceName;
 use subjects::Subjects;
 use wire::{
     DeviceReq, Devices, Heartbeat, PresenceChange, PresenceState, RelayOp, RelayReq, Reply,
-    TokenRevoked, TopicMsg, TopicOp, body,
+    TokenRevoked, TopicMsg, TopicOp, UserReq, body,
 };
 
 /// How a node reaches NATS, from `HOMEHUB_CLUSTER*`.
@@ -150,10 +150,11 @@ enum Kind {
     PresenceState,
     Token,
     Devices,
+    User,
 }
 
 impl Kind {
-    const ALL: [Kind; 11] = [
+    const ALL: [Kind; 12] = [
         Kind::Broadcast,
         Kind::Push,
         Kind::EndChannel,
@@ -165,6 +166,7 @@ impl Kind {
         Kind::PresenceState,
         Kind::Token,
         Kind::Devices,
+        Kind::User,
     ];
 
     fn as_str(self) -> &'static str {
@@ -180,6 +182,7 @@ impl Kind {
             Kind::PresenceState => "presence_state",
             Kind::Token => "token",
             Kind::Devices => "devices",
+            Kind::User => "user",
         }
     }
 }
@@ -439,6 +442,7 @@ impl Inner {
             Name::Device(d) => self.subjects.device(d.as_str()),
             Name::Relay(r) => self.subjects.relay(r),
             Name::Address(a) => self.subjects.address(a),
+            Name::User(u) => self.subjects.user(u),
         }
     }
 
@@ -450,6 +454,7 @@ impl Inner {
             Name::Device(d) => self.registry.device(d).is_some(),
             Name::Relay(r) => self.registry.relay.conn_of(r).is_some(),
             Name::Address(a) => self.registry.compendium.holds(a),
+            Name::User(u) => !self.registry.users.ids_of(u).is_empty(),
         }
     }
 
@@ -539,7 +544,22 @@ impl Inner {
                 };
                 self.respond(&msg, &Reply::delivery(result)).await;
             }
+            Name::User(user) => self.serve_user(user, &msg).await,
         }
+    }
+
+    async fn serve_user(&self, user: &str, msg: &Message) {
+        self.counters.received(Kind::User);
+        let reply = match serde_json::from_slice::<UserReq>(&msg.payload) {
+            Ok(UserReq::Deliver { frame }) => Reply::delivery(
+                self.registry
+                    .deliver_to_user(user, &Utf8Bytes::from(frame))
+                    .map(|_| ()),
+            ),
+            Ok(UserReq::Kick) => Reply::closed(self.registry.kick_user(user)),
+            Err(_) => Reply::failed("bad request"),
+        };
+        self.respond(msg, &reply).await;
     }
 
     fn serve_topic(&self, topic: &Topic, msg: &Message) {
@@ -1123,6 +1143,54 @@ impl Fabric for NatsFabric {
         // heartbeat's `presence_seq`), and they fetch this node's whole state.
         inner.publish(Kind::Presence, inner.subjects.presence(), body(&change));
         Ok(())
+    }
+
+    fn deliver_to_user<'a>(
+        &'a self,
+        user: &'a str,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let subject = inner.subjects.user(user);
+            let req = UserReq::Deliver {
+                frame: frame.as_str().to_owned(),
+            };
+            match inner.registry.deliver_to_user(user, &frame) {
+                // Delivered here: the user's connections on other nodes, if any, get it
+                // too (every node holding the user subscribes to its subject).
+                Ok(_) => {
+                    inner.publish(Kind::User, subject, body(&req));
+                    Ok(())
+                }
+                // Not here: every node holding the user delivers; the first answer
+                // decides (no responders: the user is connected nowhere).
+                Err(DeliveryError::UnknownTarget) => inner
+                    .request(Kind::User, subject, body(&req))
+                    .await?
+                    .delivery_result(),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn kick_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<usize, DeliveryError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let local = inner.registry.kick_user(user);
+            // Every node holding the user closes its connections; each answers.
+            let subject = inner.subjects.user(user);
+            let remote = match inner
+                .request(Kind::User, subject, body(&UserReq::Kick))
+                .await
+            {
+                Ok(reply) => reply.closed,
+                Err(DeliveryError::UnknownTarget) => 0,
+                Err(e) if local == 0 => return Err(e),
+                Err(_) => 0,
+            };
+            Ok(local + remote)
+        })
     }
 
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>> {

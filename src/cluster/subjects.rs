@@ -57,6 +57,12 @@ impl Subjects {
         format!("{}.address.{}", self.prefix, token(address))
     }
 
+    /// Deliveries to (and the removal of) a Bester user; subscribed by every node where
+    /// the user has a connection.
+    pub fn user(&self, user: &str) -> String {
+        format!("{}.user.{}", self.prefix, token(user))
+    }
+
     /// Every node's heartbeat; every node subscribes.
     pub fn heartbeat(&self) -> String {
         format!("{}.heartbeat", self.prefix)

@@ -102,6 +102,17 @@ pub enum DeviceReq {
     Disconnect,
 }
 
+/// A request for the nodes holding connections of a Bester user (every such node
+/// subscribes to the user's subject, so all of them act; the first answer decides).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UserReq {
+    /// Queue this frame (a Bester delivery, already encoded) for each connection of the user.
+    Deliver { frame: String },
+    /// Close each connection of the user (the user was removed); answered with `closed`.
+    Kick,
+}
+
 /// The answer to a request.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Reply {

@@ -160,6 +160,32 @@ pub trait Fabric: Send + Sync + 'static {
         fields: Option<DeviceMeta>,
     ) -> Result<(), Unavailable>;
 
+    /// Queues an encoded Bester delivery `frame` for every connection of Bester user
+    /// `user`, wherever they are. `UnknownTarget`: the user has no connection anywhere.
+    fn deliver_to_user<'a>(
+        &'a self,
+        user: &'a str,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// Closes every connection of Bester user `user` (the user was removed); how many.
+    fn kick_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<usize, DeliveryError>>;
+
+    /// The Bester users with at least one connection on any node, sorted.
+    fn bester_users(&self) -> BoxFuture<'_, Result<Vec<String>, DeliveryError>> {
+        Box::pin(async move {
+            let mut users: Vec<String> = self
+                .devices()
+                .await?
+                .into_iter()
+                .filter_map(|d| d.user)
+                .collect();
+            users.sort();
+            users.dedup();
+            Ok(users)
+        })
+    }
+
     /// Every live connection of every node (each with its node in a cluster), by name.
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>>;
 
@@ -282,6 +308,23 @@ impl Fabric for LocalFabric {
     ) -> Result<(), Unavailable> {
         self.registry.presence_set(key, conn_id, fields);
         Ok(())
+    }
+
+    fn deliver_to_user<'a>(
+        &'a self,
+        user: &'a str,
+        frame: Utf8Bytes,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let result = self.registry.deliver_to_user(user, &frame).map(|_| ());
+        Box::pin(std::future::ready(result))
+    }
+
+    fn kick_user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<usize, DeliveryError>> {
+        Box::pin(std::future::ready(Ok(self.registry.kick_user(user))))
+    }
+
+    fn bester_users(&self) -> BoxFuture<'_, Result<Vec<String>, DeliveryError>> {
+        Box::pin(std::future::ready(Ok(self.registry.users.names())))
     }
 
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>> {

@@ -1,5 +1,5 @@
 //! What this process holds that other hub nodes may address: topics with local
-//! subscribers, named Phoenix devices, relay names and Compendium addresses. The registry
+//! subscribers, named Phoenix devices, relay names, Compendium addresses and Bester users. The registry
 //! and its directories report every change here; a cluster fabric listens
 //! ([`Interest::listen`]) and keeps one NATS subscription per held name, reconciling each
 //! reported name against the registry (so the order of reports never matters). A single
@@ -23,6 +23,8 @@ pub enum Name {
     Relay(String),
     /// A Compendium address.
     Address(String),
+    /// A logged-in Bester user (any number of connections).
+    User(String),
 }
 
 /// The listener of [`Name`] reports, shared by the registry and its directories.

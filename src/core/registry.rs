@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tungstenite::Utf8Bytes;
 
+use super::fabric::DeliveryError;
 use super::message::{Frame, OutPayload, SharedFrame};
 use crate::core::close_code;
 use crate::domain::DeviceName;
@@ -354,7 +355,7 @@ impl Registry {
             relay: directory::Directory::new(interest.clone()),
             compendium: addresses::Addresses::new(interest.clone()),
             presence: presence::Presence::default(),
-            users: users::Users::default(),
+            users: users::Users::new(interest.clone()),
             interest,
             shortest_own_limit_ms: AtomicU64::new(0),
             sweep_wake: tokio::sync::Notify::new(),
@@ -870,6 +871,42 @@ impl Registry {
             }
         }
         Door::ALL.iter().copied().zip(counts).collect()
+    }
+
+    /// Queues `text` for every connection of Bester user `user`, never waiting: how many
+    /// took it. `UnknownTarget` when the user has no connection here, `TargetBusy` when
+    /// none could take it (a full queue closes that connection as too slow).
+    pub fn deliver_to_user(&self, user: &str, text: &Utf8Bytes) -> Result<usize, DeliveryError> {
+        let conns = self.user_conns(user);
+        if conns.is_empty() {
+            return Err(DeliveryError::UnknownTarget);
+        }
+        let delivered = conns
+            .iter()
+            .filter(|c| match c.send(Outbound::Text(Box::new(text.clone()))) {
+                Ok(()) => true,
+                Err(SendError::Full) => {
+                    tracing::warn!(conn = c.id, %user, "bester outbound queue full; closing slow connection");
+                    false
+                }
+                Err(SendError::Closed) => false,
+            })
+            .count();
+        if delivered > 0 {
+            Ok(delivered)
+        } else {
+            Err(DeliveryError::TargetBusy)
+        }
+    }
+
+    /// Closes (1001) every connection of Bester user `user` (the user was removed); how
+    /// many.
+    pub fn kick_user(&self, user: &str) -> usize {
+        let conns = self.user_conns(user);
+        for c in &conns {
+            c.kill(close_code::GOING_AWAY);
+        }
+        conns.len()
     }
 
     /// The live connections labelled as Bester user `user` ([`users::Users`]).

@@ -6,6 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use super::interest::{Interest, Name};
+
 /// Who a labelled connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Label {
@@ -26,9 +28,18 @@ struct Inner {
 #[derive(Default)]
 pub struct Users {
     inner: Mutex<Inner>,
+    /// Told when a user gets its first connection or loses its last.
+    interest: Interest,
 }
 
 impl Users {
+    pub fn new(interest: Interest) -> Users {
+        Users {
+            inner: Mutex::default(),
+            interest,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding this lock; recover the guard rather than the hub.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -36,15 +47,27 @@ impl Users {
 
     /// Labels connection `id` (`None`: anonymous again, e.g. after `logout`).
     pub fn set(&self, id: u64, label: Option<Label>) {
-        let mut inner = self.lock();
-        if let Some(Label::User(old)) = inner.labels.remove(&id) {
-            unindex(&mut inner, &old, id);
-        }
-        if let Some(label) = label {
-            if let Label::User(u) = &label {
-                inner.by_user.entry(u.clone()).or_default().insert(id);
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            if let Some(Label::User(old)) = inner.labels.remove(&id)
+                && unindex(&mut inner, &old, id)
+            {
+                changed.push(old);
             }
-            inner.labels.insert(id, label);
+            if let Some(label) = label {
+                if let Label::User(u) = &label {
+                    let ids = inner.by_user.entry(u.clone()).or_default();
+                    if ids.is_empty() {
+                        changed.push(u.clone());
+                    }
+                    ids.insert(id);
+                }
+                inner.labels.insert(id, label);
+            }
+        }
+        for user in changed {
+            self.interest.changed(Name::User(user));
         }
     }
 
@@ -74,13 +97,17 @@ impl Users {
     }
 }
 
-fn unindex(inner: &mut Inner, user: &str, id: u64) {
-    if let Some(ids) = inner.by_user.get_mut(user) {
-        ids.remove(&id);
-        if ids.is_empty() {
-            inner.by_user.remove(user);
-        }
+/// Takes `id` off `user`; whether that was the user's last connection.
+fn unindex(inner: &mut Inner, user: &str, id: u64) -> bool {
+    let Some(ids) = inner.by_user.get_mut(user) else {
+        return false;
+    };
+    ids.remove(&id);
+    let last = ids.is_empty();
+    if last {
+        inner.by_user.remove(user);
     }
+    last
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! and may stop NATS or SIGKILL a node without touching each other.
 
 #[allow(dead_code)]
+#[path = "../bester/common.rs"]
+mod bester;
+#[allow(dead_code, unused_imports)]
 #[path = "../hub/common.rs"]
 mod common;
 #[path = "../support/mod.rs"]
@@ -116,6 +119,25 @@ impl Node {
         if let Some(p) = self.process.take() {
             let _ = p.kill_9();
         }
+    }
+
+    /// The Bester listener's address, from the node's log.
+    async fn bester_addr(&self) -> std::net::SocketAddr {
+        eventually("the node logs its Bester address", async || {
+            self.process()
+                .log()
+                .lines()
+                .filter(|l| l.contains("bester listening"))
+                .find_map(|l| {
+                    l.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+        })
+        .await
     }
 
     async fn socket(&self, name: &str) -> TestClient {
@@ -696,4 +718,87 @@ fn a_cluster_on_sqlite_is_refused_at_start() {
         !String::from_utf8_lossy(&out.stdout).contains("listening"),
         "{out:?}"
     );
+}
+
+#[tokio::test]
+async fn bester_send_clients_reaches_users_and_relay_devices_on_other_nodes() {
+    use bester::{BesterClient, status};
+    // Node a runs the documented example handler `upper`, which answers `sendClients` to
+    // the names in `to`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("upper.sock");
+    let config = dir.path().join("bester.json");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bester_upper.py");
+    std::fs::write(
+        &config,
+        json!({"handlers": {"upper": {"socket": socket, "command": ["python3", script]}}})
+            .to_string(),
+    )
+    .expect("write bester.json");
+    let config = config.display().to_string();
+    let (_nats, _db, nodes) =
+        cluster_with(&["a", "b"], &[("HOMEHUB_BESTER_CONFIG", config.as_str())]).await;
+    let (status_code, body) = nodes[0]
+        .admin(
+            Method::POST,
+            "/api/bester/users",
+            Some(json!({"username": "alice", "password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(status_code, 201, "{body}");
+    let (status_code, body) = nodes[0]
+        .admin(
+            Method::POST,
+            "/api/bester/users",
+            Some(json!({"username": "bob", "password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(status_code, 201, "{body}");
+
+    let mut alice = BesterClient::connect(nodes[0].bester_addr().await).await;
+    let r = alice.authenticate("alice", "correct horse").await;
+    assert_eq!(status(&r), "ok", "{r}");
+    let mut bob = BesterClient::connect(nodes[1].bester_addr().await).await;
+    let r = bob.authenticate("bob", "correct horse").await;
+    assert_eq!(status(&r), "ok", "{r}");
+    let mut lamp = raw_device(&nodes[1], "bs-lamp").await;
+
+    // listClients on node a sees bob, logged in on node b (his node subscribes to his
+    // name asynchronously after the login).
+    eventually("bob listed on node a", async || {
+        let r = alice.call("list_clients", json!(null)).await;
+        (r["payload"]["data"]["clients"] == json!(["alice", "bob"])).then_some(())
+    })
+    .await;
+    let r = alice
+        .call(
+            "upper",
+            json!({"text": "hi", "to": ["bob", "bs-lamp", "nobody"]}),
+        )
+        .await;
+    assert_eq!(status(&r), "undelivered", "{r}");
+    assert_eq!(
+        r["payload"]["data"]["delivered"],
+        json!(["bob", "bs-lamp"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["payload"]["data"]["undelivered"],
+        json!({"nobody": "not connected"}),
+        "{r}"
+    );
+    let got = bob.recv_delivery().await;
+    assert_eq!(got["header"]["from"], "alice", "{got}");
+    assert_eq!(got["payload"]["data"], json!({"text": "HI"}), "{got}");
+    assert_eq!(
+        lamp.recv().await,
+        json!({"sender": "bester:alice", "payload": {"type": "upper", "data": {"text": "HI"}}})
+    );
+
+    // Removing bob on node a closes his connection on node b.
+    let (status_code, _) = nodes[0]
+        .admin(Method::DELETE, "/api/bester/users/bob", None)
+        .await;
+    assert_eq!(status_code, 204);
+    bob.expect_closed().await;
 }

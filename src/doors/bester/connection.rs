@@ -585,10 +585,14 @@ impl Connection {
             _ => None,
         };
         match builtin {
-            Builtin::ListClients => (
-                Outcome::ok(json!({ "clients": sessions::users(&self.door.registry) })),
-                Flow::Continue,
-            ),
+            Builtin::ListClients => {
+                // Every node's users; this node's alone while the cluster is unreachable.
+                let clients = match self.door.fabric.bester_users().await {
+                    Ok(users) => users,
+                    Err(_) => self.door.registry.users.names(),
+                };
+                (Outcome::ok(json!({ "clients": clients })), Flow::Continue)
+            }
             Builtin::Close => (
                 Outcome::ok(json!({})),
                 Flow::Close("closed at the peer's request"),

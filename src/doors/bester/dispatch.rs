@@ -19,7 +19,6 @@ use super::federation;
 use super::handlers::{self, CallError};
 use super::protocol::{self, Outcome, Status};
 use super::reply::{Command, HandlerReply};
-use super::sessions::Delivery;
 use crate::core::DeliveryError;
 use crate::core::directory::{self, Packet};
 
@@ -153,10 +152,17 @@ async fn send_clients(
             undelivered.insert(target.clone(), json!("too large"));
             continue;
         }
-        let result = match super::sessions::deliver(&door.registry, target, &frame) {
-            Delivery::Delivered(_) => Ok(()),
-            Delivery::Busy => Err("busy"),
-            Delivery::NotConnected => bridge(door, &from, target, kind, data).await,
+        let Some(text) = super::sessions::delivery_text(frame.clone()) else {
+            undelivered.insert(target.clone(), json!("busy"));
+            continue;
+        };
+        let result = match door.fabric.deliver_to_user(target, text).await {
+            Ok(()) => Ok(()),
+            Err(DeliveryError::TargetBusy) => Err("busy"),
+            Err(DeliveryError::Unavailable) => Err("fabric unavailable"),
+            Err(DeliveryError::UnknownTarget | DeliveryError::BinaryUnsupported) => {
+                bridge(door, &from, target, kind, data).await
+            }
         };
         match result {
             Ok(()) => delivered.push(target.clone()),

@@ -12,7 +12,7 @@ use tungstenite::Utf8Bytes;
 
 use super::auth::Username;
 use crate::core::users::Label;
-use crate::core::{Conn, Door, Outbound, Registry, SendError, close_code};
+use crate::core::{Conn, Door, Outbound, Registry};
 
 /// Where a connection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +50,6 @@ pub enum Identity {
     Peer(String),
 }
 
-/// The outcome of delivering to one user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Queued for this many of the user's connections.
-    Delivered(usize),
-    /// The user has no connection.
-    NotConnected,
-    /// Every connection of the user was too slow (each is being closed).
-    Busy,
-}
-
 /// Registers a new, anonymous connection from `remote`, unless its address already has
 /// `max_per_ip` (0 = unlimited; the Unix socket's connections count as one address). Its queue
 /// holds `queue` frames.
@@ -94,55 +83,15 @@ pub fn outbound(frame: Bytes) -> Option<Outbound> {
         .map(|t| Outbound::Text(Box::new(t)))
 }
 
-/// Queues `frame` for every connection of `user`, never waiting.
-pub fn deliver(registry: &Registry, user: &str, frame: &Bytes) -> Delivery {
-    let conns = registry.user_conns(user);
-    if conns.is_empty() {
-        return Delivery::NotConnected;
-    }
-    let Ok(text) = Utf8Bytes::try_from(frame.clone()) else {
-        return Delivery::Busy;
-    };
-    let delivered = conns
-        .iter()
-        .filter(|c| match c.send(Outbound::Text(Box::new(text.clone()))) {
-            Ok(()) => true,
-            Err(SendError::Full) => {
-                tracing::warn!(conn = c.id, %user, "bester outbound queue full; closing slow connection");
-                false
-            }
-            Err(SendError::Closed) => false,
-        })
-        .count();
-    if delivered > 0 {
-        Delivery::Delivered(delivered)
-    } else {
-        Delivery::Busy
-    }
-}
-
-/// Usernames with at least one connection, sorted.
-pub fn users(registry: &Registry) -> Vec<String> {
-    registry.users.names()
-}
-
-/// How many connections `user` has.
-pub fn connections_of(registry: &Registry, user: &str) -> usize {
-    registry.user_conns(user).len()
-}
-
-/// Closes every connection of `user` (the user was removed); returns how many.
-pub fn kick_user(registry: &Registry, user: &str) -> usize {
-    let conns = registry.user_conns(user);
-    for c in &conns {
-        c.kill(close_code::GOING_AWAY);
-    }
-    conns.len()
+/// A frame as Bester users receive it (frames are serde_json output, so valid UTF-8).
+pub fn delivery_text(frame: Bytes) -> Option<Utf8Bytes> {
+    Utf8Bytes::try_from(frame).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::DeliveryError;
     use tokio_util::sync::CancellationToken;
 
     fn registry(queue: usize) -> Registry {
@@ -170,11 +119,14 @@ mod tests {
         let remote = Remote::Tcp("127.0.0.1:5000".parse().unwrap());
         let (a, mut rx1) = open(&r, remote, 0, 4).unwrap();
         let (b, mut rx2) = open(&r, Remote::Unix, 0, 4).unwrap();
-        let x = Bytes::from_static(b"x");
-        assert_eq!(deliver(&r, "bob", &x), Delivery::NotConnected);
+        let x = Utf8Bytes::from_static("x");
+        assert_eq!(
+            r.deliver_to_user("bob", &x),
+            Err(DeliveryError::UnknownTarget)
+        );
         set_identity(&r, &a, user("bob"));
         set_identity(&r, &b, user("bob"));
-        assert_eq!(users(&r), vec!["bob".to_owned()]);
+        assert_eq!(r.users.names(), vec!["bob".to_owned()]);
         let mut views = r.devices();
         views.sort_by(|x, y| x.remote.cmp(&y.remote));
         assert_eq!(views.len(), 2);
@@ -182,12 +134,12 @@ mod tests {
         assert_eq!(views[1].remote, "unix");
         assert!(views.iter().all(|v| v.door == "bester" && v.name == "bob"));
         assert_eq!(views[0].user.as_deref(), Some("bob"));
-        assert_eq!(deliver(&r, "bob", &x), Delivery::Delivered(2));
+        assert_eq!(r.deliver_to_user("bob", &x), Ok(2));
         assert_eq!(text(rx1.try_recv()), "x");
         assert_eq!(text(rx2.try_recv()), "x");
         set_identity(&r, &a, Identity::Anonymous);
         r.disconnect(&b, []);
-        assert!(users(&r).is_empty());
+        assert!(r.users.names().is_empty());
         assert_eq!(r.connection_count(), 1);
         assert!(r.devices()[0].name.starts_with("bester-"));
     }
@@ -198,12 +150,12 @@ mod tests {
         let (c, _rx) = open(&r, Remote::Unix, 0, 1).unwrap();
         set_identity(&r, &c, user("slow"));
         assert_eq!(
-            deliver(&r, "slow", &Bytes::from_static(b"1")),
-            Delivery::Delivered(1)
+            r.deliver_to_user("slow", &Utf8Bytes::from_static("1")),
+            Ok(1)
         );
         assert_eq!(
-            deliver(&r, "slow", &Bytes::from_static(b"2")),
-            Delivery::Busy
+            r.deliver_to_user("slow", &Utf8Bytes::from_static("2")),
+            Err(DeliveryError::TargetBusy)
         );
         assert!(c.is_killed());
     }
