@@ -609,3 +609,308 @@ export class TlsHub extends Hub {
     });
   }
 }
+
+// ---------------------------------------------------------------------------
+// Appended for cluster.test.mjs: a private NATS server, fresh PostgreSQL databases, cluster
+// nodes (`clusterHub`) and a tiny TCP balancer in front of several hubs.
+
+import net from "node:net";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+const execFileP = promisify(execFile);
+
+/** A TCP port that was free a moment ago (listen on port 0, read it, close). */
+export function freePort() {
+  return new Promise((res, rej) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once("error", rej);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => res(port));
+    });
+  });
+}
+
+/** Resolves true once a TCP connection to 127.0.0.1:`port` is accepted, false on refusal. */
+export function tcpAccepts(port, timeoutMs = 1000) {
+  return new Promise((res) => {
+    const s = net.connect({ host: "127.0.0.1", port });
+    const done = (v) => {
+      clearTimeout(timer);
+      s.destroy();
+      res(v);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+  });
+}
+
+const NATS_START_TIMEOUT_MS = 10_000;
+
+/**
+ * A private `nats-server` (HOMEHUB_TEST_NATS_BIN) on a free loopback port. `start()` after
+ * `stop()` brings it back on the same port, so clients configured with `url` reconnect.
+ *
+ *   const nats = new Nats();
+ *   await nats.start();            // nats.url === "nats://127.0.0.1:PORT"
+ *   await nats.stop(); await nats.start();
+ *   await nats.cleanup();
+ */
+export class Nats {
+  constructor(label = "nats") {
+    this.label = label;
+    this.port = null;
+    this.proc = null;
+    this.log = [];
+    this.runs = 0;
+  }
+
+  static binary() {
+    const bin = process.env.HOMEHUB_TEST_NATS_BIN;
+    if (!bin) {
+      throw new Error(
+        "HOMEHUB_TEST_NATS_BIN is not set: the cluster tests need a nats-server binary " +
+          "(scripts/test.sh finds or installs one, see scripts/nats.sh)",
+      );
+    }
+    if (!existsSync(bin)) throw new Error(`HOMEHUB_TEST_NATS_BIN=${bin} does not exist`);
+    return bin;
+  }
+
+  get url() {
+    if (this.port === null) throw new Error("NATS was never started: no port yet");
+    return `nats://127.0.0.1:${this.port}`;
+  }
+
+  async start() {
+    if (this.proc) throw new Error("NATS already running");
+    const bin = Nats.binary();
+    if (this.port === null) this.port = await freePort();
+    this.runs += 1;
+    const run = this.runs;
+    const args = ["-a", "127.0.0.1", "-p", String(this.port)];
+    this.log.push(`[nats run ${run}] $ ${bin} ${args.join(" ")}`);
+    const proc = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
+    this.proc = proc;
+    proc.exited = new Promise((res) => proc.once("exit", (code, signal) => res({ code, signal })));
+    proc.once("error", (e) => this.log.push(`[nats run ${run}] spawn error: ${e.message}`));
+    for (const stream of [proc.stdout, proc.stderr]) {
+      createInterface({ input: stream }).on("line", (l) => this.log.push(`[nats run ${run}] ${l}`));
+    }
+    let exited = null;
+    proc.exited.then((r) => {
+      exited = r;
+    });
+    const deadline = Date.now() + NATS_START_TIMEOUT_MS;
+    for (;;) {
+      if (exited) {
+        this.proc = null;
+        throw new Error(`nats-server exited at start (${JSON.stringify(exited)}):\n${this.log.join("\n")}`);
+      }
+      if (await tcpAccepts(this.port, 500)) return this;
+      if (Date.now() > deadline) {
+        this.kill();
+        throw new Error(`nats-server did not accept on ${this.port} within ${NATS_START_TIMEOUT_MS} ms:\n${this.log.join("\n")}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  /** SIGTERM (SIGKILL after 5 s) and wait for the exit. */
+  async stop() {
+    const proc = this.proc;
+    if (!proc) return null;
+    this.proc = null;
+    if (proc.exitCode !== null || proc.signalCode !== null) return proc.exited;
+    proc.kill("SIGTERM");
+    let timer;
+    const r = await Promise.race([proc.exited, new Promise((res) => (timer = setTimeout(() => res(null), 5000)))]);
+    clearTimeout(timer);
+    if (r === null) {
+      proc.kill("SIGKILL");
+      return { ...(await proc.exited), forced: true };
+    }
+    return r;
+  }
+
+  kill() {
+    if (this.proc) {
+      try {
+        this.proc.kill("SIGKILL");
+      } catch {
+        /* already gone */
+      }
+      this.proc = null;
+    }
+  }
+
+  async cleanup() {
+    await this.stop();
+  }
+}
+
+function postgresServerUrl() {
+  const url = process.env.HOMEHUB_TEST_POSTGRES_URL;
+  if (!url) {
+    throw new Error(
+      "HOMEHUB_TEST_POSTGRES_URL is not set: the cluster tests need a PostgreSQL server " +
+        "(scripts/test.sh starts a private one, see scripts/postgres.sh and docs/testing.md)",
+    );
+  }
+  return url;
+}
+
+function psqlBinary() {
+  const dir = process.env.HOMEHUB_TEST_POSTGRES_BIN;
+  if (dir && existsSync(joinPath(dir, "psql"))) return joinPath(dir, "psql");
+  return "psql";
+}
+
+async function psql(serverUrl, sql) {
+  try {
+    await execFileP(psqlBinary(), [serverUrl, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql], { timeout: 20_000 });
+  } catch (e) {
+    throw new Error(`psql ${JSON.stringify(sql)} on ${serverUrl} failed: ${e.message}\n${e.stderr || ""}`);
+  }
+}
+
+/**
+ * Creates a uniquely named database on the server at HOMEHUB_TEST_POSTGRES_URL
+ * (`postgres://user@host:port/db`) with `psql`, and returns its URL (the same URL with
+ * the new database's name as its path).
+ */
+export async function freshPostgresDatabase(prefix = "homehub_js") {
+  const serverUrl = postgresServerUrl();
+  const name = `${prefix}_${randomBytes(6).toString("hex")}`.toLowerCase();
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name ${name}`);
+  await psql(serverUrl, `CREATE DATABASE ${name}`);
+  const u = new URL(serverUrl);
+  u.pathname = `/${name}`;
+  return u.toString();
+}
+
+/** Drops a database made by {@link freshPostgresDatabase} (best effort, for `after`). */
+export async function dropPostgresDatabase(dbUrl) {
+  const name = new URL(dbUrl).pathname.replace(/^\//, "");
+  if (!/^[a-z_][a-z0-9_]*$/.test(name)) return;
+  try {
+    await psql(postgresServerUrl(), `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  } catch {
+    /* the throw-away server goes away anyway */
+  }
+}
+
+/**
+ * A Hub that is node `node` of the cluster on `natsUrl`, on the shared PostgreSQL
+ * database `dbUrl` (`HOMEHUB_CLUSTER`, `HOMEHUB_NODE`, plus `env`).
+ */
+export function clusterHub(node, { natsUrl, dbUrl, env = {} }) {
+  const hub = new Hub(`node-${node}`, { env: { HOMEHUB_CLUSTER: natsUrl, HOMEHUB_NODE: node, ...env } });
+  hub.dbUrl = dbUrl;
+  return hub;
+}
+
+/**
+ * A tiny TCP balancer on a free loopback port: each new connection goes to the first
+ * backend port of the list (`setBackends`) that accepts it; a backend that refuses is
+ * skipped. When either side of a forwarded connection ends, so does the other.
+ */
+export class Balancer {
+  constructor(backends = []) {
+    this.backends = [...backends];
+    this.server = null;
+    this.port = null;
+    this.conns = new Set();
+    this.forwarded = []; // backend port of each forwarded connection, in order
+  }
+
+  setBackends(ports) {
+    this.backends = [...ports];
+  }
+
+  get socketUrl() {
+    return `ws://127.0.0.1:${this.port}/socket`;
+  }
+
+  start() {
+    return new Promise((res, rej) => {
+      this.server = net.createServer((client) => this.forward(client));
+      this.server.once("error", rej);
+      this.server.listen(0, "127.0.0.1", () => {
+        this.port = this.server.address().port;
+        res(this);
+      });
+    });
+  }
+
+  forward(client) {
+    client.pause();
+    this.conns.add(client);
+    client.on("error", () => {});
+    client.once("close", () => this.conns.delete(client));
+    const backends = [...this.backends];
+    const attempt = (i) => {
+      if (client.destroyed) return;
+      if (i >= backends.length) {
+        client.destroy();
+        return;
+      }
+      const up = net.connect({ host: "127.0.0.1", port: backends[i] });
+      let connected = false;
+      up.once("connect", () => {
+        connected = true;
+        this.forwarded.push(backends[i]);
+        this.conns.add(up);
+        up.once("close", () => {
+          this.conns.delete(up);
+          client.destroy();
+        });
+        client.once("close", () => up.destroy());
+        client.pipe(up);
+        up.pipe(client);
+        client.resume();
+      });
+      up.on("error", () => {
+        if (!connected) attempt(i + 1);
+        else client.destroy();
+      });
+    };
+    attempt(0);
+  }
+
+  async stop() {
+    for (const c of this.conns) c.destroy();
+    this.conns.clear();
+    if (this.server) {
+      await new Promise((res) => this.server.close(() => res()));
+      this.server = null;
+    }
+  }
+}
+
+/**
+ * Parses Prometheus text: `metric(text, 'homehub_cluster_connected')` or with labels
+ * `metric(text, 'homehub_cluster_messages_received_total', {kind: "broadcast"})`.
+ * Returns the number, or undefined when the series is absent.
+ */
+export function metric(text, name, labels = {}) {
+  const want = Object.entries(labels)
+    .map(([k, v]) => `${k}="${v}"`)
+    .sort()
+    .join(",");
+  for (const line of String(text).split("\n")) {
+    if (line.startsWith("#")) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = (m[2] || "")
+      .split(",")
+      .filter(Boolean)
+      .sort()
+      .join(",");
+    if (got === want) return Number(m[3]);
+  }
+  return undefined;
+}
