@@ -89,7 +89,7 @@ impl Door {
 }
 
 /// What a device says about itself when it registers (seed: device relay server).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub description: Option<String>,
     pub version: Option<String>,

@@ -295,8 +295,8 @@ pub struct LockView {
     pub online: bool,
 }
 
-fn view(locks: &Locks, lock: LockRecord) -> LockView {
-    let online = locks.online(&lock.serial);
+async fn view(locks: &Locks, lock: LockRecord) -> LockView {
+    let online = locks.online(&lock.serial).await;
     LockView { lock, online }
 }
 
@@ -317,7 +317,15 @@ async fn list_locks(
     State(locks): State<Locks>,
 ) -> Result<Json<Vec<LockView>>, AdminError> {
     let all = store.list_locks().await?;
-    Ok(Json(all.into_iter().map(|l| view(&locks, l)).collect()))
+    let online = locks.online_serials().await;
+    Ok(Json(
+        all.into_iter()
+            .map(|lock| LockView {
+                online: online.contains(&lock.serial),
+                lock,
+            })
+            .collect(),
+    ))
 }
 
 /// `GET /api/locks/{serial}`
@@ -330,7 +338,7 @@ async fn show_lock(
         .get_lock(&serial)
         .await?
         .ok_or(AdminError::NotFound("lock not found"))?;
-    Ok(Json(view(&locks, lock)))
+    Ok(Json(view(&locks, lock).await))
 }
 
 /// `PUT /api/locks/{serial}/state`: stores the intended state and pushes `state` to the
@@ -347,7 +355,7 @@ async fn set_state(
     // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
     // lock gets its intended state in its next join or `reset` reply.
     let (lock, _) = locks.set_state(&serial, &state).await.map_err(lock_error)?;
-    Ok(Json(view(&locks, lock)))
+    Ok(Json(view(&locks, lock).await))
 }
 
 #[derive(Debug, Deserialize)]
@@ -493,7 +501,7 @@ async fn update_lock(
         Err(e) => return Err(e.into()),
     };
     tracing::info!(%serial, name = %lock.name, mode = lock.mode, flags = ?lock.feature_flags, "lock record changed");
-    let mut out = serde_json::to_value(view(&locks, lock)).unwrap_or_else(|_| json!({}));
+    let mut out = serde_json::to_value(view(&locks, lock).await).unwrap_or_else(|_| json!({}));
     if let Some(obj) = out.as_object_mut() {
         obj.insert("takes_effect".into(), json!("next join or reset"));
     }
@@ -560,7 +568,7 @@ async fn set_holder(
         .set_holder(&serial, device.as_ref())
         .await
         .map_err(lock_error)?;
-    Ok(Json(view(&locks, lock)))
+    Ok(Json(view(&locks, lock).await))
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,7 +49,7 @@ use crate::core::registry::DeviceView;
 use crate::core::{
     ClusterView, Conn, DeliveryError, Fabric, NodeView, Outbound, Registry, Topic, close_code,
 };
-use crate::domain::DeviceName;
+use crate::domain::{DeviceInfo, DeviceName};
 use subjects::Subjects;
 use wire::{
     DeviceReq, Devices, Heartbeat, PresenceChange, PresenceState, RelayOp, RelayReq, Reply,
@@ -645,6 +645,13 @@ impl Inner {
                 }
                 Reply::ok()
             }
+            RelayOp::Info => match self.registry.relay.info(name) {
+                Some(info) => Reply {
+                    info: Some(info),
+                    ..Reply::default()
+                },
+                None => Reply::failed(DeliveryError::UnknownTarget),
+            },
             RelayOp::Claim => match self.registry.relay.conn_of(name) {
                 Some(_) => Reply::failed(RegisterError::NameTaken),
                 None => Reply::ok(),
@@ -1143,6 +1150,36 @@ impl Fabric for NatsFabric {
         // heartbeat's `presence_seq`), and they fetch this node's whole state.
         inner.publish(Kind::Presence, inner.subjects.presence(), body(&change));
         Ok(())
+    }
+
+    fn relay_info<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DeviceInfo>, DeliveryError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if let Some(info) = inner.registry.relay.info(name) {
+                return Ok(Some(info));
+            }
+            let Ok(name) = directory::relay_name(name) else {
+                return Ok(None);
+            };
+            let req = RelayReq {
+                op: RelayOp::Info,
+                sender: None,
+                payload: None,
+                bytes: None,
+                force: false,
+            };
+            match inner
+                .request(Kind::Relay, inner.subjects.relay(&name), body(&req))
+                .await
+            {
+                Ok(reply) => Ok(reply.info),
+                Err(DeliveryError::UnknownTarget) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn deliver_to_user<'a>(

@@ -10,6 +10,7 @@ use crate::core::DeliveryError;
 use crate::core::message::OutPayload;
 use crate::core::presence::{DeviceMeta, Tracked};
 use crate::core::registry::DeviceView;
+use crate::domain::DeviceInfo;
 
 /// What a node does with a message on a topic's subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub enum RelayOp {
     Packet,
     /// Another node registers the name: give it up (`force`) or refuse.
     Claim,
+    /// What the device said about itself when it registered (answered with `info`).
+    Info,
 }
 
 /// A request for the holder of a relay name (a struct, not a tagged enum: serde reads
@@ -122,6 +125,9 @@ pub struct Reply {
     /// How many connections a disconnect closed.
     #[serde(default)]
     pub closed: usize,
+    /// A relay device's registration info ([`RelayOp::Info`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<DeviceInfo>,
 }
 
 impl Reply {
@@ -131,15 +137,15 @@ impl Reply {
 
     pub fn closed(n: usize) -> Reply {
         Reply {
-            error: None,
             closed: n,
+            ..Reply::default()
         }
     }
 
     pub fn failed(error: impl ToString) -> Reply {
         Reply {
             error: Some(error.to_string()),
-            closed: 0,
+            ..Reply::default()
         }
     }
 

@@ -28,7 +28,7 @@ use super::message::OutPayload;
 use super::presence::DeviceMeta;
 use super::registry::{Conn, DeviceView, Registry};
 use super::topic::Topic;
-use crate::domain::DeviceName;
+use crate::domain::{DeviceInfo, DeviceName};
 
 /// Why a delivery failed; the text is what the sender is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +159,28 @@ pub trait Fabric: Send + Sync + 'static {
         conn_id: u64,
         fields: Option<DeviceMeta>,
     ) -> Result<(), Unavailable>;
+
+    /// What the relay device `name` said about itself when it registered, wherever it
+    /// is (`None`: no device has that name).
+    fn relay_info<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DeviceInfo>, DeliveryError>>;
+
+    /// Every relay name on every node, sorted.
+    fn relay_names(&self) -> BoxFuture<'_, Result<Vec<String>, DeliveryError>> {
+        Box::pin(async move {
+            let mut names: Vec<String> = self
+                .devices()
+                .await?
+                .into_iter()
+                .filter_map(|d| d.relay_name)
+                .collect();
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+    }
 
     /// Queues an encoded Bester delivery `frame` for every connection of Bester user
     /// `user`, wherever they are. `UnknownTarget`: the user has no connection anywhere.
@@ -308,6 +330,17 @@ impl Fabric for LocalFabric {
     ) -> Result<(), Unavailable> {
         self.registry.presence_set(key, conn_id, fields);
         Ok(())
+    }
+
+    fn relay_info<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DeviceInfo>, DeliveryError>> {
+        Box::pin(std::future::ready(Ok(self.registry.relay.info(name))))
+    }
+
+    fn relay_names(&self) -> BoxFuture<'_, Result<Vec<String>, DeliveryError>> {
+        Box::pin(std::future::ready(Ok(self.registry.relay.names())))
     }
 
     fn deliver_to_user<'a>(

@@ -242,10 +242,14 @@ impl RawRelay {
     async fn command(&mut self, cmd: Command) -> String {
         let relay = &self.ctx.relay;
         match cmd {
-            Command::GetDevices => ok(Some(Value::from(relay.names()))),
-            Command::GetDeviceInfo(name) => match relay.info(&name) {
-                Some(info) => ok(Some(info_json(&directory::normalize(&name), &info))),
-                None => fail("unknown device"),
+            Command::GetDevices => match relay.names().await {
+                Ok(names) => ok(Some(Value::from(names))),
+                Err(e) => fail(&e.to_string()),
+            },
+            Command::GetDeviceInfo(name) => match relay.info(&name).await {
+                Ok(Some(info)) => ok(Some(info_json(&directory::normalize(&name), &info))),
+                Ok(None) => fail("unknown device"),
+                Err(e) => fail(&e.to_string()),
             },
             Command::Register(meta) => self.register(&meta).await,
             Command::Unregister => {

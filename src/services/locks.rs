@@ -85,9 +85,27 @@ impl Locks {
         self.pair_ttl
     }
 
-    /// Whether a connection has lock `serial`'s channel joined right now (on this node).
-    pub fn online(&self, serial: &str) -> bool {
-        lock_topic(serial).is_some_and(|t| self.registry.has_subscribers(&t))
+    /// Whether a connection (on any node) has lock `serial`'s channel joined right now.
+    pub async fn online(&self, serial: &str) -> bool {
+        if lock_topic(serial).is_some_and(|t| self.registry.has_subscribers(&t)) {
+            return true;
+        }
+        self.online_serials().await.contains(serial)
+    }
+
+    /// The serials of every lock whose channel a connection of any node has joined (this
+    /// node's alone while the cluster is unreachable).
+    pub async fn online_serials(&self) -> std::collections::HashSet<String> {
+        let devices = match self.fabric.devices().await {
+            Ok(all) => all,
+            Err(_) => self.registry.devices(),
+        };
+        devices
+            .iter()
+            .flat_map(|d| d.topics.iter())
+            .filter_map(|t| t.strip_prefix("lock:"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Stores a new intended state, pushes `state` to the lock's channel instances that accept

@@ -85,11 +85,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             keyring: keyring.clone(),
         });
-        let relay = Arc::new(relay::Relay::new(
-            fabric.clone(),
-            registry.clone(),
-            store.clone(),
-        ));
+        let relay = Arc::new(relay::Relay::new(fabric.clone(), store.clone()));
         let locks = locks::Locks::new(
             store.clone(),
             fabric.clone(),

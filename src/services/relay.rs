@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::directory::{BinaryPacket, Claim, DeviceInfo, Packet, RegisterError, Registered};
-use crate::core::{Conn, DeliveryError, Door, Fabric, Registry};
+use crate::core::{Conn, DeliveryError, Door, Fabric};
 use crate::store::Store;
 
 /// The relay service, one per hub: registration under the directory's one rule (through
@@ -15,15 +15,13 @@ use crate::store::Store;
 /// `devices` records. Doors and the Bester bridge call only this.
 pub struct Relay {
     fabric: Arc<dyn Fabric>,
-    registry: Arc<Registry>,
     log: DeviceLog,
 }
 
 impl Relay {
-    pub fn new(fabric: Arc<dyn Fabric>, registry: Arc<Registry>, store: Store) -> Relay {
+    pub fn new(fabric: Arc<dyn Fabric>, store: Store) -> Relay {
         Relay {
             fabric,
-            registry,
             log: spawn_device_log(store),
         }
     }
@@ -85,14 +83,14 @@ impl Relay {
         Ok(())
     }
 
-    /// The registration info of the device `name`, if it is on the relay.
-    pub fn info(&self, name: &str) -> Option<DeviceInfo> {
-        self.registry.relay.info(name)
+    /// The registration info of the device `name`, if it is on the relay (of any node).
+    pub async fn info(&self, name: &str) -> Result<Option<DeviceInfo>, DeliveryError> {
+        self.fabric.relay_info(name).await
     }
 
-    /// Every relay device name, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.registry.relay.names()
+    /// Every relay device name (of every node), sorted.
+    pub async fn names(&self) -> Result<Vec<String>, DeliveryError> {
+        self.fabric.relay_names().await
     }
 
     /// Writes what is queued (the departures of the sockets that just closed), then stops.

@@ -327,6 +327,64 @@ async fn a_relay_send_reaches_a_device_on_another_node_with_the_same_replies() {
 }
 
 #[tokio::test]
+async fn relay_listings_and_device_info_cover_every_node() {
+    let (_nats, _db, nodes) = cluster(&["a", "b"]).await;
+    let mut x = relay_device(&nodes[0], "ls-x").await;
+    let mut strip = nodes[1].socket("ls-strip").await;
+    let r = strip
+        .join(
+            "relay",
+            "r",
+            json!({"description": "LED strip", "version": "1.0.1", "interface": "led.md"}),
+        )
+        .await;
+    assert_eq!(reply_of(&r).0, "ok", "{r}");
+    let mut raw = raw_device(&nodes[1], "ls-raw").await;
+
+    let r = x.push("r", "1", "relay", "get_devices", json!({})).await;
+    assert_eq!(
+        r[4],
+        json!({"status": "ok", "response": {"devices": ["ls-raw", "ls-strip", "ls-x"]}})
+    );
+    let r = x
+        .push(
+            "r",
+            "2",
+            "relay",
+            "get_device_info",
+            json!({"device_name": "LS-Strip"}),
+        )
+        .await;
+    assert_eq!(
+        r[4],
+        json!({"status": "ok", "response": {"name": "ls-strip", "description": "LED strip",
+                                             "version": "1.0.1", "interface": "led.md"}})
+    );
+    let r = x
+        .push(
+            "r",
+            "3",
+            "relay",
+            "get_device_info",
+            json!({"device_name": "ls-ghost"}),
+        )
+        .await;
+    assert_eq!(
+        r[4],
+        json!({"status": "error", "response": {"reason": "unknown device"}})
+    );
+    // The raw door asks the same questions of the whole cluster.
+    let r = raw
+        .request(
+            json!({"target": "server", "payload": {"command": "get_device_info",
+                                                          "device_name": "ls-x"}}),
+        )
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    assert_eq!(r["response"]["name"], "ls-x", "{r}");
+}
+
+#[tokio::test]
 async fn a_compendium_route_reaches_an_address_held_on_another_node() {
     let (_nats, _db, nodes) = cluster(&["a", "b"]).await;
     let mut phone = nodes[1].compendium().await;
@@ -441,6 +499,23 @@ async fn an_admin_state_change_on_one_node_reaches_the_lock_on_another() {
         lock.recv_event("state").await,
         json!(["1", null, "lock:ST1", "state", {"locked": false}])
     );
+    // Node a's admin API shows the lock online, in the listing and on its own.
+    assert_eq!(body["online"], true, "{body}");
+    let (_, listed) = nodes[0].admin(Method::GET, "/api/locks", None).await;
+    let online: Vec<&Value> = listed
+        .as_array()
+        .expect("locks")
+        .iter()
+        .filter(|l| l["serial"] == "ST1")
+        .map(|l| &l["online"])
+        .collect();
+    assert_eq!(online, [&json!(true)], "{listed}");
+    lock.hang_up().await;
+    eventually("the lock shows offline on node a", async || {
+        let (_, one) = nodes[0].admin(Method::GET, "/api/locks/ST1", None).await;
+        (one["online"] == false).then_some(())
+    })
+    .await;
 }
 
 /// Joins `presence:devices`; returns the `presence_state` payload.

@@ -136,7 +136,7 @@ async fn relay_devices_find_each_other_and_exchange_packets() {
         .one(json!(["1", "4", "relay", "send", { "target": "beta", "payload": 1 }]))
         .await;
     assert_eq!(status(&gone), "error");
-    assert_eq!(hub.relay.names(), ["alpha"]);
+    assert_eq!(hub.registry.relay.names(), ["alpha"]);
 }
 
 #[tokio::test]
@@ -153,14 +153,14 @@ async fn relay_register_only_for_oneself_and_unregister() {
     );
     let off = a.one(json!(["1", "3", "relay", "unregister", {}])).await;
     assert_eq!(status(&off), "ok");
-    assert!(hub.relay.names().is_empty());
+    assert!(hub.registry.relay.names().is_empty());
     let send = a
         .one(json!(["1", "4", "relay", "send", { "target": "alpha", "payload": 1 }]))
         .await;
     assert_eq!(send[4]["response"], json!({ "reason": "not registered" }));
     let back = a.one(json!(["1", "5", "relay", "register", {}])).await;
     assert_eq!(status(&back), "ok");
-    assert_eq!(hub.relay.names(), ["alpha"]);
+    assert_eq!(hub.registry.relay.names(), ["alpha"]);
 }
 
 #[tokio::test]

@@ -305,9 +305,9 @@ async fn a_closed_session_leaves_nothing_in_the_registry() {
     c.one(json!(["2", "2", "relay", "phx_join", {}])).await;
     assert_eq!(hub.registry.connection_count(), 1);
     assert!(hub.registry.has_subscribers(&topic("events")));
-    assert_eq!(hub.relay.names(), ["lamp"]);
+    assert_eq!(hub.registry.relay.names(), ["lamp"]);
     drop(c);
     assert_eq!(hub.registry.connection_count(), 0);
     assert!(!hub.registry.has_subscribers(&topic("events")));
-    assert!(hub.relay.names().is_empty());
+    assert!(hub.registry.relay.names().is_empty());
 }

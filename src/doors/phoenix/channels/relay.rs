@@ -183,13 +183,17 @@ pub async fn handle_in(ch: &mut RelayChannel, event: RelayIn, ctx: &Ctx<'_>) -> 
             struct Devices {
                 devices: Vec<String>,
             }
-            Ok(to_json(&Devices {
-                devices: relay.names(),
-            }))
+            let devices = relay
+                .names()
+                .await
+                .map_err(|e| ChannelError::refused(e.to_string()))?;
+            Ok(to_json(&Devices { devices }))
         }
         RelayIn::GetDeviceInfo { device_name } => {
             let info = relay
                 .info(&device_name)
+                .await
+                .map_err(|e| ChannelError::refused(e.to_string()))?
                 .ok_or_else(|| ChannelError::refused("unknown device"))?;
             Ok(to_json(&info_reply(
                 &directory::normalize(&device_name),
