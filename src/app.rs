@@ -91,13 +91,17 @@ impl Server {
             None => Hub::new(config, store, keyring),
             Some(cluster) => {
                 let (client, events) = crate::cluster::connect(&cluster).await?;
+                let shared = store.clone();
                 Hub::with_fabric(config, store, keyring, |parts| {
                     Arc::new(crate::cluster::NatsFabric::start(
                         client,
                         events,
                         cluster,
-                        parts.registry.clone(),
-                        parts.keyring.clone(),
+                        crate::cluster::Shared {
+                            registry: parts.registry.clone(),
+                            keyring: parts.keyring.clone(),
+                            store: shared,
+                        },
                         parts.shutdown.clone(),
                     ))
                 })

@@ -89,6 +89,14 @@ impl Options {
     }
 }
 
+/// What a node shares with the rest of the hub: its registry, its token keyring and the
+/// store (read again after a reconnection, for what the node may have missed).
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub keyring: Arc<crate::auth::Keyring>,
+    pub store: crate::store::Store,
+}
+
 /// NATS events the fabric reacts to (a reconnection).
 pub type Events = mpsc::UnboundedReceiver<async_nats::Event>;
 
@@ -130,10 +138,18 @@ pub async fn connect(options: &Options) -> anyhow::Result<(Client, Events)> {
                 let _ = tx.send(event);
             }
         })
-        .connect(options.url.as_str())
+        .connect(servers(&options.url))
         .await
         .with_context(|| format!("HOMEHUB_CLUSTER={}", options.url))?;
     Ok((client, rx))
+}
+
+/// The NATS servers of `HOMEHUB_CLUSTER`: one URL, or several separated by commas.
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// What crosses NATS, for `/metrics`.
@@ -241,6 +257,7 @@ struct Inner {
     client: Client,
     registry: Arc<Registry>,
     keyring: Arc<crate::auth::Keyring>,
+    store: crate::store::Store,
     subjects: Subjects,
     node: String,
     epoch: u64,
@@ -278,15 +295,20 @@ impl NatsFabric {
         client: Client,
         events: Events,
         options: Options,
-        registry: Arc<Registry>,
-        keyring: Arc<crate::auth::Keyring>,
+        shared: Shared,
         shutdown: CancellationToken,
     ) -> NatsFabric {
+        let Shared {
+            registry,
+            keyring,
+            store,
+        } = shared;
         let (outgoing, queued) = mpsc::channel(OUTGOING_QUEUE);
         let inner = Arc::new(Inner {
             client,
             registry: registry.clone(),
             keyring,
+            store,
             subjects: Subjects::new(&options.subject_prefix),
             node: options.node.clone(),
             epoch: rand::random(),
@@ -769,6 +791,9 @@ impl Inner {
                 event = events.recv() => match event {
                     Some(async_nats::Event::Connected) => {
                         tracing::info!(node = %self.node, "cluster: connected to NATS");
+                        if was_connected {
+                            tokio::spawn(self.clone().catch_up_revocations());
+                        }
                         was_connected = true;
                         self.publish(Kind::Heartbeat, self.subjects.heartbeat(), body(&self.heartbeat(true)));
                     }
@@ -784,6 +809,32 @@ impl Inner {
                     self.publish(Kind::Heartbeat, self.subjects.heartbeat(), body(&self.heartbeat(hello)));
                     self.drop_silent_nodes();
                 }
+            }
+        }
+    }
+
+    /// After a reconnection: the tokens revoked (on another node) while this one was cut
+    /// off were announced to nobody here, so read them from the store, forget them and
+    /// close what they admitted.
+    async fn catch_up_revocations(self: Arc<Self>) {
+        match self.store.revoked_token_ids().await {
+            Ok(ids) => {
+                let mut closed = 0;
+                for id in ids {
+                    if !self.keyring.is_revoked(&id) {
+                        self.keyring.revoke(&id);
+                        closed += self.registry.kill_token(&id);
+                    }
+                }
+                if closed > 0 {
+                    tracing::info!(
+                        closed,
+                        "cluster: closed connections of tokens revoked while NATS was unreachable"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot read revoked tokens after reconnecting")
             }
         }
     }
@@ -1345,5 +1396,19 @@ impl Fabric for NatsFabric {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_url_may_list_several_servers() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,,tls://c:4222 "),
+            ["nats://a:4222", "nats://b:4222", "tls://c:4222"]
+        );
     }
 }
