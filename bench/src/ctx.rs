@@ -56,6 +56,19 @@ pub struct Settings {
     /// S8: the hub is killed if its RSS passes this (MiB), so an unprotected hub cannot
     /// take the machine.
     pub flood_rss_limit_mib: u64,
+    /// S9: the nats-server binary the cluster runs on.
+    pub nats_bin: Option<std::path::PathBuf>,
+    /// S9: the PostgreSQL database both nodes use (not recorded: it may hold a password).
+    #[serde(skip)]
+    pub cluster_database_url: Option<String>,
+    /// S9: relay rate (msgs/s) of the same-node and cross-node runs.
+    pub cluster_rate: f64,
+    /// S9: relay pairs of each kind.
+    pub cluster_pairs: usize,
+    /// S9: `events` subscribers on each node.
+    pub cluster_subscribers: usize,
+    /// S9: events broadcast to them.
+    pub cluster_events: u64,
 }
 
 /// Results one scenario hands to a later one (S5 → S5b).
@@ -108,6 +121,9 @@ pub struct Ctx {
     pub max_steal: Rc<Cell<f64>>,
     /// TCP retransmits and backlog drops summed over this scenario's measured windows.
     pub net_total: Rc<Cell<(u64, u64)>>,
+    /// Processes of the system under test besides the hub (S9: the second node and
+    /// nats-server), whose CPU is not "other load".
+    pub also_measured: RefCell<Vec<u32>>,
 }
 
 /// How establishing a fleet went.
@@ -143,6 +159,8 @@ pub struct Usage {
 pub struct Meter {
     hub_pid: Option<u32>,
     hub: Option<CpuMark>,
+    /// [`Ctx::also_measured`] at the start.
+    also: Vec<(u32, Option<CpuMark>)>,
     gen_mark: Option<CpuMark>,
     start_ns: u64,
     rss0: Option<u64>,
@@ -178,7 +196,13 @@ impl Meter {
             .zip(gen_end)
             .map(|(a, b)| a.pct_until(&b))
             .unwrap_or(0.0);
-        let other = busy.first().copied().unwrap_or(0.0) - hub_cpu - gen_cpu;
+        let also_cpu: f64 = self
+            .also
+            .iter()
+            .filter_map(|(pid, m)| m.zip(CpuMark::take(*pid)))
+            .map(|(a, b)| a.pct_until(&b))
+            .sum();
+        let other = busy.first().copied().unwrap_or(0.0) - hub_cpu - also_cpu - gen_cpu;
         let steal =
             100.0 * sys::steal_ticks().saturating_sub(self.steal0) as f64 / tck / secs.max(1e-9);
         if secs >= 0.5 {
@@ -239,6 +263,7 @@ impl Ctx {
             max_other: Rc::default(),
             max_steal: Rc::default(),
             net_total: Rc::default(),
+            also_measured: RefCell::default(),
         }
     }
 
@@ -287,6 +312,12 @@ impl Ctx {
         Meter {
             hub_pid,
             hub: hub_pid.and_then(CpuMark::take),
+            also: self
+                .also_measured
+                .borrow()
+                .iter()
+                .map(|p| (*p, CpuMark::take(*p)))
+                .collect(),
             gen_mark: CpuMark::take(std::process::id()),
             start_ns: now_ns(),
             rss0: hub_pid.and_then(sys::rss_kib),

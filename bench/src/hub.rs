@@ -57,20 +57,7 @@ impl HubProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        if let Some(cpu) = spec.cpu {
-            // SAFETY: sched_setaffinity is async-signal-safe; nothing is allocated here.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
+        pin_to(&mut cmd, spec.cpu);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", spec.bin.display()))?;
@@ -111,6 +98,23 @@ impl HubProc {
     pub async fn kill9(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// Pins the process `cmd` will start to `cpu` (if any).
+pub fn pin_to(cmd: &mut Command, cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        // SAFETY: sched_setaffinity is async-signal-safe; nothing is allocated here.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
 }
 

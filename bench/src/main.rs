@@ -33,7 +33,7 @@ use crate::client::Target;
 use crate::ctx::{Ctx, Settings};
 use crate::hub::HubSpec;
 use crate::report::{Report, ScenarioResult};
-use crate::scenarios::{broadcast, flood, idle, joins, relay, restart};
+use crate::scenarios::{broadcast, cluster, flood, idle, joins, relay, restart};
 
 /// Load generator for Phoenix Channels hubs: runs the homehub benchmark scenarios (S1–S7)
 /// against a hub it spawns (`--hub-bin`) or one already running (`--url`).
@@ -60,7 +60,7 @@ struct Args {
     #[arg(short = 'n', long)]
     connections: Option<usize>,
 
-    /// Scenarios to run, comma separated: S1,S2,S3,S4,S5,S5b,S6,S7,S8 or `all`.
+    /// Scenarios to run, comma separated: S1,S2,S3,S4,S5,S5b,S6,S7,S8,S9 or `all`.
     #[arg(long, default_value = "all")]
     scenarios: String,
 
@@ -208,6 +208,35 @@ struct Args {
     #[arg(long, default_value_t = 4_096)]
     flood_rss_limit_mib: u64,
 
+    /// S9: the nats-server binary the two cluster nodes run on.
+    #[arg(long, env = "HOMEHUB_TEST_NATS_BIN", value_name = "PATH")]
+    nats_bin: Option<PathBuf>,
+
+    /// S9: the PostgreSQL database the two nodes share (its tables are created if needed).
+    #[arg(
+        long,
+        env = "HOMEHUB_TEST_POSTGRES_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    cluster_database_url: Option<String>,
+
+    /// S9: open-loop relay rate of the same-node and cross-node runs (msgs/s).
+    #[arg(long, default_value_t = 5_000.0)]
+    cluster_rate: f64,
+
+    /// S9: relay pairs of each kind (default 500; 100 with --short).
+    #[arg(long)]
+    cluster_pairs: Option<usize>,
+
+    /// S9: `events` subscribers on each node (default N/2, at most 5,000).
+    #[arg(long)]
+    cluster_subscribers: Option<usize>,
+
+    /// S9: events broadcast to the subscribers of both nodes.
+    #[arg(long, default_value_t = 50)]
+    cluster_events: u64,
+
     /// Free text recorded with the results, e.g. the hub's commit.
     #[arg(long)]
     label: Option<String>,
@@ -295,6 +324,14 @@ fn settings(a: &Args) -> anyhow::Result<Settings> {
         gen_cpu: parse_cpu(&a.gen_cpu)?,
         flood: a.flood.clamp(1, 60_000),
         flood_rss_limit_mib: a.flood_rss_limit_mib,
+        nats_bin: a.nats_bin.clone(),
+        cluster_database_url: a.cluster_database_url.clone().filter(|u| !u.is_empty()),
+        cluster_rate: a.cluster_rate,
+        cluster_pairs: a.cluster_pairs.unwrap_or(if short { 100 } else { 500 }),
+        cluster_subscribers: a
+            .cluster_subscribers
+            .unwrap_or((connections / 2).min(5_000)),
+        cluster_events: a.cluster_events,
     })
 }
 
@@ -373,6 +410,7 @@ async fn run_scenario(
         "S6" => restart::s6(ctx).await,
         "S7" => idle::s7(ctx).await,
         "S8" => flood::s8(ctx).await,
+        "S9" => cluster::s9(ctx).await,
         other => bail!("unknown scenario {other}"),
     };
     let mut res = res.unwrap_or_else(|e| {

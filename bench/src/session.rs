@@ -52,6 +52,9 @@ pub struct Spec {
     /// measured from it. `None`: measured from the actual start.
     pub intended_ns: Option<u64>,
     pub stop: Stop,
+    /// The hub this device connects to when it is not the scenario's hub (S9: the other
+    /// node of a cluster).
+    pub target: Option<Rc<crate::client::Target>>,
 }
 
 /// A device's stop signal: fires when the context drops its sender. A oneshot is polled in
@@ -97,7 +100,7 @@ fn reason_of_close(m: &Message) -> String {
 
 /// Connects and joins every topic of `spec`.
 async fn establish(ctx: &Ctx, spec: &Spec) -> Result<(Client, Vec<u64>), ConnErr> {
-    let target = ctx.target();
+    let target = spec.target.clone().unwrap_or_else(|| ctx.target());
     let work = async {
         let mut c =
             Client::connect(&target, target.source(spec.idx), &spec.name, spec.rcvbuf).await?;

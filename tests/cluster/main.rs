@@ -921,4 +921,10 @@ async fn bester_send_clients_reaches_users_and_relay_devices_on_other_nodes() {
         .await;
     assert_eq!(status_code, 204);
     bob.expect_closed().await;
+    // Stopped, not killed: node a stops the handler process it started.
+    for mut node in nodes {
+        if let Some(p) = node.process.take() {
+            p.terminate();
+        }
+    }
 }

@@ -366,6 +366,22 @@ impl HubProcess {
 }
 
 impl HubProcess {
+    /// SIGTERM, and waits for the hub to exit (it stops what it started, such as Bester
+    /// handler processes); SIGKILL (on drop) after 10 s.
+    #[allow(dead_code)] // the cluster suite's
+    pub fn terminate(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9`: the process ends at once, with nothing flushed or closed.
     pub fn kill_9(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();

@@ -63,6 +63,7 @@ async fn setup(ctx: &CtxRc, tag: &str, stall_every: Option<usize>) -> Fanout {
             rcvbuf: None,
             intended_ns: None,
             stop: ctx.stop_rx(),
+            target: None,
         });
     }
     let mut stalled = 0;
@@ -84,6 +85,7 @@ async fn setup(ctx: &CtxRc, tag: &str, stall_every: Option<usize>) -> Fanout {
             rcvbuf: stall.then_some(ctx.set.stall_rcvbuf),
             intended_ns: None,
             stop: ctx.stop_rx(),
+            target: None,
         });
     }
     ctx.set_phase(format!("{tag} connect+join"));

@@ -1,7 +1,9 @@
-//! The scenarios of issue 4 (S1–S7), issue 12's login flood (S8), and what they share: device specs, the rate ladder
+//! The scenarios of issue 4 (S1–S7), issue 12's login flood (S8), issue 15's cluster (S9),
+//! and what they share: device specs, the rate ladder
 //! that finds a maximum sustained rate, and number formatting.
 
 pub mod broadcast;
+pub mod cluster;
 pub mod flood;
 pub mod idle;
 pub mod joins;
@@ -17,7 +19,7 @@ use crate::session::{Role, Spec};
 use crate::stats::Lat;
 
 /// Every scenario id, in run order.
-pub const ALL: [&str; 9] = ["S1", "S2", "S3", "S4", "S5", "S5b", "S6", "S7", "S8"];
+pub const ALL: [&str; 10] = ["S1", "S2", "S3", "S4", "S5", "S5b", "S6", "S7", "S8", "S9"];
 
 /// A device joined to `lock:<serial>` that only heartbeats.
 pub fn lock_spec(ctx: &Ctx, name_tag: &str, serial_tag: &str, i: usize) -> Spec {
@@ -30,6 +32,7 @@ pub fn lock_spec(ctx: &Ctx, name_tag: &str, serial_tag: &str, i: usize) -> Spec 
         rcvbuf: None,
         intended_ns: None,
         stop: ctx.stop_rx(),
+        target: None,
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn s4(ctx: &CtxRc) -> anyhow::Result<ScenarioResult> {
                 rcvbuf: None,
                 intended_ns: None,
                 stop: ctx.stop_rx(),
+                target: None,
             }
         })
         .collect();
