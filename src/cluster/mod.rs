@@ -450,6 +450,14 @@ impl Inner {
         Ok(got)
     }
 
+    /// A relay packet for the holder of `target` on another node.
+    async fn relay_packet(&self, target: &str, req: &RelayReq) -> Result<(), DeliveryError> {
+        let subject = self.subjects.relay(&directory::normalize(target));
+        self.request(Kind::Relay, subject, body(req))
+            .await?
+            .delivery_result()
+    }
+
     async fn respond(&self, msg: &Message, reply: &impl serde::Serialize) {
         if let Some(to) = &msg.reply {
             let _ = self.client.publish(to.clone(), body(reply)).await;
@@ -987,17 +995,11 @@ impl Fabric for NatsFabric {
                 local => return local,
             }
             let req = RelayReq {
-                op: RelayOp::Packet,
                 sender: Some(packet.sender.clone()),
                 payload: Some(packet.payload.clone()),
-                bytes: None,
-                force: false,
+                ..RelayReq::new(RelayOp::Packet)
             };
-            let subject = inner.subjects.relay(&directory::normalize(target));
-            inner
-                .request(Kind::Relay, subject, body(&req))
-                .await?
-                .delivery_result()
+            inner.relay_packet(target, &req).await
         })
     }
 
@@ -1013,17 +1015,11 @@ impl Fabric for NatsFabric {
                 local => return local,
             }
             let req = RelayReq {
-                op: RelayOp::Packet,
                 sender: Some(packet.sender.clone()),
-                payload: None,
                 bytes: Some(wire::encode_bytes(&packet.bytes)),
-                force: false,
+                ..RelayReq::new(RelayOp::Packet)
             };
-            let subject = inner.subjects.relay(&directory::normalize(target));
-            inner
-                .request(Kind::Relay, subject, body(&req))
-                .await?
-                .delivery_result()
+            inner.relay_packet(target, &req).await
         })
     }
 
@@ -1104,11 +1100,8 @@ impl Fabric for NatsFabric {
                 return Ok(registered);
             }
             let req = RelayReq {
-                op: RelayOp::Claim,
-                sender: None,
-                payload: None,
-                bytes: None,
                 force,
+                ..RelayReq::new(RelayOp::Claim)
             };
             let subject = inner.subjects.relay(&registered.name);
             match inner.request(Kind::Relay, subject, body(&req)).await {
@@ -1215,13 +1208,7 @@ impl Fabric for NatsFabric {
             let Ok(name) = directory::relay_name(name) else {
                 return Ok(None);
             };
-            let req = RelayReq {
-                op: RelayOp::Info,
-                sender: None,
-                payload: None,
-                bytes: None,
-                force: false,
-            };
+            let req = RelayReq::new(RelayOp::Info);
             match inner
                 .request(Kind::Relay, inner.subjects.relay(&name), body(&req))
                 .await

@@ -94,6 +94,19 @@ pub struct RelayReq {
     pub force: bool,
 }
 
+impl RelayReq {
+    /// A request of `op` with nothing else set.
+    pub fn new(op: RelayOp) -> RelayReq {
+        RelayReq {
+            op,
+            sender: None,
+            payload: None,
+            bytes: None,
+            force: false,
+        }
+    }
+}
+
 /// A request for the node holding a Phoenix socket's name.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -28,16 +28,26 @@ const TOKEN: &str = "cluster-admin-token";
 /// A private `nats-server` on a free port; killed when dropped.
 struct Nats {
     port: u16,
+    /// Extra arguments (TLS).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Nats {
     fn start() -> Nats {
+        Nats::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut nats = Nats { port, child: None };
+        let mut nats = Nats {
+            port,
+            args,
+            child: None,
+        };
         nats.start_again();
         nats
     }
@@ -57,6 +67,7 @@ impl Nats {
         });
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -580,6 +591,19 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_5_s() {
     let state = watch_presence(&mut again).await;
     assert!(state.get("pr-on-b").is_some(), "{state}");
     assert!(state.get("pr-on-c").is_none(), "{state}");
+
+    // A node that starts now asks the others for their state: its watchers see them.
+    let late = Node::start(&_nats, &_db, "d", &[]);
+    let state = eventually(
+        "the new node's presence_state has the others' devices",
+        async || {
+            let mut w = late.socket("pr-late").await;
+            let state = watch_presence(&mut w).await;
+            (state.get("pr-on-b").is_some() && state.get("pr-watcher").is_some()).then_some(state)
+        },
+    )
+    .await;
+    assert!(state.get("pr-on-c").is_none(), "{state}");
 }
 
 #[tokio::test]
@@ -818,6 +842,55 @@ async fn a_nats_outage_keeps_local_service_fails_readiness_and_recovers() {
     // The lost packet was refused, so nothing but the new one arrives.
     let f = x.recv_event("packet").await;
     assert_eq!(f[4]["payload"], json!({"reply": 1}), "{f}");
+}
+
+#[tokio::test]
+async fn nodes_reach_a_tls_nats_server_with_the_configured_ca_and_only_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let nats = Nats::start_with(vec![
+        "--tls".into(),
+        "--tlscert".into(),
+        cert_path.display().to_string(),
+        "--tlskey".into(),
+        key_path.display().to_string(),
+    ]);
+    let db = support::postgres::fresh_postgres_database().await;
+    homehub::net::listener::install_crypto_provider();
+    let ca = cert_path.display().to_string();
+    let tls = [("HOMEHUB_CLUSTER_TLS_CA", ca.as_str())];
+    let nodes = [
+        Node::start(&nats, &db, "a", &tls),
+        Node::start(&nats, &db, "b", &tls),
+    ];
+    for node in &nodes {
+        eventually("the TLS cluster forms", async || {
+            (node.sees().await == ["a", "b"]).then_some(())
+        })
+        .await;
+    }
+    let mut x = relay_device(&nodes[0], "tls-x").await;
+    let mut y = relay_device(&nodes[1], "tls-y").await;
+    assert_eq!(
+        send(&mut x, "1", "tls-y", json!({"over": "tls"})).await,
+        json!({"status": "ok", "response": {}})
+    );
+    assert_eq!(
+        y.recv_event("packet").await,
+        json!(["r", null, "relay", "packet", {"sender": "tls-x", "payload": {"over": "tls"}}])
+    );
+
+    // A node that does not trust the server's certificate never joins: it serves its own
+    // clients and says it is not ready.
+    let stranger = Node::start(&nats, &db, "c", &[]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stranger.ready().await, 503);
+    assert_eq!(stranger.metric("homehub_cluster_connected").await, 0.0);
+    assert_eq!(nodes[0].sees().await, ["a", "b"]);
 }
 
 #[test]

@@ -35,6 +35,39 @@ const START_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
 
 /**
+ * SIGTERM `proc` (a child with an `exited` promise) and wait for its exit; SIGKILL after
+ * STOP_TIMEOUT_MS (calling `onForce` first). Returns {code, signal}, or null without a process.
+ */
+async function terminate(proc, onForce = () => {}) {
+  if (!proc) return null;
+  if (proc.exitCode !== null || proc.signalCode !== null) return proc.exited;
+  proc.kill("SIGTERM");
+  let timer;
+  const result = await Promise.race([
+    proc.exited,
+    new Promise((res) => {
+      timer = setTimeout(() => res(null), STOP_TIMEOUT_MS);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (result === null) {
+    onForce();
+    proc.kill("SIGKILL");
+    return { ...(await proc.exited), forced: true };
+  }
+  return result;
+}
+
+/** SIGKILL `proc` if there is one and it still runs. */
+function killNow(proc) {
+  try {
+    proc?.kill("SIGKILL");
+  } catch {
+    /* already gone */
+  }
+}
+
+/**
  * One homehub process (and its restarts) on one private database.
  *
  *   const hub = new Hub("lock");
@@ -127,35 +160,15 @@ export class Hub {
   /** SIGTERM and wait for the exit (SIGKILL after a grace period). Returns {code, signal}. */
   async stop() {
     const proc = this.proc;
-    if (!proc) return null;
     this.proc = null;
-    if (proc.exitCode !== null || proc.signalCode !== null) return proc.exited;
-    proc.kill("SIGTERM");
-    let timer;
-    const result = await Promise.race([
-      proc.exited,
-      new Promise((res) => {
-        timer = setTimeout(() => res(null), STOP_TIMEOUT_MS);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (result === null) {
-      this.log.push(`hub did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; sending SIGKILL`);
-      proc.kill("SIGKILL");
-      return { ...(await proc.exited), forced: true };
-    }
-    return result;
+    return terminate(proc, () =>
+      this.log.push(`hub did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM; sending SIGKILL`),
+    );
   }
 
   kill() {
-    if (this.proc) {
-      try {
-        this.proc.kill("SIGKILL");
-      } catch {
-        /* already gone */
-      }
-      this.proc = null;
-    }
+    killNow(this.proc);
+    this.proc = null;
   }
 
   async restart() {
@@ -722,29 +735,13 @@ export class Nats {
   /** SIGTERM (SIGKILL after 5 s) and wait for the exit. */
   async stop() {
     const proc = this.proc;
-    if (!proc) return null;
     this.proc = null;
-    if (proc.exitCode !== null || proc.signalCode !== null) return proc.exited;
-    proc.kill("SIGTERM");
-    let timer;
-    const r = await Promise.race([proc.exited, new Promise((res) => (timer = setTimeout(() => res(null), 5000)))]);
-    clearTimeout(timer);
-    if (r === null) {
-      proc.kill("SIGKILL");
-      return { ...(await proc.exited), forced: true };
-    }
-    return r;
+    return terminate(proc);
   }
 
   kill() {
-    if (this.proc) {
-      try {
-        this.proc.kill("SIGKILL");
-      } catch {
-        /* already gone */
-      }
-      this.proc = null;
-    }
+    killNow(this.proc);
+    this.proc = null;
   }
 
   async cleanup() {
