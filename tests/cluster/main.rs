@@ -1001,3 +1001,19 @@ async fn bester_send_clients_reaches_users_and_relay_devices_on_other_nodes() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_nats_credentials_file_stops_the_node_at_start() {
+    let db = support::postgres::fresh_postgres_database().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_homehub"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--bester-bind", ""])
+        .args(["--database-url", &db])
+        .env("HOMEHUB_CLUSTER", "nats://127.0.0.1:1")
+        .env("HOMEHUB_CLUSTER_CREDENTIALS", "/nonexistent/homehub.creds")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the hub");
+    assert!(!out.status.success(), "the hub started: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/homehub.creds"), "{stderr}");
+}
