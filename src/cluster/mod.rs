@@ -450,6 +450,21 @@ impl Inner {
         Ok(got)
     }
 
+    /// Returns once the NATS server has processed everything this node sent before: a
+    /// request on a subject nobody subscribes to, which the server itself answers ("no
+    /// responders") after the operations this connection sent before it, in order.
+    /// `Client::flush` only empties the socket buffer, so a subscription made just before
+    /// could still be unknown to the server when another node's request arrives. Best
+    /// effort: a timeout or an outage just returns.
+    async fn barrier(&self) {
+        let subject = self.subjects.ping(&self.node);
+        let _ = tokio::time::timeout(
+            self.options.request_timeout,
+            self.client.request(subject, Bytes::new()),
+        )
+        .await;
+    }
+
     /// A relay packet for the holder of `target` on another node.
     async fn relay_packet(&self, target: &str, req: &RelayReq) -> Result<(), DeliveryError> {
         let subject = self.subjects.relay(&directory::normalize(target));
@@ -1111,9 +1126,9 @@ impl Fabric for NatsFabric {
                 }
                 _ => {
                     // Reachable from every node once the device is told it is registered:
-                    // the subscription is made and the server has it (a flush round trip).
+                    // the subscription is made and the server has it.
                     inner.reconcile(Name::Relay(registered.name.clone())).await;
-                    let _ = inner.client.flush().await;
+                    inner.barrier().await;
                     Ok(registered)
                 }
             }

@@ -78,6 +78,12 @@ impl Subjects {
         format!("{}.node.{}.presence", self.prefix, token(node))
     }
 
+    /// A subject nobody subscribes to, for one node's round trips to the server (answered
+    /// by the server itself with "no responders").
+    pub fn ping(&self, node: &str) -> String {
+        format!("{}.node.{}.ping", self.prefix, token(node))
+    }
+
     /// Scatter: close the connections of a revoked token, on every node.
     pub fn token_revoked(&self) -> String {
         format!("{}.token", self.prefix)
