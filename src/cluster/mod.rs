@@ -1283,6 +1283,21 @@ impl Fabric for NatsFabric {
         })
     }
 
+    fn hold<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let name = Name::Topic(topic.clone());
+            if *topic == Topic::Presence
+                || !inner.connected()
+                || lock(&inner.held).contains_key(&name)
+            {
+                return;
+            }
+            inner.reconcile(name).await;
+            inner.barrier().await;
+        })
+    }
+
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>> {
         Box::pin(async move {
             let inner = &self.inner;

@@ -208,6 +208,14 @@ pub trait Fabric: Send + Sync + 'static {
         })
     }
 
+    /// Returns once broadcasts to `topic` from anywhere reach this process's subscribers
+    /// (called after a join subscribed, before its reply). A single hub has nothing to wait
+    /// for; a cluster node makes its topic subscription and waits for the NATS server to
+    /// have it, the first time.
+    fn hold<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Every live connection of every node (each with its node in a cluster), by name.
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceView>, DeliveryError>>;
 

@@ -447,9 +447,8 @@ async fn a_broadcast_crosses_only_to_nodes_with_subscribers_once_each() {
     }
     let mut lock = a.socket("bc-lock").await;
     let r = lock.join("lock:BC1", "1", json!({})).await;
+    // No wait: node b's join replies only once the NATS server has its `events` interest.
     assert_eq!(reply_of(&r).0, "ok", "{r}");
-    // Node b announces its interest in `events` asynchronously after the join.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (b0, c0) = (broadcasts_received(b).await, broadcasts_received(c).await);
     for n in 0..5 {
@@ -496,8 +495,8 @@ async fn an_admin_state_change_on_one_node_reaches_the_lock_on_another() {
     let r = lock
         .join("lock:ST1", "1", json!({"accepts": ["state"]}))
         .await;
+    // Pushed at once after the join reply: the lock's node already has the subscription.
     assert_eq!(reply_of(&r).0, "ok", "{r}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, body) = nodes[0]
         .admin(
             Method::PUT,

@@ -349,8 +349,6 @@ async fn run(
     let fleet = ctx.fleet(specs, ctx.set.concurrency).await;
     r.put("broadcast_fleet", fleet);
     r.put("subscribers_per_node", per_node);
-    // Node B subscribes to `events` on NATS right after its first local join.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     ctx.wait_hub_quiet(20.0).await;
     let sent_kind = "homehub_cluster_messages_sent_total{kind=\"broadcast\"}";
     let recv_kind = "homehub_cluster_messages_received_total{kind=\"broadcast\"}";

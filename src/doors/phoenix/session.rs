@@ -297,6 +297,8 @@ impl Session {
                 // Subscribe before replying: a broadcast queued meanwhile is written after
                 // the reply, because the reply goes out first from this task (§3.7).
                 self.door.registry.subscribe(&topic, &self.conn);
+                // In a cluster: broadcasts from other nodes reach it once it is told.
+                self.door.fabric.hold(&topic).await;
                 out.push(Frame::reply(
                     push_ref.clone(),
                     msg.ref_.clone(),
