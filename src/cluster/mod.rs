@@ -1127,8 +1127,7 @@ impl Fabric for NatsFabric {
                 _ => {
                     // Reachable from every node once the device is told it is registered:
                     // the subscription is made and the server has it.
-                    inner.reconcile(Name::Relay(registered.name.clone())).await;
-                    inner.barrier().await;
+                    self.hold(&Name::Relay(registered.name.clone())).await;
                     Ok(registered)
                 }
             }
@@ -1283,17 +1282,16 @@ impl Fabric for NatsFabric {
         })
     }
 
-    fn hold<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, ()> {
+    fn hold<'a>(&'a self, name: &'a Name) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let inner = &self.inner;
-            let name = Name::Topic(topic.clone());
-            if *topic == Topic::Presence
+            if *name == Name::Topic(Topic::Presence)
                 || !inner.connected()
-                || lock(&inner.held).contains_key(&name)
+                || lock(&inner.held).contains_key(name)
             {
                 return;
             }
-            inner.reconcile(name).await;
+            inner.reconcile(name.clone()).await;
             inner.barrier().await;
         })
     }

@@ -24,6 +24,7 @@ use tungstenite::Utf8Bytes;
 
 use super::close_code;
 use super::directory::{BinaryPacket, Claim, Packet, RegisterError, Registered};
+use super::interest::Name;
 use super::message::OutPayload;
 use super::presence::DeviceMeta;
 use super::registry::{Conn, DeviceView, Registry};
@@ -208,11 +209,11 @@ pub trait Fabric: Send + Sync + 'static {
         })
     }
 
-    /// Returns once broadcasts to `topic` from anywhere reach this process's subscribers
-    /// (called after a join subscribed, before its reply). A single hub has nothing to wait
-    /// for; a cluster node makes its topic subscription and waits for the NATS server to
-    /// have it, the first time.
-    fn hold<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, ()> {
+    /// Returns once what is sent to `name` from anywhere reaches this process (called
+    /// after a join subscribed to a topic, or an address was allocated, before the client
+    /// is told). A single hub has nothing to wait for; a cluster node makes its NATS
+    /// subscription and waits for the server to have it, the first time.
+    fn hold<'a>(&'a self, _name: &'a Name) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 

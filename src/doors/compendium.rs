@@ -202,6 +202,11 @@ impl Compendium {
                 }
                 let addr = registry.compendium.allocate(&self.conn);
                 tracing::info!(conn = self.conn.id, %addr, "compendium address allocated");
+                // In a cluster: routable from every node once the client has it.
+                self.ctx
+                    .fabric
+                    .hold(&crate::core::interest::Name::Address(addr.clone()))
+                    .await;
                 let resp = ServerMsg::InitResp { addr: &addr }.to_text();
                 self.addr = Some(addr);
                 Some(resp)

@@ -298,7 +298,10 @@ impl Session {
                 // the reply, because the reply goes out first from this task (§3.7).
                 self.door.registry.subscribe(&topic, &self.conn);
                 // In a cluster: broadcasts from other nodes reach it once it is told.
-                self.door.fabric.hold(&topic).await;
+                self.door
+                    .fabric
+                    .hold(&crate::core::interest::Name::Topic(topic.clone()))
+                    .await;
                 out.push(Frame::reply(
                     push_ref.clone(),
                     msg.ref_.clone(),
