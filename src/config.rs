@@ -81,6 +81,26 @@ pub struct Config {
     )]
     pub pair_ttl: Duration,
 
+    /// How long a lock has, after the hub pushed it a new intended state, to report that
+    /// state; then it is shown as drifting and the hub pushes again, waiting twice as long
+    /// each time (up to `HOMEHUB_STATE_RETRY_MAX_MS`).
+    #[arg(
+        long = "state-drift-ms",
+        env = "HOMEHUB_STATE_DRIFT_MS",
+        default_value = "30000",
+        value_parser = parse_millis_at_least_10
+    )]
+    pub state_drift: Duration,
+
+    /// The longest pause between two pushes of the intended state to a drifting lock.
+    #[arg(
+        long = "state-retry-max-ms",
+        env = "HOMEHUB_STATE_RETRY_MAX_MS",
+        default_value = "300000",
+        value_parser = parse_millis_at_least_10
+    )]
+    pub state_retry_max: Duration,
+
     /// Feature flags a lock gets when it first joins (comma-separated). Lock firmware
     /// starts its lock feature only when the flags contain `lock`; an administrator changes
     /// a lock's flags with `homehub lock set SERIAL --flags …`. An empty value: `[]`.

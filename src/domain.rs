@@ -110,6 +110,12 @@ pub struct LockRecord {
     pub config: Value,
     /// The state the hub wants the lock in (set by administrators).
     pub intended_state: Value,
+    /// 1 for a new lock, +1 with every change of `intended_state` (`If-Match`).
+    pub intended_version: i64,
+    /// When `intended_state` last changed (`None`: the first join's default).
+    pub intended_at: Option<String>,
+    /// Since when the lock has not reported its intended state although it was pushed.
+    pub drifting_since: Option<String>,
     /// What the lock last said it is (`report`), if it ever did.
     pub reported_state: Option<Value>,
     pub reported_at: Option<String>,

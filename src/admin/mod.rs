@@ -53,6 +53,9 @@ pub enum AdminError {
     /// 409: the request conflicts with the resource's state.
     #[error("{0}")]
     Conflict(&'static str),
+    /// 409: `If-Match` named another version of the lock's intended state than it has.
+    #[error("intended state changed meanwhile: it is at version {0}")]
+    StaleVersion(i64),
     /// 422: well-formed JSON with unknown fields, wrong types or values out of range.
     #[error("{0}")]
     Unprocessable(String),
@@ -98,6 +101,9 @@ impl From<ServiceError> for AdminError {
 fn lock_error(e: ServiceError) -> AdminError {
     match e {
         ServiceError::Store(StoreError::LockNotFound) => AdminError::NotFound("lock not found"),
+        ServiceError::Store(StoreError::VersionMismatch { current }) => {
+            AdminError::StaleVersion(current)
+        }
         e => e.into(),
     }
 }
@@ -109,7 +115,7 @@ impl IntoResponse for AdminError {
             AdminError::Forbidden => StatusCode::FORBIDDEN,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Conflict(_) | AdminError::StaleVersion(_) => StatusCode::CONFLICT,
             AdminError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminError::Internal(e) => {
                 tracing::error!(error = %e, "admin request failed");
@@ -119,7 +125,11 @@ impl IntoResponse for AdminError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         };
-        let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        let mut body = json!({ "error": self.to_string() });
+        if let AdminError::StaleVersion(current) = &self {
+            body["intended_version"] = json!(current);
+        }
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -190,6 +200,17 @@ async fn metrics(
         store.lock_join_known_hits(),
     );
     fabric.render_metrics(&mut body);
+    // From the database, so every node of a cluster shows the same figure; absent while
+    // the store does not answer.
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), store.count_drifting()).await
+    {
+        body.push_str(
+            "# HELP homehub_locks_drifting locks that did not report a pushed intended state in time (HOMEHUB_STATE_DRIFT_MS)\n\
+             # TYPE homehub_locks_drifting gauge\n",
+        );
+        body.push_str(&format!("homehub_locks_drifting {n}\n"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -293,11 +314,59 @@ pub struct LockView {
     pub lock: LockRecord,
     /// Whether a connection has the lock's channel joined right now.
     pub online: bool,
+    /// Whether the lock's last report is its intended state.
+    pub agrees: bool,
+    /// Whether the lock did not report a pushed intended state in time (`drifting_since`).
+    pub drifting: bool,
+}
+
+impl LockView {
+    fn new(lock: LockRecord, online: bool) -> LockView {
+        LockView {
+            agrees: lock.reported_state.as_ref() == Some(&lock.intended_state),
+            drifting: lock.drifting_since.is_some(),
+            online,
+            lock,
+        }
+    }
 }
 
 async fn view(locks: &Locks, lock: LockRecord) -> LockView {
     let online = locks.online(&lock.serial).await;
-    LockView { lock, online }
+    LockView::new(lock, online)
+}
+
+/// A lock with its intended state's version as the `ETag` (`If-Match` takes it back).
+fn tagged(view: LockView) -> Response {
+    let tag = format!("\"{}\"", view.lock.intended_version);
+    let mut resp = Json(view).into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&tag) {
+        resp.headers_mut().insert(header::ETAG, value);
+    }
+    resp
+}
+
+/// The version an `If-Match` header asks for: `"3"` or `3`; `*` or no header is any.
+fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, AdminError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| AdminError::BadRequest("If-Match must be a version number".into()))?
+        .trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| {
+            AdminError::BadRequest(
+                "If-Match must be the lock's intended_version (its ETag), e.g. \"3\"".into(),
+            )
+        })
 }
 
 /// Parses a JSON body; an empty body is `{}`.
@@ -320,9 +389,9 @@ async fn list_locks(
     let online = locks.online_serials().await;
     Ok(Json(
         all.into_iter()
-            .map(|lock| LockView {
-                online: online.contains(&lock.serial),
-                lock,
+            .map(|lock| {
+                let on = online.contains(&lock.serial);
+                LockView::new(lock, on)
             })
             .collect(),
     ))
@@ -333,12 +402,12 @@ async fn show_lock(
     State(store): State<Store>,
     State(locks): State<Locks>,
     Path(serial): Path<String>,
-) -> Result<Json<LockView>, AdminError> {
+) -> Result<Response, AdminError> {
     let lock = store
         .get_lock(&serial)
         .await?
         .ok_or(AdminError::NotFound("lock not found"))?;
-    Ok(Json(view(&locks, lock).await))
+    Ok(tagged(view(&locks, lock).await))
 }
 
 /// `PUT /api/locks/{serial}/state`: stores the intended state and pushes `state` to the
@@ -346,16 +415,21 @@ async fn show_lock(
 async fn set_state(
     State(locks): State<Locks>,
     Path(serial): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
-) -> Result<Json<LockView>, AdminError> {
+) -> Result<Response, AdminError> {
+    let expected = if_match(&headers)?;
     let state: Value = json_body(&body)?;
     if !state.is_object() {
         return Err(AdminError::BadRequest("state must be a JSON object".into()));
     }
     // Pushed only to lock instances that joined with `{"accepts": ["state"]}`; any other
     // lock gets its intended state in its next join or `reset` reply.
-    let (lock, _) = locks.set_state(&serial, &state).await.map_err(lock_error)?;
-    Ok(Json(view(&locks, lock).await))
+    let (lock, _) = locks
+        .set_state(&serial, &state, expected)
+        .await
+        .map_err(lock_error)?;
+    Ok(tagged(view(&locks, lock).await))
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,11 +3,11 @@
 //! `events:<serial>`) what happened. Doors and admin routes stay thin: they decode, call
 //! one of these, and encode the answer.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-use std::sync::Arc;
 
 use super::ServiceError;
 use crate::config::AuthMode;
@@ -60,6 +60,51 @@ pub struct Locks {
     registry: Arc<Registry>,
     auth: AuthMode,
     pair_ttl: Duration,
+    watch: Arc<StateWatch>,
+}
+
+/// How long a lock has to report a pushed intended state, and the longest pause between
+/// two pushes to a lock that drifts (`HOMEHUB_STATE_DRIFT_MS`, `HOMEHUB_STATE_RETRY_MAX_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct DriftPolicy {
+    pub drift_after: Duration,
+    pub max_pause: Duration,
+}
+
+impl DriftPolicy {
+    /// The pause after the `attempts`-th push: the drift time, doubling, capped.
+    fn pause(&self, attempts: u32) -> Duration {
+        self.drift_after
+            .saturating_mul(1u32 << attempts.min(20))
+            .min(self.max_pause.max(self.drift_after))
+    }
+}
+
+/// An intended state this node pushed and the lock has not reported back yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    version: i64,
+    state: Value,
+    /// When the first push went out (what `drifting_since` says once it drifts).
+    first_push: String,
+    last_push: Instant,
+    /// Pushes so far.
+    pushes: u32,
+    drifting: bool,
+}
+
+/// The locks awaiting their report, by serial.
+#[derive(Debug)]
+struct StateWatch {
+    policy: DriftPolicy,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl StateWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        // Nothing panics while holding it; recover the map rather than the hub.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Locks {
@@ -69,6 +114,7 @@ impl Locks {
         registry: Arc<Registry>,
         auth: AuthMode,
         pair_ttl: Duration,
+        policy: DriftPolicy,
     ) -> Locks {
         Locks {
             store,
@@ -76,6 +122,10 @@ impl Locks {
             registry,
             auth,
             pair_ttl,
+            watch: Arc::new(StateWatch {
+                policy,
+                pending: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
@@ -108,27 +158,137 @@ impl Locks {
             .collect()
     }
 
-    /// Stores a new intended state, pushes `state` to the lock's channel instances that accept
-    /// it (the others get it at their next join or `reset`) and tells watchers. Returns the
-    /// lock and how many instances the push was queued for.
+    /// Stores a new intended state (only if it is still at version `expected`, when given:
+    /// `If-Match`), pushes `state` to the lock's channel instances that accept it (the
+    /// others get it at their next join or `reset`) and tells watchers. Until the lock
+    /// reports that state, the hub pushes it again on the [`DriftPolicy`] and marks the lock
+    /// drifting. Returns the lock and how many instances the push was queued for.
     pub async fn set_state(
         &self,
         serial: &str,
         state: &Value,
+        expected: Option<i64>,
     ) -> Result<(LockRecord, usize), ServiceError> {
-        let lock = self.store.set_intended_state(serial, state).await?;
+        let lock = self
+            .store
+            .set_intended_state(serial, state, expected)
+            .await?;
         let delivered = push_to_lock(
             self.fabric.as_ref(),
             serial,
             STATE_EVENT,
             OutPayload::json(state),
         )?;
+        self.watch.lock().insert(
+            lock.serial.clone(),
+            Pending {
+                version: lock.intended_version,
+                state: state.clone(),
+                first_push: crate::domain::now_rfc3339(),
+                last_push: Instant::now(),
+                pushes: 1,
+                drifting: false,
+            },
+        );
         if let Some(serial) = Serial::parse(serial) {
             let body = serde_json::json!({ "serial": serial, "state": state });
             announce(self.fabric.as_ref(), &serial, STATE_EVENT, &body);
         }
-        tracing::info!(%serial, delivered, "intended state changed");
+        tracing::info!(%serial, version = lock.intended_version, delivered, "intended state changed");
         Ok((lock, delivered))
+    }
+
+    /// A lock's `report` of its actual state: stored; when it is the intended state the
+    /// lock no longer drifts and is not pushed again.
+    pub async fn report(&self, serial: &Serial, state: &Value) -> Result<(), ServiceError> {
+        let lock = self.store.set_reported_state(serial, state).await?;
+        if lock.intended_state == *state {
+            self.watch.lock().remove(serial.as_str());
+            if lock.drifting_since.is_some() {
+                self.store
+                    .set_drifting(serial.as_str(), Some(lock.intended_version), None)
+                    .await?;
+                tracing::info!(%serial, version = lock.intended_version, "lock reported its intended state; no longer drifting");
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the intended state again to the locks that have not reported it, on the
+    /// [`DriftPolicy`], and marks them drifting, until `shutdown`. One per hub.
+    pub async fn watch_drift(self, shutdown: tokio_util::sync::CancellationToken) {
+        let every = (self.watch.policy.drift_after / 4)
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.repush_due().await,
+            }
+        }
+    }
+
+    async fn repush_due(&self) {
+        let policy = self.watch.policy;
+        let due: Vec<(String, Pending)> = self
+            .watch
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.last_push.elapsed() >= policy.pause(p.pushes.saturating_sub(1)))
+            .map(|(s, p)| (s.clone(), p.clone()))
+            .collect();
+        for (serial, pending) in due {
+            // The lock may have reported on another node, or the state changed there.
+            match self.store.get_lock(&serial).await {
+                Ok(Some(lock))
+                    if lock.intended_version == pending.version
+                        && lock.reported_state.as_ref() != Some(&lock.intended_state) => {}
+                Ok(_) => {
+                    self.forget_if(&serial, pending.version);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%serial, error = %e, "cannot check a drifting lock");
+                    continue;
+                }
+            }
+            if !pending.drifting {
+                match self
+                    .store
+                    .set_drifting(&serial, Some(pending.version), Some(&pending.first_push))
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::warn!(%serial, version = pending.version, "lock drifting: it did not report its intended state")
+                    }
+                    Err(e) => tracing::warn!(%serial, error = %e, "cannot mark a lock drifting"),
+                }
+            }
+            let delivered = push_to_lock(
+                self.fabric.as_ref(),
+                &serial,
+                STATE_EVENT,
+                OutPayload::json(&pending.state),
+            )
+            .unwrap_or(0);
+            let mut watch = self.watch.lock();
+            if let Some(p) = watch.get_mut(&serial)
+                && p.version == pending.version
+            {
+                p.drifting = true;
+                p.pushes = p.pushes.saturating_add(1);
+                p.last_push = Instant::now();
+                tracing::info!(%serial, version = p.version, push = p.pushes, delivered, "intended state pushed again");
+            }
+        }
+    }
+
+    fn forget_if(&self, serial: &str, version: i64) {
+        let mut watch = self.watch.lock();
+        if watch.get(serial).is_some_and(|p| p.version == version) {
+            watch.remove(serial);
+        }
     }
 
     /// Creates a pairing request and pushes `mode:pair` to the lock if it is connected (else it

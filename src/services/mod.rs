@@ -92,7 +92,12 @@ impl Hub {
             registry.clone(),
             config.auth,
             config.pair_ttl,
+            locks::DriftPolicy {
+                drift_after: config.state_drift,
+                max_pause: config.state_retry_max,
+            },
         );
+        tokio::spawn(locks.clone().watch_drift(shutdown.clone()));
         let tokens = tokens::Tokens::new(
             store.clone(),
             keyring.clone(),

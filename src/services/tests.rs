@@ -67,7 +67,7 @@ async fn set_state_stores_it_pushes_it_to_the_lock_and_tells_watchers() {
     let (_other, mut other_rx) = joined(&hub, "watcher3", &["events:L2"]);
 
     let state = json!({"locked": false});
-    let (record, delivered) = hub.locks.set_state("L1", &state).await.expect("set");
+    let (record, delivered) = hub.locks.set_state("L1", &state, None).await.expect("set");
     assert_eq!(delivered, 1);
     assert_eq!(record.intended_state, state);
     let stored = hub.store.get_lock("L1").await.expect("read").expect("lock");
@@ -96,7 +96,7 @@ async fn set_state_stores_it_pushes_it_to_the_lock_and_tells_watchers() {
 async fn set_state_of_an_unknown_lock_is_a_store_error_and_pushes_nothing() {
     let hub = TestHub::new().await;
     let (_w, mut rx) = joined(&hub, "watcher", &["events", "lock:NOPE"]);
-    let result = hub.locks.set_state("NOPE", &json!({})).await;
+    let result = hub.locks.set_state("NOPE", &json!({}), None).await;
     assert!(
         matches!(result, Err(super::ServiceError::Store(_))),
         "{result:?}"

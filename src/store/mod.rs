@@ -49,6 +49,9 @@ pub enum StoreError {
     /// `store unavailable` (HTTP 503) and may retry; the hub recovers by itself.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A conditional change (`If-Match`) found another version of the lock's intended state.
+    #[error("intended state is at version {current}")]
+    VersionMismatch { current: i64 },
     #[error("database error: {0}")]
     Database(sqlx::Error),
     #[error("migration error: {0}")]
@@ -286,12 +289,22 @@ delegate! {
     fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError>;
     /// Every lock, ordered by serial.
     fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError>;
-    /// Stores a new intended state; `LockNotFound` if the lock was never seen.
-    fn set_intended_state(&self, serial: &str, state: &Value) -> Result<LockRecord, StoreError>;
+    /// Stores a new intended state (its version + 1, no longer drifting), if `expected` is
+    /// `None` or the current version; `VersionMismatch` otherwise, `LockNotFound` if the
+    /// lock was never seen.
+    fn set_intended_state(&self, serial: &str, state: &Value, expected: Option<i64>)
+        -> Result<LockRecord, StoreError>;
+    /// Marks the lock drifting since `since` (`None`: not drifting), if its intended state
+    /// is still at `version` (`None`: whatever it is). `LockNotFound` if never seen.
+    fn set_drifting(&self, serial: &str, version: Option<i64>, since: Option<&str>)
+        -> Result<(), StoreError>;
+    /// How many locks are drifting.
+    fn count_drifting(&self) -> Result<u64, StoreError>;
     /// Changes a lock's record (each `Some` field); `LockNotFound` if never seen.
     fn update_lock(&self, serial: &str, patch: &LockPatch) -> Result<LockRecord, StoreError>;
-    /// Stores what the lock reports as its actual state, with reported_at = now.
-    fn set_reported_state(&self, serial: &Serial, state: &Value) -> Result<(), StoreError>;
+    /// Stores what the lock reports as its actual state, with reported_at = now; the lock
+    /// as it is now.
+    fn set_reported_state(&self, serial: &Serial, state: &Value) -> Result<LockRecord, StoreError>;
     /// Creates a pairing request for an existing lock (`LockNotFound` otherwise).
     fn create_pairing(&self, serial: &str, name: &str, kind: ItemKind, ttl: std::time::Duration)
         -> Result<PairingRequest, StoreError>;

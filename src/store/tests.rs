@@ -156,7 +156,7 @@ on_both_stores! {
     async fn rejoin_keeps_uuid_and_updates_holder_and_last_seen(store) {
     let first = join(&store, "L-1", "pi-a").await;
     store
-        .set_intended_state("L-1", &json!({"locked": false}))
+        .set_intended_state("L-1", &json!({"locked": false}), None)
         .await
         .unwrap();
     tick().await;
@@ -240,7 +240,7 @@ on_both_stores! {
     async fn intended_and_reported_state(store) {
     join(&store, "L-1", "pi").await;
     let state = json!({"locked": false, "until": "2030-01-01T00:00:00Z"});
-    let updated = store.set_intended_state("L-1", &state).await.unwrap();
+    let updated = store.set_intended_state("L-1", &state, None).await.unwrap();
     assert_eq!(updated.intended_state, state);
     let fetched = store.get_lock("L-1").await.unwrap().unwrap();
     assert_eq!(fetched.intended_state, state);
@@ -262,12 +262,65 @@ on_both_stores! {
 }
 
 on_both_stores! {
+    async fn intended_state_versions_and_drift(store) {
+    let first = join(&store, "L-1", "pi").await;
+    assert_eq!((first.intended_version, first.intended_at.as_deref()), (1, None));
+    let v2 = store
+        .set_intended_state("L-1", &json!({"locked": false}), None)
+        .await
+        .unwrap();
+    assert_eq!(v2.intended_version, 2);
+    assert!(v2.intended_at.as_deref().and_then(parse_ts).is_some());
+    // A conditional change at the current version goes through, at a stale one it does not.
+    let v3 = store
+        .set_intended_state("L-1", &json!({"locked": true}), Some(2))
+        .await
+        .unwrap();
+    assert_eq!(v3.intended_version, 3);
+    assert!(matches!(
+        store.set_intended_state("L-1", &json!({"locked": false}), Some(2)).await,
+        Err(StoreError::VersionMismatch { current: 3 })
+    ));
+    assert_eq!(
+        store.get_lock("L-1").await.unwrap().unwrap().intended_state,
+        json!({"locked": true})
+    );
+    // Drifting is marked only at the version it was about, and a change clears it.
+    let since = crate::domain::now_rfc3339();
+    store.set_drifting("L-1", Some(2), Some(&since)).await.unwrap();
+    assert_eq!(store.count_drifting().await.unwrap(), 0);
+    store.set_drifting("L-1", Some(3), Some(&since)).await.unwrap();
+    assert_eq!(store.count_drifting().await.unwrap(), 1);
+    let lock = store.get_lock("L-1").await.unwrap().unwrap();
+    assert_eq!(lock.drifting_since.as_deref(), Some(since.as_str()));
+    let v4 = store
+        .set_intended_state("L-1", &json!({"locked": false}), None)
+        .await
+        .unwrap();
+    assert_eq!((v4.intended_version, v4.drifting_since), (4, None));
+    assert_eq!(store.count_drifting().await.unwrap(), 0);
+    assert!(matches!(
+        store.set_drifting("nope", None, None).await,
+        Err(StoreError::LockNotFound)
+    ));
+    // The report comes back with the lock as it is now.
+    let reported = store
+        .set_reported_state(&serial("L-1"), &json!({"locked": false}))
+        .await
+        .unwrap();
+    assert_eq!(reported.reported_state, Some(json!({"locked": false})));
+    assert_eq!(reported.intended_version, 4);
+    store.close().await;
+    }
+}
+
+on_both_stores! {
     async fn unknown_locks(store) {
     assert_eq!(store.get_lock("nope").await.unwrap(), None);
     assert!(store.list_locks().await.unwrap().is_empty());
     assert!(matches!(
         store
-            .set_intended_state("nope", &json!({"locked": false}))
+            .set_intended_state("nope", &json!({"locked": false}), None)
             .await,
         Err(StoreError::LockNotFound)
     ));
@@ -843,7 +896,7 @@ on_both_stores! {
     async fn changes_through_the_store_reach_the_next_known_lock_join(store) {
     join(&store, "L-1", "pi").await;
     store
-        .set_intended_state("L-1", &json!({"locked": false}))
+        .set_intended_state("L-1", &json!({"locked": false}), None)
         .await
         .unwrap();
     let lock = join(&store, "L-1", "pi").await;

@@ -22,6 +22,7 @@ mod protocol;
 mod relay;
 mod revocation;
 mod security;
+mod shadow;
 mod sqlite_held;
 #[path = "../support/mod.rs"]
 mod support;

@@ -42,6 +42,7 @@ pub struct Ctx {
     pub store: Store,
     pub fabric: Arc<dyn Fabric>,
     pub relay: Arc<Relay>,
+    pub locks: crate::services::locks::Locks,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     /// `HOMEHUB_AUTH`: in token mode a held lock is joined only by its holder.
@@ -59,6 +60,7 @@ impl Ctx {
             store: hub.store.clone(),
             fabric: hub.fabric.clone(),
             relay: hub.relay.clone(),
+            locks: hub.locks.clone(),
             registry: hub.registry.clone(),
             metrics: hub.metrics.clone(),
             auth: hub.config.auth,

@@ -38,8 +38,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Columns of `locks`, in the order [`lock_from_row`] reads them.
 macro_rules! lock_columns {
     () => {
-        "serial, uuid, name, mode, feature_flags, config, intended_state, reported_state, \
-         reported_at, holder_device, first_seen_at, last_seen_at"
+        "serial, uuid, name, mode, feature_flags, config, intended_state, intended_version, \
+         intended_at, reported_state, reported_at, drifting_since, holder_device, \
+         first_seen_at, last_seen_at"
     };
 }
 
@@ -226,16 +227,58 @@ impl SqliteStore {
         &self,
         serial: &str,
         state: &Value,
+        expected: Option<i64>,
     ) -> Result<LockRecord, StoreError> {
         let row = sqlx::query(concat!(
-            "UPDATE locks SET intended_state = ?1 WHERE serial = ?2 RETURNING ",
+            "UPDATE locks SET intended_state = ?1, intended_version = intended_version + 1, \
+                 intended_at = ?2, drifting_since = NULL \
+             WHERE serial = ?3 AND (?4 IS NULL OR intended_version = ?4) RETURNING ",
             lock_columns!()
         ))
         .bind(state.to_string())
+        .bind(now_rfc3339())
         .bind(serial)
+        .bind(expected)
         .fetch_optional(&self.pool)
         .await?;
-        found_lock(row)
+        match row {
+            Some(row) => Ok(lock_from_row(&row)?),
+            None => Err(match self.get_lock(serial).await? {
+                Some(lock) => StoreError::VersionMismatch {
+                    current: lock.intended_version,
+                },
+                None => StoreError::LockNotFound,
+            }),
+        }
+    }
+
+    pub async fn set_drifting(
+        &self,
+        serial: &str,
+        version: Option<i64>,
+        since: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE locks SET drifting_since = ?1 \
+             WHERE serial = ?2 AND (?3 IS NULL OR intended_version = ?3)",
+        )
+        .bind(since)
+        .bind(serial)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 && self.get_lock(serial).await?.is_none() {
+            return Err(StoreError::LockNotFound);
+        }
+        Ok(())
+    }
+
+    pub async fn count_drifting(&self) -> Result<u64, StoreError> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM locks WHERE drifting_since IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Changes a lock's record (each `Some` field; `None` keeps the column). The lock gets
@@ -277,18 +320,17 @@ impl SqliteStore {
         &self,
         serial: &Serial,
         state: &Value,
-    ) -> Result<(), StoreError> {
-        let result =
-            sqlx::query("UPDATE locks SET reported_state = ?1, reported_at = ?2 WHERE serial = ?3")
-                .bind(state.to_string())
-                .bind(now_rfc3339())
-                .bind(serial.as_str())
-                .execute(&self.pool)
-                .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::LockNotFound);
-        }
-        Ok(())
+    ) -> Result<LockRecord, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE locks SET reported_state = ?1, reported_at = ?2 WHERE serial = ?3 RETURNING ",
+            lock_columns!()
+        ))
+        .bind(state.to_string())
+        .bind(now_rfc3339())
+        .bind(serial.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        found_lock(row)
     }
 
     /// Creates a pairing request for an existing lock (`LockNotFound` otherwise): new v4

@@ -255,9 +255,7 @@ pub async fn handle_in(ch: &LockChannel, event: LockIn, ctx: &Ctx<'_>) -> Reply 
             ok()
         }
         LockIn::Report(state) => {
-            store
-                .set_reported_state(&ch.serial, &Value::Object(state))
-                .await?;
+            ctx.locks.report(&ch.serial, &Value::Object(state)).await?;
             ok()
         }
     }

@@ -28,6 +28,7 @@ pub struct Ctx<'a> {
     pub store: &'a Store,
     pub fabric: &'a dyn Fabric,
     pub relay: &'a Relay,
+    pub locks: &'a crate::services::locks::Locks,
     pub presence: &'a Presence,
     /// `HOMEHUB_AUTH`: in token mode a held lock is joined only by its holder.
     pub auth: AuthMode,
@@ -43,6 +44,7 @@ impl<'a> Ctx<'a> {
             store: &door.store,
             fabric: door.fabric.as_ref(),
             relay: &door.relay,
+            locks: &door.locks,
             presence: &door.registry.presence,
             auth: door.auth,
             relay_max_packet: door.relay_max_packet,
@@ -90,6 +92,17 @@ impl ChannelError {
         to_json(&Reason {
             reason: &self.to_string(),
         })
+    }
+}
+
+impl From<crate::services::ServiceError> for ChannelError {
+    fn from(e: crate::services::ServiceError) -> ChannelError {
+        match e {
+            crate::services::ServiceError::Store(e) => e.into(),
+            crate::services::ServiceError::Unavailable => {
+                ChannelError::Refused("fabric unavailable".to_owned())
+            }
+        }
     }
 }
 
