@@ -13,9 +13,10 @@ ALTER TABLE locks ADD COLUMN drifting_since TEXT;
 
 -- One row per lock with what an administrator usually wants to see:
 --   psql homehub -c 'SELECT * FROM lock_overview;'
---   psql homehub -c 'SELECT serial, intended_state, reported_state FROM lock_overview WHERE drifting;'
+--   psql homehub -c 'SELECT serial, intended_state, reported_state FROM lock_overview WHERE drifting = 1;'
 --
--- in_agreement: the lock's last report equals the intended state (as JSON values). There is
+-- in_agreement and drifting are 1 or 0, as on SQLite. in_agreement: the lock's last report
+-- equals the intended state (as JSON values). There is
 -- no "online" column: whether a lock is connected right now is known only to the running
 -- hubs, not to the database. Use the admin API for that. last_seen_at is the time of the
 -- lock's most recent channel join.
@@ -31,8 +32,8 @@ SELECT
     intended_at,
     reported_state,
     reported_at,
-    (reported_state IS NOT NULL AND reported_state = intended_state) AS in_agreement,
-    (drifting_since IS NOT NULL) AS drifting,
+    (reported_state IS NOT NULL AND reported_state = intended_state)::INTEGER AS in_agreement,
+    (drifting_since IS NOT NULL)::INTEGER AS drifting,
     drifting_since,
     holder_device,
     last_seen_at

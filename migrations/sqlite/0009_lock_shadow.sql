@@ -13,10 +13,10 @@ ALTER TABLE locks ADD COLUMN drifting_since TEXT;
 
 -- One row per lock with what an administrator usually wants to see:
 --   sqlite3 homehub.db 'SELECT * FROM lock_overview;'
---   sqlite3 homehub.db 'SELECT serial, intended_state, reported_state FROM lock_overview WHERE drifting;'
+--   sqlite3 homehub.db 'SELECT serial, intended_state, reported_state FROM lock_overview WHERE drifting = 1;'
 --
--- in_agreement: the lock's last report equals the intended state (compared as the JSON the
--- hub writes). There is no "online" column: whether a lock is connected right now is known
+-- in_agreement and drifting are 1 or 0. in_agreement: the lock's last report equals the
+-- intended state (compared as the JSON the hub writes). There is no "online" column: whether a lock is connected right now is known
 -- only to the running hub, not to the database. Use the admin API for that. last_seen_at is
 -- the time of the lock's most recent channel join.
 DROP VIEW lock_overview;

@@ -160,9 +160,10 @@ async fn a_lock_that_does_not_report_is_pushed_again_and_shown_drifting_until_it
     let rows = hub
         .rows("SELECT CAST(drifting AS TEXT), CAST(in_agreement AS TEXT) FROM lock_overview WHERE serial = 'SH-D'")
         .await;
-    assert!(
-        matches!(rows[0][0].as_deref(), Some("1") | Some("true")),
-        "{rows:?}"
+    assert_eq!(
+        (rows[0][0].as_deref(), rows[0][1].as_deref()),
+        (Some("1"), Some("0")),
+        "drifting, not in agreement: {rows:?}"
     );
     assert_eq!(hub.metric("homehub_locks_drifting").await, Some(1.0));
 
@@ -177,6 +178,14 @@ async fn a_lock_that_does_not_report_is_pushed_again_and_shown_drifting_until_it
         "{now}"
     );
     assert_eq!(hub.metric("homehub_locks_drifting").await, Some(0.0));
+    let rows = hub
+        .rows("SELECT CAST(drifting AS TEXT), CAST(in_agreement AS TEXT) FROM lock_overview WHERE serial = 'SH-D'")
+        .await;
+    assert_eq!(
+        (rows[0][0].as_deref(), rows[0][1].as_deref()),
+        (Some("0"), Some("1")),
+        "{rows:?}"
+    );
     // And it is not pushed again.
     c.expect_silence(1_500).await;
 }
