@@ -514,6 +514,45 @@ async fn an_admin_state_change_on_one_node_reaches_the_lock_on_another() {
     .await;
 }
 
+#[tokio::test]
+async fn a_drifting_lock_on_another_node_is_pushed_again_until_it_reports_there() {
+    let (_nats, _db, nodes) = cluster_with(&["a", "b"], &[("HOMEHUB_STATE_DRIFT_MS", "300")]).await;
+    let mut lock = nodes[1].socket("dr-lock").await;
+    let r = lock
+        .join("lock:DR1", "1", json!({"accepts": ["state"]}))
+        .await;
+    assert_eq!(reply_of(&r).0, "ok", "{r}");
+    let (status, body) = nodes[0]
+        .admin(
+            Method::PUT,
+            "/api/locks/DR1/state",
+            Some(json!({"locked": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Node a took the change: it pushes again, through node b, while the lock is silent.
+    for _ in 0..3 {
+        let f = lock.recv_event("state").await;
+        assert_eq!(f[4], json!({"locked": false}), "{f}");
+    }
+    for node in &nodes {
+        let (_, one) = node.admin(Method::GET, "/api/locks/DR1", None).await;
+        assert_eq!(one["drifting"], true, "{one}");
+    }
+    // The report reaches node b's store; node a sees it there and stops.
+    let f = lock
+        .push("1", "rp", "lock:DR1", "report", json!({"locked": false}))
+        .await;
+    assert_eq!(reply_of(&f).0, "ok", "{f}");
+    let (_, one) = nodes[0].admin(Method::GET, "/api/locks/DR1", None).await;
+    assert_eq!(
+        (&one["drifting"], &one["agrees"]),
+        (&json!(false), &json!(true)),
+        "{one}"
+    );
+    lock.expect_silence(2_000).await;
+}
+
 /// Joins `presence:devices`; returns the `presence_state` payload.
 async fn watch_presence(c: &mut TestClient) -> Value {
     let r = c.join("presence:devices", "p", json!({})).await;
