@@ -158,7 +158,14 @@ pub enum LockAction {
     Show { serial: String },
     /// Set the intended state (a JSON object); pushed as `state` to a lock that joined with
     /// `{"accepts": ["state"]}`, given to any other lock in its next join or `reset` reply.
-    SetState { serial: String, state: String },
+    SetState {
+        serial: String,
+        state: String,
+        /// Only if the intended state is still at this version (`intended_version` in
+        /// `lock show`); otherwise nothing changes and the command fails (HTTP 409).
+        #[arg(long, value_name = "VERSION")]
+        if_match: Option<i64>,
+    },
     /// Change the lock's record (name, mode, feature flags, config); the lock gets it in its
     /// next join or `reset` reply.
     Set {
@@ -263,7 +270,7 @@ pub async fn run_admin(command: &Command) -> anyhow::Result<i32> {
                 format!("/api/locks/{}", seg(serial)),
                 None,
             ),
-            LockAction::SetState { serial, state } => {
+            LockAction::SetState { serial, state, .. } => {
                 let state: Value = serde_json::from_str(state)
                     .map_err(|e| anyhow::anyhow!("state is not valid JSON: {e}"))?;
                 (
@@ -394,6 +401,16 @@ pub async fn run_admin(command: &Command) -> anyhow::Result<i32> {
     }
     if let Some(body) = body {
         req = req.json(&body);
+    }
+    if let Command::Lock {
+        action: LockAction::SetState {
+            if_match: Some(version),
+            ..
+        },
+        ..
+    } = command
+    {
+        req = req.header(reqwest::header::IF_MATCH, format!("\"{version}\""));
     }
     let resp = req
         .send()

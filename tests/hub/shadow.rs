@@ -216,3 +216,38 @@ async fn a_lock_that_reports_in_time_never_drifts_and_others_get_the_state_at_th
     report(&mut old, "SH-O", "r3", json!({"locked": false})).await;
     assert_eq!(get_lock(&hub, "SH-O").await["drifting"], false);
 }
+
+#[tokio::test]
+async fn the_cli_sets_the_state_only_at_the_version_it_names() {
+    let hub = hub().await;
+    let _c = lock(&hub, "sh-cli", "SH-CLI", false).await;
+    let run = hub.cli_runner();
+    let (stale, fresh) = tokio::task::spawn_blocking(move || {
+        let stale = run(&[
+            "lock",
+            "set-state",
+            "SH-CLI",
+            r#"{"locked":false}"#,
+            "--if-match",
+            "7",
+        ]);
+        let fresh = run(&[
+            "lock",
+            "set-state",
+            "SH-CLI",
+            r#"{"locked":false}"#,
+            "--if-match",
+            "1",
+        ]);
+        (stale, fresh)
+    })
+    .await
+    .expect("cli");
+    assert_eq!(stale.0, Some(1), "{}", stale.1);
+    let shown: Value = serde_json::from_str(&fresh.1).expect("JSON");
+    assert_eq!((fresh.0, &shown["intended_version"]), (Some(0), &json!(2)));
+    assert_eq!(
+        get_lock(&hub, "SH-CLI").await["intended_state"],
+        json!({"locked": false})
+    );
+}
