@@ -196,6 +196,30 @@ impl Store {
         }
     }
 
+    /// Stores a new intended state (its version + 1, no longer drifting), if `expected` is
+    /// `None` or the current version; `VersionMismatch` otherwise, `LockNotFound` if the
+    /// lock was never seen.
+    pub async fn set_intended_state(
+        &self,
+        serial: &str,
+        state: &Value,
+        expected: Option<i64>,
+    ) -> Result<LockRecord, StoreError> {
+        let changed = match &self.backend {
+            Backend::Sqlite(s) => s.set_intended_state(serial, state, expected).await?,
+            Backend::Postgres(p) => p.set_intended_state(serial, state, expected).await?,
+        };
+        match changed {
+            Some(lock) => Ok(lock),
+            None => Err(match self.get_lock(serial).await? {
+                Some(lock) => StoreError::VersionMismatch {
+                    current: lock.intended_version,
+                },
+                None => StoreError::LockNotFound,
+            }),
+        }
+    }
+
     /// Lock joins answered from the join writer's copy of known locks since start.
     pub fn lock_join_known_hits(&self) -> u64 {
         match &self.backend {
@@ -289,11 +313,6 @@ delegate! {
     fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError>;
     /// Every lock, ordered by serial.
     fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError>;
-    /// Stores a new intended state (its version + 1, no longer drifting), if `expected` is
-    /// `None` or the current version; `VersionMismatch` otherwise, `LockNotFound` if the
-    /// lock was never seen.
-    fn set_intended_state(&self, serial: &str, state: &Value, expected: Option<i64>)
-        -> Result<LockRecord, StoreError>;
     /// Marks the lock drifting since `since` (`None`: not drifting), if its intended state
     /// is still at `version` (`None`: whatever it is). `LockNotFound` if never seen.
     fn set_drifting(&self, serial: &str, version: Option<i64>, since: Option<&str>)

@@ -125,6 +125,23 @@ async fn the_intended_state_has_a_version_and_if_match_guards_it() {
     assert_eq!(status, 404);
 }
 
+/// `lock_overview`'s `drifting` and `in_agreement` of `serial`, as text.
+async fn overview_flags(hub: &TestHub, serial: &str) -> (String, String) {
+    let rows = hub
+        .rows(&format!(
+            "SELECT CAST(drifting AS TEXT), CAST(in_agreement AS TEXT) FROM lock_overview \
+             WHERE serial = '{serial}'"
+        ))
+        .await;
+    match rows.as_slice() {
+        [row] => (
+            row[0].clone().unwrap_or_default(),
+            row[1].clone().unwrap_or_default(),
+        ),
+        other => panic!("lock_overview rows for {serial}: {other:?}"),
+    }
+}
+
 /// Receives `state` pushes until `n` arrived; their arrival times.
 async fn state_pushes(c: &mut TestClient, n: usize, expect: &Value) -> Vec<Instant> {
     let mut at = Vec::new();
@@ -157,14 +174,7 @@ async fn a_lock_that_does_not_report_is_pushed_again_and_shown_drifting_until_it
     let now = get_lock(&hub, "SH-D").await;
     assert_eq!(now["drifting"], true, "{now}");
     assert!(now["drifting_since"].is_string(), "{now}");
-    let rows = hub
-        .rows("SELECT CAST(drifting AS TEXT), CAST(in_agreement AS TEXT) FROM lock_overview WHERE serial = 'SH-D'")
-        .await;
-    assert_eq!(
-        (rows[0][0].as_deref(), rows[0][1].as_deref()),
-        (Some("1"), Some("0")),
-        "drifting, not in agreement: {rows:?}"
-    );
+    assert_eq!(overview_flags(&hub, "SH-D").await, ("1".into(), "0".into()));
     assert_eq!(hub.metric("homehub_locks_drifting").await, Some(1.0));
 
     // A report of another state changes nothing; of the intended state, it ends the drift.
@@ -178,14 +188,7 @@ async fn a_lock_that_does_not_report_is_pushed_again_and_shown_drifting_until_it
         "{now}"
     );
     assert_eq!(hub.metric("homehub_locks_drifting").await, Some(0.0));
-    let rows = hub
-        .rows("SELECT CAST(drifting AS TEXT), CAST(in_agreement AS TEXT) FROM lock_overview WHERE serial = 'SH-D'")
-        .await;
-    assert_eq!(
-        (rows[0][0].as_deref(), rows[0][1].as_deref()),
-        (Some("0"), Some("1")),
-        "{rows:?}"
-    );
+    assert_eq!(overview_flags(&hub, "SH-D").await, ("0".into(), "1".into()));
     // And it is not pushed again.
     c.expect_silence(1_500).await;
 }

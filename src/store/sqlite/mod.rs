@@ -223,12 +223,14 @@ impl SqliteStore {
     }
 
     /// Stores a new intended state; `LockNotFound` if the lock was never seen.
+    /// The changed lock, or `None` when no lock is at `expected` (see
+    /// [`crate::store::Store::set_intended_state`]).
     pub async fn set_intended_state(
         &self,
         serial: &str,
         state: &Value,
         expected: Option<i64>,
-    ) -> Result<LockRecord, StoreError> {
+    ) -> Result<Option<LockRecord>, StoreError> {
         let row = sqlx::query(concat!(
             "UPDATE locks SET intended_state = ?1, intended_version = intended_version + 1, \
                  intended_at = ?2, drifting_since = NULL \
@@ -241,15 +243,7 @@ impl SqliteStore {
         .bind(expected)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some(row) => Ok(lock_from_row(&row)?),
-            None => Err(match self.get_lock(serial).await? {
-                Some(lock) => StoreError::VersionMismatch {
-                    current: lock.intended_version,
-                },
-                None => StoreError::LockNotFound,
-            }),
-        }
+        Ok(row.as_ref().map(lock_from_row).transpose()?)
     }
 
     pub async fn set_drifting(
