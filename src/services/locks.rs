@@ -217,6 +217,7 @@ impl Locks {
     /// Pushes the intended state again to the locks that have not reported it, on the
     /// [`DriftPolicy`], and marks them drifting, until `shutdown`. One per hub.
     pub async fn watch_drift(self, shutdown: tokio_util::sync::CancellationToken) {
+        self.resume_watch().await;
         let every = (self.watch.policy.drift_after / 4)
             .clamp(Duration::from_millis(5), Duration::from_secs(1));
         let mut tick = tokio::time::interval(every);
@@ -226,6 +227,44 @@ impl Locks {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => self.repush_due().await,
             }
+        }
+    }
+
+    /// At start: the changes a lock has not reported yet (made before a restart, or on
+    /// another node) are watched again, the first repeat one drift time from now.
+    async fn resume_watch(&self) {
+        let locks = match self.store.list_locks().await {
+            Ok(locks) => locks,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the locks whose state is not reported yet");
+                return;
+            }
+        };
+        let mut watch = self.watch.lock();
+        for lock in locks {
+            let Some(changed) = &lock.intended_at else {
+                continue;
+            };
+            if lock.reported_state.as_ref() == Some(&lock.intended_state) {
+                continue;
+            }
+            watch.entry(lock.serial.clone()).or_insert(Pending {
+                version: lock.intended_version,
+                state: lock.intended_state.clone(),
+                first_push: lock
+                    .drifting_since
+                    .clone()
+                    .unwrap_or_else(|| changed.clone()),
+                last_push: Instant::now(),
+                pushes: 1,
+                drifting: lock.drifting_since.is_some(),
+            });
+        }
+        if !watch.is_empty() {
+            tracing::info!(
+                locks = watch.len(),
+                "watching intended states not reported yet"
+            );
         }
     }
 

@@ -254,3 +254,31 @@ async fn the_cli_sets_the_state_only_at_the_version_it_names() {
         json!({"locked": false})
     );
 }
+
+#[tokio::test]
+async fn a_change_not_reported_before_a_restart_is_still_pushed_after_it() {
+    let tweak = |c: &mut homehub::config::Config| {
+        c.state_drift = Duration::from_millis(300);
+        c.state_retry_max = Duration::from_millis(1_200);
+    };
+    let hub = TestHub::start_with(tweak).await;
+    let mut c = lock(&hub, "sh-r", "SH-R", true).await;
+    let (status, _, _) = put_state(&hub, "SH-R", json!({"locked": false}), None).await;
+    assert_eq!(status, 200);
+    c.recv_event("state").await;
+    drop(c);
+    let (dir, addr) = (hub.dir.clone(), hub.addr);
+    hub.stop().await;
+
+    // The lock comes back to the restarted hub, which nobody told anything since.
+    let hub = TestHub::start_in(dir, addr, tweak).await;
+    let mut c = lock(&hub, "sh-r", "SH-R", true).await;
+    let f = c.recv_event("state").await;
+    assert_eq!(f[4], json!({"locked": false}), "{f}");
+    eventually("shown drifting after the restart", async || {
+        (get_lock(&hub, "SH-R").await["drifting"] == true).then_some(())
+    })
+    .await;
+    report(&mut c, "SH-R", "r1", json!({"locked": false})).await;
+    assert_eq!(get_lock(&hub, "SH-R").await["drifting"], false);
+}
