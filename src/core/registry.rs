@@ -107,6 +107,9 @@ pub struct Conn {
     /// Relay packets this connection sent / received (shown to administrators).
     packets_sent: AtomicU64,
     packets_received: AtomicU64,
+    /// The counts already added to the `devices` table ([`Conn::unrecorded_packets`]).
+    recorded_sent: AtomicU64,
+    recorded_received: AtomicU64,
     /// When the last inbound frame arrived ([`now_ms`]), for the shared idle sweep.
     last_in: AtomicU64,
     /// WATCH_NONE, WATCH_IDLE or WATCH_IDLE_AND_PING.
@@ -150,6 +153,19 @@ impl Conn {
         (
             self.packets_sent.load(Ordering::Relaxed),
             self.packets_received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The relay packets sent and received since the last call: what a departure adds to
+    /// the `devices` table, so a socket that leaves the relay and joins it again is not
+    /// counted twice.
+    pub fn unrecorded_packets(&self) -> (u64, u64) {
+        let (sent, received) = self.packet_counts();
+        let sent0 = self.recorded_sent.swap(sent, Ordering::Relaxed);
+        let received0 = self.recorded_received.swap(received, Ordering::Relaxed);
+        (
+            sent.saturating_sub(sent0),
+            received.saturating_sub(received0),
         )
     }
 
@@ -443,6 +459,8 @@ impl Registry {
             metrics: self.metrics.clone(),
             binary_capable: AtomicBool::new(false),
             packets_sent: AtomicU64::new(0),
+            recorded_sent: AtomicU64::new(0),
+            recorded_received: AtomicU64::new(0),
             packets_received: AtomicU64::new(0),
             last_in: AtomicU64::new(now_ms()),
             watch: AtomicU8::new(WATCH_NONE),

@@ -100,7 +100,7 @@ impl Relay {
 
     /// Records that a relay device left, with the packets it relayed, in the background.
     fn record_departure(&self, name: &str, conn: &Conn) {
-        let (sent, received) = conn.packet_counts();
+        let (sent, received) = conn.unrecorded_packets();
         self.log.push(DeviceWrite::Departed {
             name: name.to_owned(),
             sent,

@@ -1229,6 +1229,32 @@ async fn device_overview_records_relay_registrations() {
 }
 
 #[tokio::test]
+async fn a_relay_rejoin_adds_each_packet_to_the_device_totals_once() {
+    let hub = TestHub::start().await;
+    let _peer = phx_device(&hub, "rj-peer", json!({})).await;
+    let mut dev = phx_device(&hub, "rj-dev", json!({})).await;
+    let send =
+        |r: &'static str| json!(["1", r, "relay", "send", {"target": "rj-peer", "payload": r}]);
+    dev.send(send("a")).await;
+    dev.recv_reply("a").await;
+    dev.send(send("b")).await;
+    dev.recv_reply("b").await;
+    // Leave the relay (a departure: 2 packets), join it again and send one more.
+    let r = dev.push("1", "l", "relay", "phx_leave", json!({})).await;
+    assert_eq!(reply_of(&r).0, "ok", "{r}");
+    overview_row(&hub, "rj-dev", |r| r.6 == 2).await;
+    let r = dev.join("relay", "1", json!({})).await;
+    assert_eq!(reply_of(&r).0, "ok", "{r}");
+    dev.send(send("c")).await;
+    dev.recv_reply("c").await;
+    dev.hang_up().await;
+    // 3, not 2 + 3.
+    overview_row(&hub, "rj-dev", |r| r.6 != 2).await;
+    let row = overview_row(&hub, "rj-dev", |_| true).await;
+    assert_eq!(row.6, 3);
+}
+
+#[tokio::test]
 async fn force_takeover_of_a_phoenix_holder_closes_only_its_relay_channel() {
     let hub = TestHub::start().await;
     let mut phx = phx_device(&hub, "porch", json!({})).await;
