@@ -147,8 +147,14 @@ struct WirePayload {
     kind: Option<Value>,
     #[serde(default)]
     data: Option<Box<RawValue>>,
-    #[serde(default)]
+    /// Any JSON, `null` included (echoed as `null`); absent is `None`.
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
+}
+
+/// A field that is present, whatever its value (`null` too).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// `payload.data` of `builtin` in the original server's shape:
@@ -648,6 +654,21 @@ mod tests {
         }
         match decode(br#"{"payload": {"type": "logout!", "id": 9, "data": 1}, "x": [}"#) {
             Err(DecodeError::Malformed(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_null_id_is_an_id_and_is_echoed() {
+        match decode(br#"{"payload": {"type": "change_password", "id": null, "data": 1}}"#) {
+            Err(DecodeError::Invalid { id, .. }) => assert_eq!(id, Some(Value::Null)),
+            other => panic!("{other:?}"),
+        }
+        let out = status_frame(&Outcome::ok(json!({})), "close", Some(&Value::Null));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["payload"], json!({"type": "close", "id": null, "data": {}}));
+        match decode(br#"{"payload": {"type": "change_password", "data": 1}}"#) {
+            Err(DecodeError::Invalid { id, .. }) => assert_eq!(id, None),
             other => panic!("{other:?}"),
         }
     }
