@@ -220,6 +220,24 @@ impl Store {
         }
     }
 
+    /// Marks the lock drifting since `since` (`None`: not drifting), if its intended state
+    /// is still at `version` (`None`: whatever it is). `LockNotFound` if never seen.
+    pub async fn set_drifting(
+        &self,
+        serial: &str,
+        version: Option<i64>,
+        since: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let changed = match &self.backend {
+            Backend::Sqlite(s) => s.set_drifting(serial, version, since).await?,
+            Backend::Postgres(p) => p.set_drifting(serial, version, since).await?,
+        };
+        if !changed && self.get_lock(serial).await?.is_none() {
+            return Err(StoreError::LockNotFound);
+        }
+        Ok(())
+    }
+
     /// Lock joins answered from the join writer's copy of known locks since start.
     pub fn lock_join_known_hits(&self) -> u64 {
         match &self.backend {
@@ -313,10 +331,6 @@ delegate! {
     fn get_lock(&self, serial: &str) -> Result<Option<LockRecord>, StoreError>;
     /// Every lock, ordered by serial.
     fn list_locks(&self) -> Result<Vec<LockRecord>, StoreError>;
-    /// Marks the lock drifting since `since` (`None`: not drifting), if its intended state
-    /// is still at `version` (`None`: whatever it is). `LockNotFound` if never seen.
-    fn set_drifting(&self, serial: &str, version: Option<i64>, since: Option<&str>)
-        -> Result<(), StoreError>;
     /// How many locks are drifting.
     fn count_drifting(&self) -> Result<u64, StoreError>;
     /// Changes a lock's record (each `Some` field); `LockNotFound` if never seen.

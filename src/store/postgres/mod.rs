@@ -225,12 +225,13 @@ impl PgStore {
         Ok(row.as_ref().map(lock_from_row).transpose()?)
     }
 
+    /// Whether a lock was changed (see [`crate::store::Store::set_drifting`]).
     pub async fn set_drifting(
         &self,
         serial: &str,
         version: Option<i64>,
         since: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "UPDATE locks SET drifting_since = $1 \
              WHERE serial = $2 AND ($3::BIGINT IS NULL OR intended_version = $3)",
@@ -240,10 +241,7 @@ impl PgStore {
         .bind(version)
         .execute(&self.pool)
         .await?;
-        if result.rows_affected() == 0 && self.get_lock(serial).await?.is_none() {
-            return Err(StoreError::LockNotFound);
-        }
-        Ok(())
+        Ok(result.rows_affected() > 0)
     }
 
     pub async fn count_drifting(&self) -> Result<u64, StoreError> {
