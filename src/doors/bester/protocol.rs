@@ -666,7 +666,10 @@ mod tests {
         }
         let out = status_frame(&Outcome::ok(json!({})), "close", Some(&Value::Null));
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["payload"], json!({"type": "close", "id": null, "data": {}}));
+        assert_eq!(
+            v["payload"],
+            json!({"type": "close", "id": null, "data": {}})
+        );
         match decode(br#"{"payload": {"type": "change_password", "data": 1}}"#) {
             Err(DecodeError::Invalid { id, .. }) => assert_eq!(id, None),
             other => panic!("{other:?}"),
