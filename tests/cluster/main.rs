@@ -495,6 +495,23 @@ async fn an_admin_state_change_on_one_node_reaches_the_lock_on_another() {
         lock.recv_event("state").await,
         json!(["1", null, "lock:ST1", "state", {"locked": false}])
     );
+    // So does a pairing request (`mode:pair`), and the lock completes it through node b.
+    let (status, pairing) = nodes[0]
+        .admin(
+            Method::POST,
+            "/api/locks/ST1/pair",
+            Some(json!({"name": "blue tag", "type": "tag"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{pairing}");
+    let mode_pair = lock.recv_event("mode:pair").await;
+    assert_eq!(mode_pair[4]["pair_id"], pairing["pair_id"], "{mode_pair}");
+    let mut complete = mode_pair[4].clone();
+    complete["serial"] = json!("TAG-ST1");
+    let r = lock
+        .push("1", "pc", "lock:ST1", "pair:complete", complete)
+        .await;
+    assert_eq!(reply_of(&r).0, "ok", "{r}");
     // Node a's admin API shows the lock online, in the listing and on its own.
     assert_eq!(body["online"], true, "{body}");
     let (_, listed) = nodes[0].admin(Method::GET, "/api/locks", None).await;
