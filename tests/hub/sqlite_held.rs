@@ -30,7 +30,10 @@ fn hold(db: &std::path::Path) -> Child {
     let stdin = child.stdin.as_mut().expect("stdin");
     stdin
         .write_all(
-            b"BEGIN IMMEDIATE;\nUPDATE locks SET name = 'Hall door' WHERE serial = 'HELD-1';\n",
+            // `.timeout`: wait (as an administrator's sqlite3 would be told to) for a write
+            // the hub may be finishing, rather than fail at once with "database is locked"
+            // and hold nothing.
+            b".timeout 10000\nBEGIN IMMEDIATE;\nUPDATE locks SET name = 'Hall door' WHERE serial = 'HELD-1';\n",
         )
         .expect("write to sqlite3");
     stdin.flush().expect("flush");
