@@ -125,6 +125,13 @@ pub struct LockRecord {
     pub last_seen_at: Option<String>,
 }
 
+impl LockRecord {
+    /// Whether the lock's last report is its intended state.
+    pub fn agrees(&self) -> bool {
+        self.reported_state.as_ref() == Some(&self.intended_state)
+    }
+}
+
 /// What a pairing request labels: an NFC tag or a phone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -323,7 +323,7 @@ pub struct LockView {
 impl LockView {
     fn new(lock: LockRecord, online: bool) -> LockView {
         LockView {
-            agrees: lock.reported_state.as_ref() == Some(&lock.intended_state),
+            agrees: lock.agrees(),
             drifting: lock.drifting_since.is_some(),
             online,
             lock,
@@ -386,11 +386,11 @@ async fn list_locks(
     State(locks): State<Locks>,
 ) -> Result<Json<Vec<LockView>>, AdminError> {
     let all = store.list_locks().await?;
-    let online = locks.online_serials().await;
+    let elsewhere = locks.online_elsewhere().await;
     Ok(Json(
         all.into_iter()
             .map(|lock| {
-                let on = online.contains(&lock.serial);
+                let on = locks.online_here(&lock.serial) || elsewhere.contains(&lock.serial);
                 LockView::new(lock, on)
             })
             .collect(),

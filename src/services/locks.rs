@@ -137,19 +137,22 @@ impl Locks {
 
     /// Whether a connection (on any node) has lock `serial`'s channel joined right now.
     pub async fn online(&self, serial: &str) -> bool {
-        if lock_topic(serial).is_some_and(|t| self.registry.has_subscribers(&t)) {
-            return true;
-        }
-        self.online_serials().await.contains(serial)
+        self.online_here(serial) || self.online_elsewhere().await.contains(serial)
     }
 
-    /// The serials of every lock whose channel a connection of any node has joined (this
-    /// node's alone while the cluster is unreachable).
-    pub async fn online_serials(&self) -> std::collections::HashSet<String> {
-        let devices = match self.fabric.devices().await {
-            Ok(all) => all,
-            Err(_) => self.registry.devices(),
-        };
+    /// Whether a connection of this process has lock `serial`'s channel joined.
+    pub fn online_here(&self, serial: &str) -> bool {
+        lock_topic(serial).is_some_and(|t| self.registry.has_subscribers(&t))
+    }
+
+    /// The serials of the locks whose channel a connection of another node has joined:
+    /// none on a single hub (nothing to ask), and none this node can learn while the
+    /// cluster is unreachable.
+    pub async fn online_elsewhere(&self) -> std::collections::HashSet<String> {
+        if !self.fabric.cluster().clustered {
+            return Default::default();
+        }
+        let devices = self.fabric.devices().await.unwrap_or_default();
         devices
             .iter()
             .flat_map(|d| d.topics.iter())
@@ -202,7 +205,7 @@ impl Locks {
     /// lock no longer drifts and is not pushed again.
     pub async fn report(&self, serial: &Serial, state: &Value) -> Result<(), ServiceError> {
         let lock = self.store.set_reported_state(serial, state).await?;
-        if lock.intended_state == *state {
+        if lock.agrees() {
             self.watch.lock().remove(serial.as_str());
             if lock.drifting_since.is_some() {
                 self.store
@@ -245,7 +248,7 @@ impl Locks {
             let Some(changed) = &lock.intended_at else {
                 continue;
             };
-            if lock.reported_state.as_ref() == Some(&lock.intended_state) {
+            if lock.agrees() {
                 continue;
             }
             watch.entry(lock.serial.clone()).or_insert(Pending {
@@ -280,9 +283,7 @@ impl Locks {
         for (serial, pending) in due {
             // The lock may have reported on another node, or the state changed there.
             match self.store.get_lock(&serial).await {
-                Ok(Some(lock))
-                    if lock.intended_version == pending.version
-                        && lock.reported_state.as_ref() != Some(&lock.intended_state) => {}
+                Ok(Some(lock)) if lock.intended_version == pending.version && !lock.agrees() => {}
                 Ok(_) => {
                     self.forget_if(&serial, pending.version);
                     continue;

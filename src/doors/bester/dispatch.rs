@@ -144,17 +144,21 @@ async fn send_clients(
     let from = origin.label();
     let frame = protocol::delivery_frame(&from, kind, data);
     let too_large = frame.len() > door.bester.settings.max_frame;
+    let text = super::sessions::delivery_text(frame);
     let mut delivered = Vec::new();
     let mut undelivered = Map::new();
     let mut seen = std::collections::HashSet::new();
     for target in targets.iter().filter(|t| seen.insert(t.as_str())) {
-        if too_large {
-            undelivered.insert(target.clone(), json!("too large"));
-            continue;
-        }
-        let Some(text) = super::sessions::delivery_text(frame.clone()) else {
-            undelivered.insert(target.clone(), json!("busy"));
-            continue;
+        let text = match &text {
+            Some(text) if !too_large => text.clone(),
+            Some(_) => {
+                undelivered.insert(target.clone(), json!("too large"));
+                continue;
+            }
+            None => {
+                undelivered.insert(target.clone(), json!("busy"));
+                continue;
+            }
         };
         let result = match door.fabric.deliver_to_user(target, text).await {
             Ok(()) => Ok(()),

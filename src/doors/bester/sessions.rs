@@ -76,16 +76,14 @@ pub fn set_identity(registry: &Registry, conn: &Conn, identity: Identity) {
     registry.users.set(conn.id, label);
 }
 
-/// A frame as the registry queues it. Frames are serde_json output, so valid UTF-8.
-pub fn outbound(frame: Bytes) -> Option<Outbound> {
-    Utf8Bytes::try_from(frame)
-        .ok()
-        .map(|t| Outbound::Text(Box::new(t)))
-}
-
-/// A frame as Bester users receive it (frames are serde_json output, so valid UTF-8).
+/// A frame as Bester connections receive it (frames are serde_json output, so valid UTF-8).
 pub fn delivery_text(frame: Bytes) -> Option<Utf8Bytes> {
     Utf8Bytes::try_from(frame).ok()
+}
+
+/// A frame as the registry queues it.
+pub fn outbound(frame: Bytes) -> Option<Outbound> {
+    delivery_text(frame).map(|t| Outbound::Text(Box::new(t)))
 }
 
 #[cfg(test)]
