@@ -46,7 +46,8 @@ impl Server {
                 config.bind
             );
         }
-        if crate::cluster::Options::from_config(&config).is_some()
+        let cluster = crate::cluster::Options::from_config(&config);
+        if cluster.is_some()
             && crate::store::Kind::of(&config.database_url) != crate::store::Kind::Postgres
         {
             anyhow::bail!(
@@ -87,22 +88,13 @@ impl Server {
             None => store.token_key().await.context("loading the token key")?,
         };
         let keyring = Keyring::new(key, store.revoked_token_ids().await?);
-        let hub = match crate::cluster::Options::from_config(&config) {
+        let hub = match cluster {
             None => Hub::new(config, store, keyring),
             Some(cluster) => {
                 let (client, events) = crate::cluster::connect(&cluster).await?;
-                let shared = store.clone();
                 Hub::with_fabric(config, store, keyring, |parts| {
                     Arc::new(crate::cluster::NatsFabric::start(
-                        client,
-                        events,
-                        cluster,
-                        crate::cluster::Shared {
-                            registry: parts.registry.clone(),
-                            keyring: parts.keyring.clone(),
-                            store: shared,
-                        },
-                        parts.shutdown.clone(),
+                        client, events, cluster, parts,
                     ))
                 })
             }

@@ -89,14 +89,6 @@ impl Options {
     }
 }
 
-/// What a node shares with the rest of the hub: its registry, its token keyring and the
-/// store (read again after a reconnection, for what the node may have missed).
-pub struct Shared {
-    pub registry: Arc<Registry>,
-    pub keyring: Arc<crate::auth::Keyring>,
-    pub store: crate::store::Store,
-}
-
 /// NATS events the fabric reacts to (a reconnection).
 pub type Events = mpsc::UnboundedReceiver<async_nats::Event>;
 
@@ -289,26 +281,22 @@ fn unix_ms(t: time::OffsetDateTime) -> i64 {
 }
 
 impl NatsFabric {
-    /// Starts the node's tasks on `client` (until `shutdown`): the fixed subscriptions,
+    /// Starts the node's tasks on `client` (until `parts.shutdown`): the fixed subscriptions,
     /// heartbeats, the reconciler of held names and the publisher.
     pub fn start(
         client: Client,
         events: Events,
         options: Options,
-        shared: Shared,
-        shutdown: CancellationToken,
+        parts: &crate::services::FabricParts,
     ) -> NatsFabric {
-        let Shared {
-            registry,
-            keyring,
-            store,
-        } = shared;
+        let registry = parts.registry.clone();
+        let shutdown = parts.shutdown.clone();
         let (outgoing, queued) = mpsc::channel(OUTGOING_QUEUE);
         let inner = Arc::new(Inner {
             client,
             registry: registry.clone(),
-            keyring,
-            store,
+            keyring: parts.keyring.clone(),
+            store: parts.store.clone(),
             subjects: Subjects::new(&options.subject_prefix),
             node: options.node.clone(),
             epoch: rand::random(),

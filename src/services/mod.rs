@@ -51,6 +51,8 @@ pub struct FabricParts {
     pub shutdown: CancellationToken,
     /// Token revocations another node announces are marked here too.
     pub keyring: Arc<crate::auth::Keyring>,
+    /// What a cluster node reads again after a reconnection (revocations it missed).
+    pub store: Store,
 }
 
 impl Hub {
@@ -84,6 +86,7 @@ impl Hub {
             registry: registry.clone(),
             shutdown: shutdown.clone(),
             keyring: keyring.clone(),
+            store: store.clone(),
         });
         let relay = Arc::new(relay::Relay::new(fabric.clone(), store.clone()));
         let locks = locks::Locks::new(
